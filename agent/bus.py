@@ -1,0 +1,229 @@
+"""The NATS side: connection, JetStream streams and buckets, and the publishers of outcomes and events.
+
+nats-py's exceptions are translated into `agent.errors` here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StreamConfig
+from nats.js.kv import KeyValue
+
+from contracts import Subjects, VolumeEvent
+
+from .config import NatsAuth, Settings
+from .errors import Timeout, Unavailable
+from .outcomes import StoredOutcome, outcome_key
+
+__all__ = ["Bus", "KvOutcomes", "nats_errors"]
+
+log = structlog.get_logger(__name__)
+
+DAY_S = 24 * 3600.0
+# The contract promises 24 h of idempotency; twice that leaves room for clocks and slow retries.
+OUTCOME_TTL_S = 2 * DAY_S
+CMD_MAX_AGE_S = 7 * DAY_S
+RES_MAX_AGE_S = 30 * DAY_S
+EVT_MAX_AGE_S = 7 * DAY_S
+# Publishers set Nats-Msg-Id; the stream drops a re-publish inside this window before we ever see it.
+CMD_DUPLICATE_WINDOW_S = 3600.0
+# Bounded per attempt so a wrong URL is reported soon; the agent then retries with backoff forever.
+CONNECT_TIMEOUT_S = 5
+# A lower ping interval finds a half-open connection (nats.py #671) within a minute.
+PING_INTERVAL_S = 15
+BACKOFF_MAX_S = 30.0
+
+
+@asynccontextmanager
+async def nats_errors(what: str) -> AsyncIterator[None]:
+    """Translate nats-py failures of `what` into agent errors."""
+    try:
+        yield
+    except (TimeoutError, nats.errors.TimeoutError) as exc:
+        raise Timeout(f"NATS did not answer in time while {what}.") from exc
+    except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+        raise Unavailable(f"NATS failed while {what}: {type(exc).__name__} {exc}.".replace(" .", ".")) from exc
+
+
+def tls_context(auth: NatsAuth) -> ssl.SSLContext | None:
+    if not (auth.tls_ca or auth.tls_cert):
+        return None
+    ctx = ssl.create_default_context(cafile=auth.tls_ca)
+    if auth.tls_cert:
+        ctx.load_cert_chain(auth.tls_cert, auth.tls_key)
+    return ctx
+
+
+class Bus:
+    """One NATS connection for the agent's life, with the JetStream resources it needs."""
+
+    def __init__(self, settings: Settings, urls: list[str]) -> None:
+        self.settings = settings
+        self.urls = urls
+        self.subjects: Subjects = settings.subjects
+        self.host = settings.host_id
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._outcomes_kv: KeyValue | None = None
+
+    @property
+    def nc(self) -> Client:
+        if self._nc is None:
+            raise Unavailable("The NATS connection is not open.")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise Unavailable("JetStream is not set up.")
+        return self._js
+
+    async def start(self) -> None:
+        """Connect and set up streams; retries with backoff until it works (boot order is not ours)."""
+        if self._nc is not None:
+            return
+        delay = 0.5
+        while True:
+            try:
+                await self._connect()
+                await self._ensure_jetstream()
+                return
+            except Exception as exc:  # every failure here is retried; the reason goes to the log
+                await self._close()
+                log.warning("nats.unreachable", urls=self.urls, error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+
+    async def _connect(self) -> None:
+        a = self.settings.auth
+        kw: dict[str, Any] = {}
+        if a.user:
+            kw.update(user=a.user, password=a.password)
+        if a.token:
+            kw["token"] = a.token
+        if a.nkey_seed:
+            kw["nkeys_seed"] = a.nkey_seed
+        if a.creds:
+            kw["user_credentials"] = a.creds
+        tls = tls_context(a)
+        if tls is not None:
+            kw["tls"] = tls
+        self._nc = await nats.connect(
+            servers=self.urls,
+            name=f"volume-agent {self.host}",
+            connect_timeout=CONNECT_TIMEOUT_S,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+            ping_interval=PING_INTERVAL_S,
+            allow_reconnect=True,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+            **kw,
+        )
+        self._js = self._nc.jetstream(timeout=10)
+        log.info("nats.connected", url=str(self._nc.connected_url.geturl()) if self._nc.connected_url else None)
+
+    async def _ensure_jetstream(self) -> None:
+        s, replicas = self.subjects, self.settings.replicas
+        streams = [
+            StreamConfig(name=s.stream_name("cmd"), subjects=[f"{s.prefix}.cmd.>"], max_age=CMD_MAX_AGE_S,
+                         duplicate_window=CMD_DUPLICATE_WINDOW_S, num_replicas=replicas),
+            StreamConfig(name=s.stream_name("res"), subjects=[f"{s.prefix}.res.>"], max_age=RES_MAX_AGE_S,
+                         num_replicas=replicas),
+            StreamConfig(name=s.stream_name("evt"), subjects=[f"{s.prefix}.evt.>"], max_age=EVT_MAX_AGE_S,
+                         num_replicas=replicas),
+        ]
+        try:
+            for cfg in streams:
+                await self._ensure_stream(cfg)
+            self._outcomes_kv = await self.js.create_key_value(
+                KeyValueConfig(bucket=s.bucket_name("outcomes"), ttl=OUTCOME_TTL_S, replicas=replicas)
+            )
+        except nats.errors.NoRespondersError as exc:
+            raise Unavailable("JetStream is not enabled on the NATS server; start it with -js.") from exc
+
+    async def _ensure_stream(self, cfg: StreamConfig) -> None:
+        try:
+            await self.js.add_stream(cfg)
+        except nats.js.errors.BadRequestError:
+            # It exists with another config (another agent version or an operator's change): converge.
+            await self.js.update_stream(cfg)
+
+    async def stop(self) -> None:
+        await self._close(drain=True)
+
+    async def _close(self, *, drain: bool = False) -> None:
+        nc, self._nc, self._js, self._outcomes_kv = self._nc, None, None, None
+        if nc is None or nc.is_closed:
+            return
+        try:
+            await (nc.drain() if drain else nc.close())
+        except Exception as exc:  # closing must not fail the shutdown
+            log.warning("nats.close_failed", error=repr(exc))
+
+    @property
+    def outcomes_kv(self) -> KeyValue:
+        if self._outcomes_kv is None:
+            raise Unavailable("The outcomes bucket is not set up.")
+        return self._outcomes_kv
+
+    # ResultSink
+    async def result(self, op: str, reply: bytes, *, durable: bool) -> None:
+        subject = self.subjects.res(self.host, op)
+        async with nats_errors(f"publishing the outcome of {op}"):
+            if durable:
+                await self.js.publish(subject, reply)
+            else:
+                await self.nc.publish(subject, reply)
+
+    # EventSink
+    async def event(self, kind: str, volume: str) -> None:
+        cmd_id = structlog.contextvars.get_contextvars().get("cmd_id")
+        evt = VolumeEvent(host=self.host, kind=kind, volume=volume,  # type: ignore[arg-type]
+                          at=datetime.now(UTC).isoformat(), cmd_id=cmd_id)
+        async with nats_errors(f"publishing event {kind}"):
+            await self.nc.publish(self.subjects.evt(self.host, kind), msgspec.json.encode(evt))
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.warning("nats.error", error=f"{type(exc).__name__}: {exc}")
+
+    async def _on_disconnected(self) -> None:
+        log.warning("nats.disconnected")
+
+    async def _on_reconnected(self) -> None:
+        nc = self._nc
+        log.info("nats.reconnected", url=nc.connected_url.geturl() if nc and nc.connected_url else None)
+
+
+class KvOutcomes:
+    """`OutcomeStore` in the JetStream KV bucket `<prefix>_outcomes`."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self._decoder = msgspec.json.Decoder(StoredOutcome)
+
+    async def get(self, host: str, cmd_id: str) -> StoredOutcome | None:
+        async with nats_errors("reading a recorded outcome"):
+            try:
+                entry = await self.bus.outcomes_kv.get(outcome_key(host, cmd_id))
+            except nats.js.errors.KeyNotFoundError:
+                return None
+        return self._decoder.decode(entry.value) if entry.value else None
+
+    async def put(self, host: str, cmd_id: str, outcome: StoredOutcome) -> None:
+        async with nats_errors("recording an outcome"):
+            await self.bus.outcomes_kv.put(outcome_key(host, cmd_id), msgspec.json.encode(outcome))

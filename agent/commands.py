@@ -1,0 +1,112 @@
+"""Durable commands: the agent's JetStream consumer on `<prefix>.cmd.<host>.>`.
+
+A command is acked only once its outcome is recorded and published; a transient failure
+(Docker down) is retried later rather than recorded as final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from .bus import Bus, nats_errors
+from .dispatch import Dispatcher
+from .errors import AgentError
+from .tasks import Tasks
+
+__all__ = ["Commands"]
+
+log = structlog.get_logger(__name__)
+
+ACK_WAIT_S = 30.0
+# Long commands tell JetStream they are alive well within the ack wait.
+KEEPALIVE_S = ACK_WAIT_S / 3
+# A command that meets Docker down is tried again this often before its outcome is final.
+TRANSIENT_RETRIES = 10
+TRANSIENT_DELAY_S = 5.0
+FETCH_BATCH = 16
+FETCH_WAIT_S = 1.0
+
+
+class Commands:
+    """Pulls durable commands and runs each as a task; stop() stops pulling, idempotently."""
+
+    def __init__(self, bus: Bus, dispatcher: Dispatcher, tasks: Tasks, *, max_ack_pending: int) -> None:
+        self.bus = bus
+        self.dispatcher = dispatcher
+        self.tasks = tasks
+        self.max_ack_pending = max_ack_pending
+        self.durable = f"agent_{bus.host}"
+        self._prefix = bus.subjects.cmd(bus.host, "")
+        self._loop: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._loop is not None:
+            return
+        stream = self.bus.subjects.stream_name("cmd")
+        config = ConsumerConfig(
+            durable_name=self.durable,
+            filter_subject=f"{self._prefix}>",
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=ACK_WAIT_S,
+            max_ack_pending=self.max_ack_pending,
+        )
+        async with nats_errors("setting up the durable command consumer"):
+            # add_consumer creates or updates; pull_subscribe would ignore a changed config.
+            await self.bus.js.add_consumer(stream, config)
+            sub = await self.bus.js.pull_subscribe_bind(self.durable, stream)
+        self._loop = asyncio.create_task(self._pull(sub), name="commands.pull")
+        log.info("commands.consuming", subject=f"{self._prefix}>", durable=self.durable)
+
+    async def stop(self) -> None:
+        """Stop pulling; commands already running go on (the daemon drains them)."""
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+
+    async def _pull(self, sub: nats.js.JetStreamContext.PullSubscription) -> None:
+        while True:
+            batch = max(1, min(FETCH_BATCH, self.tasks.free))
+            try:
+                msgs = await sub.fetch(batch, timeout=FETCH_WAIT_S)
+            except nats.errors.TimeoutError:
+                continue
+            except (nats.errors.Error, nats.js.errors.Error) as exc:
+                log.warning("commands.fetch_failed", error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(1.0)
+                continue
+            for msg in msgs:
+                await self.tasks.spawn(f"cmd:{msg.subject}", self._handle(msg))
+
+    async def _handle(self, msg: Msg) -> None:
+        op = msg.subject[len(self._prefix):]
+        msg_id = (msg.headers or {}).get("Nats-Msg-Id")
+        keepalive = asyncio.create_task(self._keepalive(msg))
+        try:
+            outcome = await self.dispatcher.execute(op, msg.data, fallback_id=msg_id)
+        finally:
+            keepalive.cancel()
+        try:
+            async with nats_errors("acknowledging a command"):
+                if outcome.transient and msg.metadata.num_delivered < TRANSIENT_RETRIES:
+                    await msg.nak(delay=TRANSIENT_DELAY_S)
+                else:
+                    await msg.ack()
+        except AgentError:
+            # Redelivered later; the recorded outcome makes the retry a no-op.
+            log.warning("commands.ack_failed", subject=msg.subject)
+
+    async def _keepalive(self, msg: Msg) -> None:
+        while True:
+            await asyncio.sleep(KEEPALIVE_S)
+            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+                await msg.in_progress()

@@ -1,0 +1,115 @@
+"""The agent's settings: command line first, then `VOLUME_AGENT_*` environment, then defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from contracts import DEFAULT_PREFIX, Subjects, valid_host_id
+
+__all__ = ["NatsAuth", "Settings", "parse_args"]
+
+DEFAULT_DOCKER = "unix:///var/run/docker.sock"
+DEFAULT_DATA_DIR = "/var/lib/volume-agent"
+DEFAULT_EMBEDDED_LISTEN = "127.0.0.1:4222"
+# NATS' own default max payload; a larger body could not arrive anyway.
+DEFAULT_MAX_BODY = 1024 * 1024
+# Enough to keep Docker busy on 2 cores without letting a flood of requests eat memory.
+DEFAULT_CONCURRENCY = 64
+DEFAULT_GRACE_S = 30.0
+
+
+@dataclass(frozen=True)
+class NatsAuth:
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    nkey_seed: str | None = None
+    creds: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    nats_urls: list[str]
+    """Empty: start an embedded nats-server."""
+    docker_url: str
+    host_id: str
+    data_dir: Path
+    subject_prefix: str = DEFAULT_PREFIX
+    embedded_listen: str = DEFAULT_EMBEDDED_LISTEN
+    max_body: int = DEFAULT_MAX_BODY
+    concurrency: int = DEFAULT_CONCURRENCY
+    grace_s: float = DEFAULT_GRACE_S
+    replicas: int = 1
+    """JetStream replicas of the agent's streams and buckets (3 in a three-node cluster)."""
+    auth: NatsAuth = field(default_factory=NatsAuth)
+
+    @property
+    def subjects(self) -> Subjects:
+        return Subjects(self.subject_prefix)
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(f"VOLUME_AGENT_{name}") or None
+
+
+def _default_host_id() -> str:
+    # Hostnames may carry dots (FQDN); the first label is the usual short name.
+    return socket.gethostname().split(".")[0]
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    """Settings from the command line and the environment; exits 2 on bad input, as argparse does."""
+    p = argparse.ArgumentParser(
+        prog="volume-agent",
+        description="Manage this host's Docker volumes from NATS.",
+        epilog="Each option may also be set as VOLUME_AGENT_<NAME> (e.g. VOLUME_AGENT_NATS).",
+    )
+    p.add_argument("--nats", default=_env("NATS"), help="comma-separated NATS URLs; absent: embedded server")
+    p.add_argument("--docker", default=_env("DOCKER") or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER)
+    p.add_argument("--host-id", default=_env("HOST_ID") or _default_host_id())
+    p.add_argument("--data-dir", default=_env("DATA_DIR") or DEFAULT_DATA_DIR)
+    p.add_argument("--subject-prefix", default=_env("SUBJECT_PREFIX") or DEFAULT_PREFIX)
+    p.add_argument("--embedded-listen", default=_env("EMBEDDED_LISTEN") or DEFAULT_EMBEDDED_LISTEN,
+                   help="host:port of the embedded nats-server")
+    p.add_argument("--max-body", type=int, default=int(_env("MAX_BODY") or DEFAULT_MAX_BODY))
+    p.add_argument("--concurrency", type=int, default=int(_env("CONCURRENCY") or DEFAULT_CONCURRENCY))
+    p.add_argument("--grace", type=float, default=float(_env("GRACE") or DEFAULT_GRACE_S),
+                   help="seconds in-flight operations get to finish on SIGTERM")
+    p.add_argument("--replicas", type=int, default=int(_env("REPLICAS") or 1),
+                   help="JetStream replicas for the agent's streams and buckets")
+    auth = p.add_argument_group("NATS authentication")
+    for name in ("user", "password", "token", "nkey-seed", "creds", "tls-ca", "tls-cert", "tls-key"):
+        auth.add_argument(f"--nats-{name}", default=_env("NATS_" + name.replace("-", "_").upper()))
+    a = p.parse_args(argv)
+
+    if not valid_host_id(a.host_id):
+        p.error(f"host id {a.host_id!r} must match [A-Za-z0-9_-]{{1,64}} and not be 'all'; set --host-id")
+    try:
+        Subjects(a.subject_prefix)
+    except ValueError as exc:
+        p.error(str(exc))
+    if a.max_body < 1 or a.concurrency < 1 or a.grace < 0 or not 1 <= a.replicas <= 5:
+        p.error("--max-body and --concurrency must be positive, --grace not negative, --replicas 1 to 5")
+    return Settings(
+        nats_urls=[u.strip() for u in (a.nats or "").split(",") if u.strip()],
+        docker_url=a.docker,
+        host_id=a.host_id,
+        data_dir=Path(a.data_dir),
+        subject_prefix=a.subject_prefix,
+        embedded_listen=a.embedded_listen,
+        max_body=a.max_body,
+        concurrency=a.concurrency,
+        grace_s=a.grace,
+        replicas=a.replicas,
+        auth=NatsAuth(
+            user=a.nats_user, password=a.nats_password, token=a.nats_token, nkey_seed=a.nats_nkey_seed,
+            creds=a.nats_creds, tls_ca=a.nats_tls_ca, tls_cert=a.nats_tls_cert, tls_key=a.nats_tls_key,
+        ),
+    )

@@ -1,0 +1,123 @@
+"""The daemon: owns every long-lived part, starts them in order and stops them in stages."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable
+from contextlib import AsyncExitStack
+from typing import TypeVar
+
+import structlog
+
+from . import __version__
+from .bus import Bus, KvOutcomes
+from .commands import Commands
+from .config import Settings, parse_args
+from .dispatch import Dispatcher
+from .docker import DockerEngine
+from .embedded import EmbeddedNats
+from .errors import AgentError
+from .locks import KeyedLocks
+from .logging import configure
+from .requests import RequestService
+from .tasks import Tasks
+from .volumes import Volumes
+
+__all__ = ["main", "serve"]
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+BACKOFF_MAX_S = 30.0
+
+
+async def _wait_for_docker(engine: DockerEngine) -> None:
+    """An agent may start before Docker (boot order): say so, and retry with backoff."""
+    delay = 0.5
+    while True:
+        try:
+            await engine.ping()
+            v = await engine.version()
+            log.info("docker.connected", url=engine.url, version=v.get("Version"), api=v.get("ApiVersion"))
+            return
+        except AgentError as exc:
+            log.warning("docker.unreachable", url=engine.url, error=exc.message, retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX_S)
+
+
+async def _unless_stopped(aw: Awaitable[T], stop: asyncio.Event) -> T:
+    """Await `aw` unless `stop` is set first; then cancel it and raise CancelledError."""
+    task = asyncio.ensure_future(aw)
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if not task.done():
+        task.cancel()
+        raise asyncio.CancelledError
+    return task.result()
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run the agent until `stop` is set; then stop taking work, drain, and close down."""
+    log.info("agent.starting", version=__version__, host=settings.host_id, docker=settings.docker_url)
+    async with AsyncExitStack() as stack:
+        urls = settings.nats_urls
+        if not urls:
+            embedded = EmbeddedNats(settings.data_dir, settings.embedded_listen, f"volume-agent-{settings.host_id}")
+            stack.push_async_callback(embedded.stop)
+            await embedded.start()
+            urls = [embedded.url]
+        engine = DockerEngine(settings.docker_url)
+        stack.push_async_callback(engine.stop)
+        await engine.start()
+        await _unless_stopped(_wait_for_docker(engine), stop)
+
+        bus = Bus(settings, urls)
+        stack.push_async_callback(bus.stop)
+        await _unless_stopped(bus.start(), stop)
+
+        tasks = Tasks(settings.concurrency)
+        volumes = Volumes(engine, bus, KeyedLocks())
+        dispatcher = Dispatcher(settings.host_id, volumes, KvOutcomes(bus), bus, max_body=settings.max_body)
+        # Exit stack order (last in, first out): stop taking work, then drain, then close connections.
+        stack.push_async_callback(tasks.drain, settings.grace_s)
+        requests = RequestService(bus, dispatcher, tasks)
+        stack.push_async_callback(requests.stop)
+        await requests.start()
+        commands = Commands(bus, dispatcher, tasks, max_ack_pending=settings.concurrency)
+        stack.push_async_callback(commands.stop)
+        await commands.start()
+
+        log.info("agent.ready", host=settings.host_id, nats=urls)
+        await stop.wait()
+        log.info("agent.stopping", in_flight=len(tasks))
+    log.info("agent.stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `volume-agent`."""
+    settings = parse_args(argv)
+    configure()
+    return asyncio.run(_main(settings))
+
+
+async def _main(settings: Settings) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await serve(settings, stop)
+    except asyncio.CancelledError:
+        log.info("agent.stopped_during_start")
+    except AgentError as exc:
+        log.error("agent.failed", code=exc.code, error=exc.message)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

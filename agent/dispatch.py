@@ -1,0 +1,194 @@
+"""One command, whichever path it came by: decode, deduplicate, check the deadline, apply, record, reply."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import msgspec
+import structlog
+
+from contracts import OPS, BaseRequest, ErrorBody, Reply
+
+from .errors import AgentError, Conflict, Expired, Invalid
+from .outcomes import OutcomeStore, StoredOutcome
+from .share import share
+from .volumes import Volumes
+
+__all__ = ["Dispatcher", "Outcome", "ResultSink"]
+
+log = structlog.get_logger(__name__)
+
+# Errors that say nothing final about the command: a retry with the same id is applied again.
+TRANSIENT_CODES = frozenset({"unavailable", "timeout", "internal"})
+
+_DECODERS = {name: msgspec.json.Decoder(op.request) for name, op in OPS.items()}
+_ENCODER = msgspec.json.Encoder()
+_FINGERPRINT_ENCODER = msgspec.json.Encoder(order="sorted")
+
+
+class ResultSink(Protocol):
+    """Where every outcome is published (`<prefix>.res.<host>.<op>`)."""
+
+    async def result(self, op: str, reply: bytes, *, durable: bool) -> None: ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    reply: bytes
+    error: ErrorBody | None = None
+
+    @property
+    def transient(self) -> bool:
+        return self.error is not None and self.error.code in TRANSIENT_CODES
+
+
+Handler = Callable[[Any], Awaitable[msgspec.Struct]]
+
+
+class Dispatcher:
+    """Turns request bytes into a recorded, published outcome."""
+
+    def __init__(
+        self, host: str, volumes: Volumes, outcomes: OutcomeStore, results: ResultSink, *, max_body: int
+    ) -> None:
+        self.host = host
+        self.outcomes = outcomes
+        self.results = results
+        self.max_body = max_body
+        self._handlers: dict[str, Handler] = {
+            "create": volumes.create,
+            "inspect": volumes.inspect,
+            "list": volumes.list,
+            "remove": volumes.remove,
+            "prune": volumes.prune,
+            "share": lambda req: share(volumes, req),
+        }
+        self._inflight: dict[str, asyncio.Future[Outcome]] = {}
+
+    async def execute(self, op: str, data: bytes, *, fallback_id: str | None = None) -> Outcome:
+        """Apply one command and return its outcome; never raises but for cancellation.
+
+        `fallback_id` (a durable command's Nats-Msg-Id) names the command when its body carries no id.
+        """
+        try:
+            req = self.decode(op, data)
+        except Invalid as exc:
+            outcome = self._error(op, fallback_id or _new_id(), exc.body())
+            await asyncio.shield(self._publish(op, outcome, durable=True))
+            return outcome
+        cmd_id = req.id or fallback_id or _new_id()
+        with structlog.contextvars.bound_contextvars(cmd_id=cmd_id, op=op, volume=_volume_of(req)):
+            if not OPS[op].mutates:
+                outcome = await self._apply(op, cmd_id, req)
+                await self._publish(op, outcome, durable=False)
+                return outcome
+            running = self._inflight.get(cmd_id)
+            if running is not None:
+                # The same id again while it runs: one application, one outcome for both.
+                return await asyncio.shield(running)
+            future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+            self._inflight[cmd_id] = future
+            try:
+                outcome = await self._once(op, cmd_id, req)
+                future.set_result(outcome)
+                return outcome
+            finally:
+                if not future.done():
+                    future.cancel()
+                del self._inflight[cmd_id]
+
+    def interrupted(self, op: str, data: bytes) -> Outcome:
+        """The reply for a command cut short by shutdown: its outcome is unknown."""
+        try:
+            cmd_id = self.decode(op, data).id or _new_id()
+        except Invalid:
+            cmd_id = _new_id()
+        err = ErrorBody(
+            code="unavailable",
+            message=f"The agent stopped before {op} finished; its outcome is unknown. Retry with the same id.",
+        )
+        return self._error(op, cmd_id, err)
+
+    def decode(self, op: str, data: bytes) -> BaseRequest:
+        """The typed request, or `Invalid` with a sentence saying what is wrong."""
+        if op not in _DECODERS:
+            raise Invalid(f"Unknown operation {op!r}; known: {', '.join(sorted(OPS))}.")
+        if len(data) > self.max_body:
+            raise Invalid(f"The body is {len(data)} bytes, over the limit of {self.max_body}.")
+        try:
+            req: BaseRequest = _DECODERS[op].decode(data.strip() or b"{}")
+        except msgspec.ValidationError as exc:
+            raise Invalid(f"Invalid {op} request: {exc}.") from None
+        except msgspec.DecodeError as exc:
+            raise Invalid(f"The body is not valid JSON: {exc}.") from None
+        return req
+
+    async def _once(self, op: str, cmd_id: str, req: BaseRequest) -> Outcome:
+        fingerprint = _fingerprint(op, req)
+        try:
+            stored = await self.outcomes.get(self.host, cmd_id)
+        except AgentError as exc:
+            return self._error(op, cmd_id, exc.body())
+        if stored is not None:
+            if stored.fingerprint != fingerprint:
+                err = Conflict(f"Command id {cmd_id!r} was already used for a different command.")
+                return self._error(op, cmd_id, err.body())
+            log.info("command.duplicate")
+            return Outcome(bytes(stored.reply))
+        outcome = await self._apply(op, cmd_id, req)
+        # Record and publish even when shutdown cancels us now: the change already happened.
+        await asyncio.shield(self._record(op, cmd_id, fingerprint, outcome))
+        return outcome
+
+    async def _apply(self, op: str, cmd_id: str, req: BaseRequest) -> Outcome:
+        try:
+            if req.deadline is not None and req.deadline <= datetime.now(UTC):
+                raise Expired(f"The command's deadline {req.deadline.isoformat()} passed before it was applied.")
+            result = await self._handlers[op](req)
+        except AgentError as exc:
+            log.info("command.failed", code=exc.code, message=exc.message)
+            return self._error(op, cmd_id, exc.body())
+        except Exception:
+            log.exception("command.crashed")
+            err = AgentError(f"The agent failed unexpectedly on {op}; its log has the details under id {cmd_id}.")
+            return self._error(op, cmd_id, err.body())
+        log.info("command.done")
+        reply = Reply(id=cmd_id, host=self.host, op=op, ok=True, result=msgspec.to_builtins(result))
+        return Outcome(_ENCODER.encode(reply))
+
+    async def _record(self, op: str, cmd_id: str, fingerprint: str, outcome: Outcome) -> None:
+        if not outcome.transient:
+            try:
+                await self.outcomes.put(self.host, cmd_id, StoredOutcome(fingerprint, msgspec.Raw(outcome.reply)))
+            except AgentError:
+                log.exception("outcome.not_recorded")
+        await self._publish(op, outcome, durable=True)
+
+    async def _publish(self, op: str, outcome: Outcome, *, durable: bool) -> None:
+        try:
+            await self.results.result(op, outcome.reply, durable=durable)
+        except AgentError:
+            log.exception("outcome.not_published")
+
+    def _error(self, op: str, cmd_id: str, error: ErrorBody) -> Outcome:
+        reply = Reply(id=cmd_id, host=self.host, op=op, ok=False, error=error)
+        return Outcome(_ENCODER.encode(reply), error)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _volume_of(req: BaseRequest) -> str | None:
+    return getattr(req, "name", None) or getattr(req, "volume", None)
+
+
+def _fingerprint(op: str, req: BaseRequest) -> str:
+    body = msgspec.structs.replace(req, id=None, deadline=None)
+    return hashlib.sha256(op.encode() + b"\0" + _FINGERPRINT_ENCODER.encode(body)).hexdigest()

@@ -1,0 +1,161 @@
+"""The Docker Engine as the agent sees it: a Protocol seam and its aiodocker adapter.
+
+aiodocker's exceptions are translated into `agent.errors` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import aiodocker
+import aiohttp
+
+from .errors import AgentError, Conflict, InUse, Invalid, NotFound, Timeout, Unavailable
+
+__all__ = ["DockerEngine", "Engine", "docker_errors"]
+
+# aiodocker reports a connection failure as DockerError with this made-up status.
+_STATUS_UNREACHABLE = 900
+# A single Engine API call that takes longer than this is stuck, not slow.
+CALL_TIMEOUT_S = 60.0
+
+
+class Engine(Protocol):
+    """What the agent needs of a Docker Engine; raw Engine API dicts in and out."""
+
+    async def ping(self) -> None: ...
+    async def version(self) -> dict[str, Any]: ...
+    async def volume_inspect(self, name: str) -> dict[str, Any]: ...
+    async def volume_create(self, spec: Mapping[str, Any]) -> dict[str, Any]: ...
+    async def volume_list(self, filters: Mapping[str, list[str]]) -> list[dict[str, Any]]: ...
+    async def volume_remove(self, name: str, *, force: bool) -> None: ...
+    async def containers(self, filters: Mapping[str, list[str]] | None = None) -> list[dict[str, Any]]: ...
+    async def container_inspect(self, name: str) -> dict[str, Any]: ...
+    async def container_create(self, name: str, config: Mapping[str, Any]) -> str: ...
+    async def container_start(self, cid: str) -> None: ...
+    async def container_remove(self, cid: str) -> None: ...
+    async def image_inspect(self, name: str) -> dict[str, Any]: ...
+
+
+@asynccontextmanager
+async def docker_errors(what: str) -> AsyncIterator[None]:
+    """Translate aiodocker/aiohttp failures of an Engine call about `what` into agent errors."""
+    try:
+        yield
+    except aiodocker.DockerError as exc:
+        raise _translate(exc, what) from exc
+    except TimeoutError as exc:
+        raise Timeout(f"Docker did not answer in time about {what}.") from exc
+    except aiohttp.ClientError as exc:
+        raise Unavailable(f"Docker Engine connection failed while working on {what}: {exc}.") from exc
+
+
+def _translate(exc: aiodocker.DockerError, what: str) -> AgentError:
+    msg = str(exc.message).strip().rstrip(".")
+    if exc.status == _STATUS_UNREACHABLE:
+        return Unavailable(f"Docker Engine is unreachable: {msg}.")
+    if exc.status == 404:
+        return NotFound(f"{what} was not found: {msg}.")
+    if exc.status == 409:
+        if "in use" in msg:
+            return InUse(f"{what} is in use: {msg}.")
+        return Conflict(f"{what} conflicts with existing state: {msg}.")
+    if exc.status == 400:
+        return Invalid(f"Docker refused {what}: {msg}.")
+    if exc.status == 503:
+        return Unavailable(f"Docker Engine is not ready: {msg}.")
+    return AgentError(f"Docker failed on {what} (HTTP {exc.status}): {msg}.")
+
+
+class DockerEngine:
+    """`Engine` over aiodocker; one connection pool for the agent's life."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._client: aiodocker.Docker | None = None
+
+    async def start(self) -> None:
+        if self._client is None:
+            self._client = aiodocker.Docker(
+                url=self.url, timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT_S, connect=5)
+            )
+
+    async def stop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    @property
+    def client(self) -> aiodocker.Docker:
+        if self._client is None:
+            raise Unavailable("The Docker client is not started.")
+        return self._client
+
+    async def _json(self, what: str, path: str, method: str = "GET", **kw: Any) -> Any:
+        async with docker_errors(what):
+            return await self.client._query_json(path, method, **kw)
+
+    async def ping(self) -> None:
+        async with docker_errors("the Engine ping"), self.client._query("_ping", versioned_api=False) as resp:
+            await resp.read()
+
+    async def version(self) -> dict[str, Any]:
+        v: dict[str, Any] = await self._json("the Engine version", "version")
+        return v
+
+    async def volume_inspect(self, name: str) -> dict[str, Any]:
+        v: dict[str, Any] = await self._json(f"volume {name!r}", f"volumes/{name}")
+        return v
+
+    async def volume_create(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        v: dict[str, Any] = await self._json(
+            f"volume {spec['Name']!r}", "volumes/create", "POST", data=json.dumps(spec)
+        )
+        return v
+
+    async def volume_list(self, filters: Mapping[str, list[str]]) -> list[dict[str, Any]]:
+        params = {"filters": json.dumps(filters)} if filters else None
+        data = await self._json("the volume list", "volumes", params=params)
+        return list(data.get("Volumes") or [])
+
+    async def volume_remove(self, name: str, *, force: bool) -> None:
+        async with docker_errors(f"volume {name!r}"), self.client._query(
+            f"volumes/{name}", "DELETE", params={"force": "1" if force else "0"}
+        ) as resp:
+            await resp.read()
+
+    async def containers(self, filters: Mapping[str, list[str]] | None = None) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"all": "1"}
+        if filters:
+            params["filters"] = json.dumps(filters)
+        data: list[dict[str, Any]] = await self._json("the container list", "containers/json", params=params)
+        return data
+
+    async def container_inspect(self, name: str) -> dict[str, Any]:
+        c: dict[str, Any] = await self._json(f"container {name!r}", f"containers/{name}/json")
+        return c
+
+    async def container_create(self, name: str, config: Mapping[str, Any]) -> str:
+        data = await self._json(
+            f"container {name!r}", "containers/create", "POST", params={"name": name}, data=json.dumps(config)
+        )
+        return str(data["Id"])
+
+    async def container_start(self, cid: str) -> None:
+        async with docker_errors(f"container {cid[:12]!r}"), self.client._query(
+            f"containers/{cid}/start", "POST"
+        ) as resp:
+            await resp.read()
+
+    async def container_remove(self, cid: str) -> None:
+        async with docker_errors(f"container {cid[:12]!r}"), self.client._query(
+            f"containers/{cid}", "DELETE", params={"force": "1"}
+        ) as resp:
+            await resp.read()
+
+    async def image_inspect(self, name: str) -> dict[str, Any]:
+        i: dict[str, Any] = await self._json(f"image {name!r}", f"images/{name}/json")
+        return i

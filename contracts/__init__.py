@@ -1,0 +1,67 @@
+"""The volume-agent bus API: msgspec types for every request, result, event and the reply envelope.
+
+Importable alone (it needs only msgspec). `schema.json` beside this file is the same API as JSON Schema.
+"""
+
+from .envelope import ERROR_CODES, ERROR_STATUS, BaseRequest, CommandId, ErrorBody, ErrorCode, Reply
+from .events import EVENT_KINDS, EventKind, VolumeEvent
+from .ops import FLEET_OPS, OPS, Op
+from .share import ContainerSpec, Mount, ShareRequest, ShareResult, VolumesFrom
+from .subjects import DEFAULT_PREFIX, HOST_ID_PATTERN, Subjects, valid_host_id
+from .volumes import (
+    VOLUME_NAME_PATTERN,
+    ContainerRef,
+    CreateRequest,
+    InspectRequest,
+    ListFilters,
+    ListRequest,
+    ListResult,
+    PruneRequest,
+    PruneResult,
+    RemoveRequest,
+    RemoveResult,
+    VolumeName,
+    VolumeRecord,
+)
+
+CONTRACT_VERSION = "1.0.0"
+"""Semantic version of the bus API: a breaking change bumps the major."""
+
+__all__ = [
+    "CONTRACT_VERSION",
+    "DEFAULT_PREFIX",
+    "ERROR_CODES",
+    "ERROR_STATUS",
+    "EVENT_KINDS",
+    "FLEET_OPS",
+    "HOST_ID_PATTERN",
+    "OPS",
+    "VOLUME_NAME_PATTERN",
+    "BaseRequest",
+    "CommandId",
+    "ContainerRef",
+    "ContainerSpec",
+    "CreateRequest",
+    "ErrorBody",
+    "ErrorCode",
+    "EventKind",
+    "InspectRequest",
+    "ListFilters",
+    "ListRequest",
+    "ListResult",
+    "Mount",
+    "Op",
+    "PruneRequest",
+    "PruneResult",
+    "RemoveRequest",
+    "RemoveResult",
+    "Reply",
+    "ShareRequest",
+    "ShareResult",
+    "Subjects",
+    "VolumeEvent",
+    "VolumeName",
+    "VolumeRecord",
+    "VolumesFrom",
+    "valid_host_id",
+]

@@ -1,0 +1,22 @@
+"""Events published on `<prefix>.evt.<host>.<kind>`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+__all__ = ["EVENT_KINDS", "EventKind", "VolumeEvent"]
+
+EventKind = Literal["volume.created", "volume.removed"]
+EVENT_KINDS: tuple[str, ...] = EventKind.__args__  # type: ignore[attr-defined]
+
+
+class VolumeEvent(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Something happened to a volume on a host; `cmd_id` names the command that caused it."""
+
+    host: str
+    kind: EventKind
+    volume: str
+    at: str
+    cmd_id: str | None = None
