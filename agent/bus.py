@@ -199,7 +199,7 @@ class Bus:
             await self.nc.publish(self.subjects.evt(self.host, kind), msgspec.json.encode(evt))
 
     async def _on_error(self, exc: Exception) -> None:
-        log.warning("nats.error", error=f"{type(exc).__name__}: {exc}")
+        log.warning("nats.error", urls=self.urls, error=f"{type(exc).__name__}: {exc}")
 
     async def _on_disconnected(self) -> None:
         log.warning("nats.disconnected")

@@ -24,9 +24,6 @@ __all__ = ["Commands"]
 
 log = structlog.get_logger(__name__)
 
-ACK_WAIT_S = 30.0
-# Long commands tell JetStream they are alive well within the ack wait.
-KEEPALIVE_S = ACK_WAIT_S / 3
 # A command that meets Docker down is tried again this often before its outcome is final.
 TRANSIENT_RETRIES = 10
 TRANSIENT_DELAY_S = 5.0
@@ -37,8 +34,11 @@ FETCH_WAIT_S = 1.0
 class Commands:
     """Pulls durable commands and runs each as a task; stop() stops pulling, idempotently."""
 
-    def __init__(self, bus: Bus, dispatcher: Dispatcher, tasks: Tasks, *, max_ack_pending: int) -> None:
+    def __init__(
+        self, bus: Bus, dispatcher: Dispatcher, tasks: Tasks, *, max_ack_pending: int, ack_wait_s: float
+    ) -> None:
         self.bus = bus
+        self.ack_wait_s = ack_wait_s
         self.dispatcher = dispatcher
         self.tasks = tasks
         self.max_ack_pending = max_ack_pending
@@ -55,7 +55,7 @@ class Commands:
             filter_subject=f"{self._prefix}>",
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
-            ack_wait=ACK_WAIT_S,
+            ack_wait=self.ack_wait_s,
             max_ack_pending=self.max_ack_pending,
         )
         async with nats_errors("setting up the durable command consumer"):
@@ -107,6 +107,7 @@ class Commands:
 
     async def _keepalive(self, msg: Msg) -> None:
         while True:
-            await asyncio.sleep(KEEPALIVE_S)
+            # Long commands tell JetStream they are alive well within the ack wait.
+            await asyncio.sleep(self.ack_wait_s / 3)
             with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
                 await msg.in_progress()

@@ -46,6 +46,10 @@ class Settings:
     max_body: int = DEFAULT_MAX_BODY
     concurrency: int = DEFAULT_CONCURRENCY
     grace_s: float = DEFAULT_GRACE_S
+    docker_timeout_s: float = 60.0
+    """A single Engine API call that takes longer is reported as `timeout`."""
+    ack_wait_s: float = 30.0
+    """How long JetStream waits for a durable command's ack before redelivering it."""
     replicas: int = 1
     """JetStream replicas of the agent's streams and buckets (3 in a three-node cluster)."""
     auth: NatsAuth = field(default_factory=NatsAuth)
@@ -82,6 +86,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument("--concurrency", type=int, default=int(_env("CONCURRENCY") or DEFAULT_CONCURRENCY))
     p.add_argument("--grace", type=float, default=float(_env("GRACE") or DEFAULT_GRACE_S),
                    help="seconds in-flight operations get to finish on SIGTERM")
+    p.add_argument("--docker-timeout", type=float, default=float(_env("DOCKER_TIMEOUT") or 60.0),
+                   help="seconds one Docker Engine call may take")
+    p.add_argument("--ack-wait", type=float, default=float(_env("ACK_WAIT") or 30.0),
+                   help="seconds before an unacknowledged durable command is redelivered")
     p.add_argument("--replicas", type=int, default=int(_env("REPLICAS") or 1),
                    help="JetStream replicas for the agent's streams and buckets")
     auth = p.add_argument_group("NATS authentication")
@@ -95,8 +103,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         Subjects(a.subject_prefix)
     except ValueError as exc:
         p.error(str(exc))
-    if a.max_body < 1 or a.concurrency < 1 or a.grace < 0 or not 1 <= a.replicas <= 5:
-        p.error("--max-body and --concurrency must be positive, --grace not negative, --replicas 1 to 5")
+    if a.max_body < 1 or a.concurrency < 1 or a.grace < 0 or not 1 <= a.replicas <= 5 \
+            or a.docker_timeout <= 0 or a.ack_wait < 1:
+        p.error("--max-body and --concurrency must be positive, --grace not negative, --replicas 1 to 5, "
+                "--docker-timeout positive, --ack-wait at least 1")
     return Settings(
         nats_urls=[u.strip() for u in (a.nats or "").split(",") if u.strip()],
         docker_url=a.docker,
@@ -107,6 +117,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         max_body=a.max_body,
         concurrency=a.concurrency,
         grace_s=a.grace,
+        docker_timeout_s=a.docker_timeout,
+        ack_wait_s=a.ack_wait,
         replicas=a.replicas,
         auth=NatsAuth(
             user=a.nats_user, password=a.nats_password, token=a.nats_token, nkey_seed=a.nats_nkey_seed,

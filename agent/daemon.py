@@ -70,7 +70,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             stack.push_async_callback(embedded.stop)
             await embedded.start()
             urls = [embedded.url]
-        engine = DockerEngine(settings.docker_url)
+        engine = DockerEngine(settings.docker_url, settings.docker_timeout_s)
         stack.push_async_callback(engine.stop)
         await engine.start()
         await _unless_stopped(_wait_for_docker(engine), stop)
@@ -87,7 +87,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         requests = RequestService(bus, dispatcher, tasks)
         stack.push_async_callback(requests.stop)
         await requests.start()
-        commands = Commands(bus, dispatcher, tasks, max_ack_pending=settings.concurrency)
+        commands = Commands(
+            bus, dispatcher, tasks, max_ack_pending=settings.concurrency, ack_wait_s=settings.ack_wait_s
+        )
         stack.push_async_callback(commands.stop)
         await commands.start()
 

@@ -20,7 +20,7 @@ __all__ = ["DockerEngine", "Engine", "docker_errors"]
 # aiodocker reports a connection failure as DockerError with this made-up status.
 _STATUS_UNREACHABLE = 900
 # A single Engine API call that takes longer than this is stuck, not slow.
-CALL_TIMEOUT_S = 60.0
+DEFAULT_CALL_TIMEOUT_S = 60.0
 
 
 class Engine(Protocol):
@@ -60,7 +60,7 @@ def _translate(exc: aiodocker.DockerError, what: str) -> AgentError:
     if exc.status == 404:
         return NotFound(f"{what} was not found: {msg}.")
     if exc.status == 409:
-        if "in use" in msg:
+        if "volume is in use" in msg:
             return InUse(f"{what} is in use: {msg}.")
         return Conflict(f"{what} conflicts with existing state: {msg}.")
     if exc.status == 400:
@@ -73,14 +73,15 @@ def _translate(exc: aiodocker.DockerError, what: str) -> AgentError:
 class DockerEngine:
     """`Engine` over aiodocker; one connection pool for the agent's life."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S) -> None:
         self.url = url
+        self.call_timeout_s = call_timeout_s
         self._client: aiodocker.Docker | None = None
 
     async def start(self) -> None:
         if self._client is None:
             self._client = aiodocker.Docker(
-                url=self.url, timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT_S, connect=5)
+                url=self.url, timeout=aiohttp.ClientTimeout(total=self.call_timeout_s, connect=5)
             )
 
     async def stop(self) -> None:
@@ -107,7 +108,10 @@ class DockerEngine:
         return v
 
     async def volume_inspect(self, name: str) -> dict[str, Any]:
-        v: dict[str, Any] = await self._json(f"volume {name!r}", f"volumes/{name}")
+        try:
+            v: dict[str, Any] = await self._json(f"volume {name!r}", f"volumes/{name}")
+        except NotFound as exc:
+            raise NotFound(f"Volume {name!r} does not exist on this host.") from exc
         return v
 
     async def volume_create(self, spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -122,10 +126,13 @@ class DockerEngine:
         return list(data.get("Volumes") or [])
 
     async def volume_remove(self, name: str, *, force: bool) -> None:
-        async with docker_errors(f"volume {name!r}"), self.client._query(
-            f"volumes/{name}", "DELETE", params={"force": "1" if force else "0"}
-        ) as resp:
-            await resp.read()
+        try:
+            async with docker_errors(f"volume {name!r}"), self.client._query(
+                f"volumes/{name}", "DELETE", params={"force": "1" if force else "0"}
+            ) as resp:
+                await resp.read()
+        except NotFound as exc:
+            raise NotFound(f"Volume {name!r} does not exist on this host.") from exc
 
     async def containers(self, filters: Mapping[str, list[str]] | None = None) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"all": "1"}

@@ -125,8 +125,6 @@ class Volumes:
                 raise
             named = ", ".join(f"{u.container} ({u.state})" for u in users)
             raise InUse(f"Volume {name!r} is in use by {named}; remove those containers first.") from exc
-        except NotFound as exc:
-            raise NotFound(f"Volume {name!r} does not exist on this host.") from exc
         await self.events.event("volume.removed", name)
 
     async def prune(self, req: PruneRequest) -> PruneResult:

@@ -1,0 +1,108 @@
+"""A small asyncio client of the bus API, used by `volumectl`, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import msgspec
+import nats
+import nats.errors
+from nats.aio.client import Client
+
+from contracts import Reply, Subjects
+
+__all__ = ["AgentClient", "NoAgent"]
+
+_DECODE = msgspec.json.Decoder(Reply)
+
+
+class NoAgent(Exception):
+    """No agent answered for a host."""
+
+    def __init__(self, host: str, url: str, why: str) -> None:
+        super().__init__(f"No volume-agent answered for host {host!r} on {url} ({why}).")
+        self.host = host
+
+
+async def _quiet(exc: Exception) -> None:
+    """nats-py prints tracebacks by default; the caller reports the failure in one sentence."""
+
+
+def _body(body: msgspec.Struct | dict[str, Any] | bytes | None) -> bytes:
+    if body is None:
+        return b"{}"
+    if isinstance(body, bytes):
+        return body
+    return msgspec.json.encode(body)
+
+
+class AgentClient:
+    """Requests, durable commands and fleet reads over one NATS connection."""
+
+    def __init__(self, nc: Client, prefix: str = "vol") -> None:
+        self.nc = nc
+        self.subjects = Subjects(prefix)
+
+    @classmethod
+    async def connect(cls, urls: list[str], prefix: str = "vol", **kw: Any) -> AgentClient:
+        nc = await nats.connect(
+            servers=urls, connect_timeout=5, allow_reconnect=False, max_reconnect_attempts=1, error_cb=_quiet, **kw
+        )
+        return cls(nc, prefix)
+
+    async def close(self) -> None:
+        await self.nc.close()
+
+    @property
+    def url(self) -> str:
+        u = self.nc.connected_url
+        return u.geturl() if u else "NATS"
+
+    async def request(
+        self, host: str, op: str, body: msgspec.Struct | dict[str, Any] | bytes | None = None, timeout: float = 30.0  # noqa: ASYNC109
+    ) -> Reply:
+        """One request/reply; raises NoAgent when nobody answers."""
+        try:
+            msg = await self.nc.request(self.subjects.req(host, op), _body(body), timeout=timeout)
+        except nats.errors.NoRespondersError as exc:
+            raise NoAgent(host, self.url, "no responders") from exc
+        except nats.errors.TimeoutError as exc:
+            raise NoAgent(host, self.url, f"no reply within {timeout:g} s") from exc
+        return _DECODE.decode(msg.data)
+
+    async def command(
+        self, host: str, op: str, body: msgspec.Struct | dict[str, Any] | bytes | None = None,
+        cmd_id: str | None = None,
+    ) -> str:
+        """Publish a durable command through JetStream; returns its id (the `Nats-Msg-Id`)."""
+        cmd_id = cmd_id or uuid.uuid4().hex
+        data = _body(body)
+        if cmd_id and not isinstance(body, bytes):
+            as_dict = msgspec.json.decode(data)
+            as_dict.setdefault("id", cmd_id)
+            data = msgspec.json.encode(as_dict)
+        await self.nc.jetstream().publish(self.subjects.cmd(host, op), data, headers={"Nats-Msg-Id": cmd_id})
+        return cmd_id
+
+    async def gather(
+        self, op: str, body: msgspec.Struct | dict[str, Any] | None = None, window: float = 2.0
+    ) -> list[Reply]:
+        """Ask every agent (`<prefix>.all.<op>`) and collect the replies that arrive within `window`."""
+        inbox = self.nc.new_inbox()
+        replies: list[Reply] = []
+        sub = await self.nc.subscribe(inbox)
+        try:
+            await self.nc.publish(self.subjects.all(op), _body(body), reply=inbox)
+            loop = asyncio.get_running_loop()
+            end = loop.time() + window
+            while (left := end - loop.time()) > 0:
+                try:
+                    msg = await sub.next_msg(timeout=left)
+                except nats.errors.TimeoutError:
+                    break
+                replies.append(_DECODE.decode(msg.data))
+        finally:
+            await sub.unsubscribe()
+        return sorted(replies, key=lambda r: r.host)

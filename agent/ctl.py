@@ -1,0 +1,234 @@
+"""`volumectl`: a docker-like client of the agents. Tables for people, `--json` for machines.
+
+Exit codes: 0 success, 1 an error reply (or no agent answered), 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+from typing import Any
+
+import msgspec
+
+from contracts import Reply
+
+from .client import AgentClient, NoAgent
+
+__all__ = ["main"]
+
+DEFAULT_NATS = "nats://127.0.0.1:4222"
+
+
+def _kv(items: list[str] | None, what: str, p: argparse.ArgumentParser) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            p.error(f"{what} {item!r} must look like KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="volumectl", description="Manage Docker volumes through volume-agent.")
+    p.add_argument("--nats", default=os.environ.get("VOLUME_AGENT_NATS") or DEFAULT_NATS, help="NATS URLs")
+    p.add_argument("--host", default=os.environ.get("VOLUME_AGENT_HOST_ID") or socket.gethostname().split(".")[0],
+                   help="the agent's host id (default: this machine)")
+    p.add_argument("--prefix", default=os.environ.get("VOLUME_AGENT_SUBJECT_PREFIX") or "vol")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply")
+    p.add_argument("--json", action="store_true", help="print the reply envelope as JSON")
+    p.add_argument("--id", help="idempotency key of the command")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("create", help="create a volume")
+    c.add_argument("name")
+    c.add_argument("--driver", "-d", default="local")
+    c.add_argument("--opt", "-o", action="append", help="driver option KEY=VALUE")
+    c.add_argument("--label", action="append", help="label KEY=VALUE")
+
+    i = sub.add_parser("inspect", help="show a volume and the containers that use it")
+    i.add_argument("name")
+
+    ls = sub.add_parser("ls", help="list volumes")
+    ls.add_argument("--filter", "-f", action="append", help="label=KEY[=VALUE], driver=NAME, dangling=true|false")
+    ls.add_argument("--all-hosts", action="store_true", help="ask every agent (vol.all.list)")
+    ls.add_argument("--window", type=float, default=2.0, help="seconds to gather replies with --all-hosts")
+
+    rm = sub.add_parser("rm", help="remove a volume")
+    rm.add_argument("name")
+    rm.add_argument("--force", "-f", action="store_true", help="ignore driver errors (never removes a used volume)")
+
+    pr = sub.add_parser("prune", help="remove volumes no container uses")
+    pr.add_argument("--dry-run", action="store_true", help="name them, remove none")
+    pr.add_argument("--label", action="append", help="only volumes with this label (KEY or KEY=VALUE)")
+
+    sh = sub.add_parser("share", help="create a container that takes or mounts volumes")
+    sh.add_argument("name", help="the new container's name")
+    sh.add_argument("--image", required=True)
+    sh.add_argument("--volumes-from", action="append", help="CONTAINER[:ro]")
+    sh.add_argument("--mount", "-v", action="append", help="VOLUME:/target[:ro]")
+    sh.add_argument("--env", "-e", action="append", help="KEY=VALUE")
+    sh.add_argument("--start", action="store_true", help="start the container")
+    sh.epilog = "The container's command, if any, follows `--`: volumectl share app --image img -- sleep 60"
+    return p
+
+
+def _request(a: argparse.Namespace, p: argparse.ArgumentParser) -> tuple[str, dict[str, Any]]:
+    """The op and body a command line asks for."""
+    body: dict[str, Any]
+    match a.cmd:
+        case "create":
+            body = {"name": a.name, "driver": a.driver, "driver_opts": _kv(a.opt, "--opt", p),
+                    "labels": _kv(a.label, "--label", p)}
+            op = "create"
+        case "inspect":
+            op, body = "inspect", {"name": a.name}
+        case "ls":
+            filters: dict[str, Any] = {}
+            for f in a.filter or []:
+                key, _, value = f.partition("=")
+                if key == "label":
+                    filters.setdefault("label", []).append(value)
+                elif key == "driver":
+                    filters["driver"] = value
+                elif key == "dangling" and value in ("true", "false"):
+                    filters["dangling"] = value == "true"
+                else:
+                    p.error(f"unknown filter {f!r}: use label=..., driver=... or dangling=true|false")
+            op, body = "list", ({"filters": filters} if filters else {})
+        case "rm":
+            op, body = "remove", {"name": a.name, "force": a.force}
+        case "prune":
+            op, body = "prune", {"dry_run": a.dry_run, **({"label": a.label} if a.label else {})}
+        case "share":
+            command = a.command
+            container: dict[str, Any] = {"name": a.name, "image": a.image, "env": _kv(a.env, "--env", p),
+                                         "start": a.start}
+            if command:
+                container["command"] = command
+            mounts = []
+            for m in a.mount or []:
+                parts = m.split(":")
+                if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+                    p.error(f"--mount {m!r} must look like VOLUME:/target[:ro]")
+                mounts.append({"volume": parts[0], "target": parts[1], "readonly": parts[2:] == ["ro"]})
+            vfrom = []
+            for v in a.volumes_from or []:
+                name, _, mode = v.partition(":")
+                if mode not in ("", "ro", "rw"):
+                    p.error(f"--volumes-from {v!r} must look like CONTAINER[:ro]")
+                vfrom.append({"container": name, "readonly": mode == "ro"})
+            op, body = "share", {"container": container, "mounts": mounts, "volumes_from": vfrom}
+    if a.id:
+        body["id"] = a.id
+    return op, body
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    return "\n".join("   ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)).rstrip()
+                     for r in [header, *rows])
+
+
+def _show_volumes(volumes: list[dict[str, Any]], host: str | None = None) -> list[list[str]]:
+    rows = []
+    for v in volumes:
+        users = ",".join(f"{u['container']}({u['state']})" for u in v["used_by"]) or "-"
+        labels = ",".join(f"{k}={val}" for k, val in sorted(v["labels"].items())) or "-"
+        rows.append(([host] if host else []) + [v["name"], v["driver"], users, labels])
+    return rows
+
+
+def _human(op: str, result: dict[str, Any]) -> str:
+    match op:
+        case "list":
+            return _table(_show_volumes(result["volumes"]), ["NAME", "DRIVER", "USED BY", "LABELS"])
+        case "inspect" | "create":
+            lines = [f"{k}: {result[k]}" for k in ("name", "driver", "mountpoint", "scope", "created_at")]
+            lines.append("labels: " + (", ".join(f"{k}={v}" for k, v in result["labels"].items()) or "-"))
+            lines.append("options: " + (", ".join(f"{k}={v}" for k, v in result["options"].items()) or "-"))
+            lines.append("used by: " + (", ".join(f"{u['container']} ({u['state']})"
+                                                  for u in result["used_by"]) or "-"))
+            return "\n".join(lines)
+        case "remove":
+            return str(result["name"])
+        case "prune":
+            verb = "would remove" if result["dry_run"] else "removed"
+            return "\n".join([f"{verb} {len(result['volumes'])} volume(s)", *result["volumes"]])
+        case "share":
+            return f"{result['container']} {result['id'][:12]} {result['state']} volumes: " + (
+                ", ".join(result["volumes"]) or "-")
+    return msgspec.json.encode(result).decode()
+
+
+async def _run(a: argparse.Namespace, op: str, body: dict[str, Any]) -> int:
+    urls = [u.strip() for u in a.nats.split(",") if u.strip()]
+    try:
+        client = await AgentClient.connect(urls, a.prefix)
+    except Exception as exc:  # any connect failure is one sentence for a person
+        print(f"volumectl: cannot connect to NATS at {a.nats}: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
+    try:
+        if op == "list" and a.all_hosts:
+            return _print_fleet(a, await client.gather("list", body, window=a.window))
+        try:
+            reply = await client.request(a.host, op, body, timeout=a.timeout)
+        except NoAgent as exc:
+            print(f"volumectl: {exc}", file=sys.stderr)
+            return 1
+        return _print_reply(a, reply)
+    finally:
+        await client.close()
+
+
+def _print_reply(a: argparse.Namespace, reply: Reply) -> int:
+    if a.json:
+        print(msgspec.json.encode(reply).decode())
+    elif reply.ok and reply.result is not None:
+        print(_human(reply.op, reply.result))
+    if reply.error is not None:
+        print(f"volumectl: {reply.error.code}: {reply.error.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_fleet(a: argparse.Namespace, replies: list[Reply]) -> int:
+    if a.json:
+        print(msgspec.json.encode(replies).decode())
+    else:
+        rows = []
+        for r in replies:
+            if r.ok and r.result is not None:
+                rows += _show_volumes(r.result["volumes"], r.host)
+        print(_table(rows, ["HOST", "NAME", "DRIVER", "USED BY", "LABELS"]))
+    answered = [r.host for r in replies]
+    print(f"{len(answered)} host(s) answered: {', '.join(answered) or 'none'}", file=sys.stderr)
+    failed = [r for r in replies if r.error is not None]
+    for r in failed:
+        print(f"volumectl: {r.host}: {r.error.code}: {r.error.message}", file=sys.stderr)  # type: ignore[union-attr]
+    return 1 if failed or not replies else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `volumectl`."""
+    p = _parser()
+    argv = sys.argv[1:] if argv is None else argv
+    # Everything after `--` is the shared container's command, never options of ours.
+    command: list[str] = []
+    if "--" in argv:
+        at = argv.index("--")
+        argv, command = argv[:at], argv[at + 1:]
+    a = p.parse_args(argv)
+    if command and a.cmd != "share":
+        p.error("only share takes a command after --")
+    a.command = command
+    op, body = _request(a, p)
+    return asyncio.run(_run(a, op, body))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
