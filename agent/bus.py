@@ -45,6 +45,8 @@ CONNECT_TIMEOUT_S = 5
 # A lower ping interval finds a half-open connection (nats.py #671) within a minute.
 PING_INTERVAL_S = 15
 BACKOFF_MAX_S = 30.0
+# In-flight work has been drained before the connection is; what is left is flushing.
+DRAIN_TIMEOUT_S = 5
 
 
 @asynccontextmanager
@@ -129,6 +131,7 @@ class Bus:
             reconnect_time_wait=1,
             ping_interval=PING_INTERVAL_S,
             allow_reconnect=True,
+            drain_timeout=DRAIN_TIMEOUT_S,
             error_cb=self._on_error,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,

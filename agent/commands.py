@@ -45,6 +45,7 @@ class Commands:
         self.durable = f"agent_{bus.host}"
         self._prefix = bus.subjects.cmd(bus.host, "")
         self._loop: asyncio.Task[None] | None = None
+        self._sub: nats.js.JetStreamContext.PullSubscription | None = None
 
     async def start(self) -> None:
         if self._loop is not None:
@@ -61,8 +62,8 @@ class Commands:
         async with nats_errors("setting up the durable command consumer"):
             # add_consumer creates or updates; pull_subscribe would ignore a changed config.
             await self.bus.js.add_consumer(stream, config)
-            sub = await self.bus.js.pull_subscribe_bind(self.durable, stream)
-        self._loop = asyncio.create_task(self._pull(sub), name="commands.pull")
+            self._sub = await self.bus.js.pull_subscribe_bind(self.durable, stream)
+        self._loop = asyncio.create_task(self._pull(self._sub), name="commands.pull")
         log.info("commands.consuming", subject=f"{self._prefix}>", durable=self.durable)
 
     async def stop(self) -> None:
@@ -72,6 +73,12 @@ class Commands:
             loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            # Fetched but not started: JetStream redelivers them after the ack wait. Left subscribed,
+            # the unread messages would hold the connection's drain until it times out.
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
 
     async def _pull(self, sub: nats.js.JetStreamContext.PullSubscription) -> None:
         while True:

@@ -13,7 +13,7 @@ __all__ = ["ContainerSpec", "Mount", "ShareRequest", "ShareResult", "VolumesFrom
 
 ContainerName = Annotated[
     str,
-    msgspec.Meta(pattern="^/?[a-zA-Z0-9][a-zA-Z0-9_.-]*$", max_length=255, description="A Docker container name."),
+    msgspec.Meta(pattern="^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$", max_length=255, description="A Docker container name."),
 ]
 MountTarget = Annotated[str, msgspec.Meta(pattern="^/", max_length=4096, description="An absolute path.")]
 

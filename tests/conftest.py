@@ -1,0 +1,92 @@
+"""Session fixtures: one private dockerd, one nats-server, one agent; every test starts from an empty host."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from agent.client import AgentClient
+from contracts import Reply
+
+from .stack import Agent, Dockerd, NatsServer
+
+HOST_ID = "host-a"
+
+
+def _require_root_and_dockerd() -> None:
+    if os.geteuid() != 0 or shutil.which("dockerd") is None:
+        pytest.fail("integration tests need root and dockerd: run scripts/test, which installs docker.io")
+
+
+@pytest.fixture(scope="session")
+def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Short paths: a unix socket path must stay under 108 bytes.
+    return Path(tmp_path_factory.mktemp("s", numbered=True))
+
+
+@pytest.fixture(scope="session")
+def dockerd(stack_dir: Path) -> Iterator[Dockerd]:
+    _require_root_and_dockerd()
+    d = Dockerd(stack_dir / "dk").start()
+    d.import_busybox()
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_server(stack_dir: Path) -> Iterator[NatsServer]:
+    n = NatsServer(stack_dir / "nats").start()
+    yield n
+    n.stop()
+
+
+@pytest.fixture(scope="session")
+def agent(dockerd: Dockerd, nats_server: NatsServer, stack_dir: Path) -> Iterator[Agent]:
+    a = Agent(HOST_ID, dockerd.url, nats_server.url, stack_dir / "agent-a", ["--ack-wait", "2", "--max-body", "65536"]).start()
+    yield a
+    a.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def client(nats_server: NatsServer) -> AsyncIterator[AgentClient]:
+    c = await AgentClient.connect([nats_server.url])
+    yield c
+    await c.close()
+
+
+@dataclass
+class Host:
+    """The agent under test and its Docker host, as a test talks to them."""
+
+    id: str
+    docker: Dockerd
+    agent: Agent
+    client: AgentClient
+
+    async def req(self, op: str, body: dict[str, Any] | bytes | None = None, timeout: float = 30) -> Reply:
+        return await self.client.request(self.id, op, body, timeout=timeout)
+
+    async def ok(self, op: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        reply = await self.req(op, body)
+        assert reply.ok, reply.error
+        assert reply.result is not None
+        return reply.result
+
+    async def error(self, op: str, body: dict[str, Any] | bytes | None = None) -> tuple[str, str]:
+        reply = await self.req(op, body)
+        assert not reply.ok and reply.error is not None, reply.result
+        return reply.error.code, reply.error.message
+
+
+@pytest.fixture
+def host(dockerd: Dockerd, agent: Agent, client: AgentClient) -> Iterator[Host]:
+    dockerd.reset()
+    yield Host(HOST_ID, dockerd, agent, client)
+    dockerd.reset()
