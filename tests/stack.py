@@ -174,6 +174,7 @@ class Agent:
     data_dir: Path
     extra: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
+    _readies: int = 0
 
     @property
     def log_path(self) -> Path:
@@ -181,6 +182,7 @@ class Agent:
 
     def start(self, wait: bool = True) -> Agent:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._readies = self._count_ready()
         env = {k: v for k, v in os.environ.items() if not k.startswith("VOLUME_AGENT_")}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -192,9 +194,12 @@ class Agent:
             self.wait_ready()
         return self
 
+    def _count_ready(self) -> int:
+        return self.log().count('"agent.ready"') if self.log_path.exists() else 0
+
     def wait_ready(self, timeout: float = 30) -> None:
-        wait_for(lambda: '"agent.ready"' in self.log_path.read_text(errors="replace").split('"agent.starting"')[-1],
-                 timeout, f"agent {self.host_id}", self.proc)
+        """Until this run (not an earlier one in the same log) says it is ready."""
+        wait_for(lambda: self._count_ready() > self._readies, timeout, f"agent {self.host_id}", self.proc)
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

@@ -1,0 +1,269 @@
+"""Durable commands, idempotency across paths and restarts, events and the audit stream."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from pathlib import Path
+
+import msgspec
+import nats.js.errors
+import pytest
+
+from agent.client import AgentClient
+from contracts import Reply
+
+from .conftest import Host
+from .stack import Agent, Dockerd, NatsServer
+
+pytestmark = pytest.mark.integration
+
+
+async def next_outcome(
+    client: AgentClient, host: str, op: str, cmd_id: str, timeout: float = 20, *, until_ok: bool = False
+) -> Reply:
+    """The outcome of command `cmd_id` (with `until_ok`, its first success), from the audit stream."""
+    js = client.nc.jetstream()
+    sub = await js.subscribe(f"vol.res.{host}.{op}", ordered_consumer=True)
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await sub.next_msg(timeout=timeout)
+                reply = msgspec.json.decode(msg.data, type=Reply)
+                if reply.id == cmd_id and (reply.ok or not until_ok):
+                    return reply
+    finally:
+        await sub.unsubscribe()
+
+
+async def count_outcomes(client: AgentClient, host: str, op: str, cmd_id: str) -> int:
+    js = client.nc.jetstream()
+    sub = await js.subscribe(f"vol.res.{host}.{op}", ordered_consumer=True)
+    n = 0
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=1)
+            except nats.errors.TimeoutError:
+                return n
+            n += msgspec.json.decode(msg.data, type=Reply).id == cmd_id
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_durable_command_is_applied_and_its_outcome_is_on_the_audit_stream(host: Host) -> None:
+    cmd_id = await host.client.command(host.id, "create", {"name": "durable1"})
+    reply = await next_outcome(host.client, host.id, "create", cmd_id)
+    assert reply.ok and reply.result["name"] == "durable1" and reply.host == host.id
+    assert "durable1" in host.docker.docker("volume", "ls", "-q").split()
+
+
+async def test_request_outcomes_are_published_on_the_audit_stream_too(host: Host) -> None:
+    cmd_id = uuid.uuid4().hex
+    code, _ = await host.error("remove", {"name": "ghost", "id": cmd_id})
+    assert code == "not_found"
+    reply = await next_outcome(host.client, host.id, "remove", cmd_id)
+    assert reply.error is not None and reply.error.code == "not_found"
+
+
+async def test_same_id_on_both_paths_is_applied_once_and_returns_the_stored_outcome(host: Host) -> None:
+    cmd_id = f"idem-{uuid.uuid4().hex}"
+    first = await host.req("create", {"name": "once", "id": cmd_id})
+    assert first.ok
+    host.docker.docker("volume", "rm", "once")  # if the agent applied it again, it would come back
+    again = await host.req("create", {"name": "once", "id": cmd_id})
+    assert again == first
+    await host.client.command(host.id, "create", {"name": "once"}, cmd_id=cmd_id)
+    await asyncio.sleep(1.5)
+    assert "once" not in host.docker.docker("volume", "ls", "-q").split()
+    # A replay is no new outcome: the stream holds the one outcome under this id.
+    assert await count_outcomes(host.client, host.id, "create", cmd_id) == 1
+
+
+async def test_an_id_reused_for_another_command_is_conflict(host: Host) -> None:
+    cmd_id = f"reuse-{uuid.uuid4().hex}"
+    assert (await host.req("create", {"name": "first1", "id": cmd_id})).ok
+    code, msg = await host.error("create", {"name": "other1", "id": cmd_id})
+    assert code == "conflict" and cmd_id in msg
+    assert "other1" not in host.docker.docker("volume", "ls", "-q").split()
+
+
+async def test_concurrent_duplicates_of_one_id_apply_once(host: Host) -> None:
+    cmd_id = f"dup-{uuid.uuid4().hex}"
+    replies = await asyncio.gather(*(host.req("create", {"name": "dup1", "id": cmd_id}) for _ in range(8)))
+    assert all(r.ok for r in replies)
+    assert len({r.result["created_at"] for r in replies}) == 1
+    assert await count_outcomes(host.client, host.id, "create", cmd_id) == 1
+
+
+async def test_expired_durable_command_is_not_applied_and_gets_expired(host: Host) -> None:
+    cmd_id = await host.client.command(host.id, "create", {"name": "late1", "deadline": "2001-01-01T00:00:00Z"})
+    reply = await next_outcome(host.client, host.id, "create", cmd_id)
+    assert reply.error is not None and reply.error.code == "expired"
+    assert "late1" not in host.docker.docker("volume", "ls", "-q").split()
+
+
+async def test_invalid_durable_command_is_answered_invalid_on_the_audit_stream(host: Host) -> None:
+    cmd_id = uuid.uuid4().hex
+    await host.client.command(host.id, "create", b'{"name": 1}', cmd_id=cmd_id)
+    reply = await next_outcome(host.client, host.id, "create", cmd_id)
+    assert reply.error is not None and reply.error.code == "invalid"
+
+
+async def test_volume_events_are_published_with_the_command_id(host: Host) -> None:
+    sub = await host.client.nc.subscribe(f"vol.evt.{host.id}.>")
+    cmd_id = uuid.uuid4().hex
+    await host.ok("create", {"name": "ev1", "id": cmd_id})
+    await host.ok("remove", {"name": "ev1"})
+    created = await sub.next_msg(timeout=5)
+    removed = await sub.next_msg(timeout=5)
+    await sub.unsubscribe()
+    assert created.subject == f"vol.evt.{host.id}.volume.created"
+    assert msgspec.json.decode(created.data)["cmd_id"] == cmd_id
+    assert removed.subject == f"vol.evt.{host.id}.volume.removed"
+    assert msgspec.json.decode(removed.data)["volume"] == "ev1"
+
+
+async def test_micro_service_is_discoverable_with_host_metadata(host: Host) -> None:
+    inbox = host.client.nc.new_inbox()
+    sub = await host.client.nc.subscribe(inbox)
+    await host.client.nc.publish("$SRV.PING.volume-agent", b"", reply=inbox)
+    found = []
+    try:
+        while True:
+            found.append(msgspec.json.decode((await sub.next_msg(timeout=1)).data))
+    except nats.errors.TimeoutError:
+        pass
+    await sub.unsubscribe()
+    mine = [p for p in found if p["metadata"]["host"] == host.id]
+    assert mine and mine[0]["name"] == "volume-agent" and mine[0]["metadata"]["version"]
+
+
+# Faults: a second agent of our own, so the shared one is not disturbed.
+
+
+@pytest.fixture
+def own_agent(dockerd: Dockerd, nats_server: NatsServer, tmp_path: Path):
+    dockerd.reset()
+    a = Agent(f"own-{uuid.uuid4().hex[:8]}", dockerd.url, nats_server.url, tmp_path, ["--ack-wait", "2"])
+    yield a
+    a.stop()
+    dockerd.reset()
+
+
+async def test_command_published_while_the_agent_is_down_is_applied_when_it_starts(
+    own_agent: Agent, client: AgentClient, dockerd: Dockerd
+) -> None:
+    own_agent.start()
+    own_agent.stop()
+    cmd_id = await client.command(own_agent.host_id, "create", {"name": "while-down"})
+    await asyncio.sleep(0.5)
+    assert "while-down" not in dockerd.docker("volume", "ls", "-q").split()
+    own_agent.start()
+    reply = await next_outcome(client, own_agent.host_id, "create", cmd_id)
+    assert reply.ok
+    assert "while-down" in dockerd.docker("volume", "ls", "-q").split()
+
+
+async def test_idempotency_survives_an_agent_restart(own_agent: Agent, client: AgentClient, dockerd: Dockerd) -> None:
+    own_agent.start()
+    cmd_id = uuid.uuid4().hex
+    first = await client.request(own_agent.host_id, "create", {"name": "restart1", "id": cmd_id})
+    own_agent.stop()
+    dockerd.docker("volume", "rm", "restart1")
+    own_agent.start()
+    again = await client.request(own_agent.host_id, "create", {"name": "restart1", "id": cmd_id})
+    assert again == first
+    assert "restart1" not in dockerd.docker("volume", "ls", "-q").split()
+
+
+async def test_sigterm_during_a_command_lets_it_finish_replies_and_exits_zero(
+    own_agent: Agent, client: AgentClient, dockerd: Dockerd
+) -> None:
+    own_agent.start()
+    dockerd.pause()  # the create will hang inside Docker until we resume it
+    try:
+        pending = asyncio.create_task(client.request(own_agent.host_id, "create", {"name": "inflight"}, timeout=30))
+        await asyncio.sleep(0.5)
+        own_agent.signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        assert own_agent.proc is not None and own_agent.proc.poll() is None, "exited before its command finished"
+    finally:
+        dockerd.resume()
+    reply = await pending
+    assert reply.ok and reply.result["name"] == "inflight"
+    assert await asyncio.to_thread(own_agent.wait, 30) == 0
+    assert "inflight" in dockerd.docker("volume", "ls", "-q").split()
+    assert (await next_outcome(client, own_agent.host_id, "create", reply.id)).ok
+
+
+async def test_agent_killed_mid_command_applies_it_after_restart(
+    own_agent: Agent, client: AgentClient, dockerd: Dockerd
+) -> None:
+    own_agent.start()
+    dockerd.pause()
+    try:
+        cmd_id = await client.command(own_agent.host_id, "create", {"name": "survivor"})
+        await asyncio.sleep(1.0)
+        own_agent.signal(signal.SIGKILL)
+        own_agent.wait(10)
+    finally:
+        dockerd.resume()
+    own_agent.start()
+    reply = await next_outcome(client, own_agent.host_id, "create", cmd_id, timeout=30)
+    assert reply.ok
+    assert "survivor" in dockerd.docker("volume", "ls", "-q").split()
+
+
+async def test_docker_down_is_unavailable_and_the_agent_recovers_when_it_returns(
+    nats_server: NatsServer, client: AgentClient, tmp_path: Path
+) -> None:
+    d = Dockerd(tmp_path / "dk2").start()
+    a = Agent("flaky", d.url, nats_server.url, tmp_path / "agent").start()
+    try:
+        d.stop()
+        reply = await client.request("flaky", "list", {})
+        assert reply.error is not None and reply.error.code == "unavailable"
+        assert "unreachable" in reply.error.message and "Traceback" not in reply.error.message
+        # A durable command meeting Docker down is retried, not recorded as failed.
+        cmd_id = await client.command("flaky", "create", {"name": "later"})
+        await asyncio.sleep(1)
+        d.start()
+        # The unavailable attempts are on the audit stream too; the last one succeeds.
+        reply = await next_outcome(client, "flaky", "create", cmd_id, timeout=30, until_ok=True)
+        assert reply.ok
+        assert "later" in d.docker("volume", "ls", "-q").split()
+    finally:
+        a.stop()
+        d.stop()
+
+
+async def test_stuck_docker_is_timeout(nats_server: NatsServer, client: AgentClient, tmp_path: Path) -> None:
+    d = Dockerd(tmp_path / "dk3").start()
+    a = Agent("stuck", d.url, nats_server.url, tmp_path / "agent", ["--docker-timeout", "1"]).start()
+    try:
+        d.pause()
+        reply = await client.request("stuck", "inspect", {"name": "any1"})
+        assert reply.error is not None and reply.error.code == "timeout"
+    finally:
+        d.resume()
+        a.stop()
+        d.stop()
+
+
+async def test_agent_started_before_docker_waits_and_says_so(
+    nats_server: NatsServer, client: AgentClient, tmp_path: Path
+) -> None:
+    d = Dockerd(tmp_path / "dk4")
+    a = Agent("early", d.url, nats_server.url, tmp_path / "agent").start(wait=False)
+    try:
+        await asyncio.sleep(2)
+        assert '"docker.unreachable"' in a.log() and str(d.sock) in a.log()
+        assert "Traceback" not in a.log()
+        d.start()
+        await asyncio.to_thread(a.wait_ready, 40)
+        assert (await client.request("early", "list", {})).ok
+    finally:
+        a.stop()
+        d.stop()
