@@ -1,0 +1,56 @@
+"""Through a real nats-server: a slow operation does not hold up other requests on the same endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from agent.bus import Bus, KvOutcomes
+from agent.client import AgentClient
+from agent.config import Settings
+from agent.dispatch import Dispatcher
+from agent.locks import KeyedLocks
+from agent.requests import RequestService
+from agent.tasks import Tasks
+from agent.volumes import Volumes
+
+from .fakes import FakeEngine
+from .stack import NatsServer
+
+pytestmark = pytest.mark.integration
+
+
+async def test_a_blocked_request_does_not_block_the_next_ones(nats_server: NatsServer, client: AgentClient) -> None:
+    settings = Settings(nats_urls=[nats_server.url], docker_url="unix:///nowhere", host_id="conc",
+                        data_dir=Path("/nonexistent"))
+    bus = Bus(settings, settings.nats_urls)
+    await bus.start()
+    engine = FakeEngine()
+    engine.gate = asyncio.Event()
+    tasks = Tasks(limit=8)
+    dispatcher = Dispatcher("conc", Volumes(engine, bus, KeyedLocks()), KvOutcomes(bus), bus, max_body=4096)
+    service = RequestService(bus, dispatcher, tasks)
+    await service.start()
+    try:
+        slow = asyncio.create_task(client.request("conc", "create", {"name": "slow1"}, timeout=10))
+        await asyncio.sleep(0.2)
+        assert not slow.done()
+        fast = await asyncio.wait_for(client.request("conc", "inspect", {"name": "other1"}), 2)
+        assert fast.error is not None and fast.error.code == "not_found"
+        engine.gate.set()
+        assert (await slow).ok
+    finally:
+        await service.stop()
+        await service.stop()  # idempotent
+        await tasks.drain(5)
+        await bus.stop()
+        await bus.stop()
+
+
+async def test_sixty_four_concurrent_inspects_are_all_answered(host) -> None:
+    await host.ok("create", {"name": "shared1"})
+    replies = await asyncio.gather(*(host.req("inspect", {"name": "shared1"}) for _ in range(64)))
+    assert all(r.ok and r.result["name"] == "shared1" for r in replies)
+    assert len({r.id for r in replies}) == 64

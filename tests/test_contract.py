@@ -1,0 +1,110 @@
+"""The contract: schema is current, subjects are right, and no input can crash the decoding."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.dispatch import Dispatcher
+from agent.errors import Invalid
+from agent.locks import KeyedLocks
+from agent.outcomes import MemoryOutcomes
+from agent.volumes import Volumes
+from contracts import OPS, BaseRequest, Subjects, valid_host_id
+from contracts.schema import SCHEMA_PATH, render
+
+from .fakes import FakeEngine, RecordingSink
+
+
+def test_checked_in_schema_is_current() -> None:
+    assert SCHEMA_PATH.read_text() == render(), "run `python -m contracts.schema`"
+
+
+def test_schema_check_command_fails_on_a_stale_schema(tmp_path, monkeypatch) -> None:
+    out = subprocess.run([sys.executable, "-m", "contracts.schema", "--check"], capture_output=True)
+    assert out.returncode == 0
+    original = SCHEMA_PATH.read_text()
+    try:
+        SCHEMA_PATH.write_text(original.replace('"create"', '"make"', 1))
+        out = subprocess.run([sys.executable, "-m", "contracts.schema", "--check"], capture_output=True)
+        assert out.returncode == 1 and b"stale" in out.stderr
+    finally:
+        SCHEMA_PATH.write_text(original)
+
+
+def test_contracts_import_alone_without_the_agent() -> None:
+    code = "import sys, contracts; assert not any(m.startswith(('agent', 'nats', 'aiodocker')) for m in sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_subjects() -> None:
+    s = Subjects("vol")
+    assert s.req("h1", "create") == "vol.req.h1.create"
+    assert s.cmd("h1", "remove") == "vol.cmd.h1.remove"
+    assert s.res("h1", "list") == "vol.res.h1.list"
+    assert s.all("list") == "vol.all.list"
+    assert s.evt("h1", "volume.created") == "vol.evt.h1.volume.created"
+    assert s.stream_name("cmd") == "VOL_CMD" and Subjects("acme.vol").stream_name("res") == "ACME_VOL_RES"
+    with pytest.raises(ValueError):
+        Subjects("vol.>")
+
+
+@pytest.mark.parametrize(("host", "ok"), [("h1", True), ("web-01_a", True), ("all", False), ("a.b", False),
+                                          ("", False), ("x" * 65, False), ("x" * 64, True)])
+def test_host_ids(host: str, ok: bool) -> None:
+    assert valid_host_id(host) is ok
+
+
+_DISPATCHER = Dispatcher("h1", Volumes(FakeEngine(), RecordingSink(), KeyedLocks()), MemoryOutcomes(),
+                         RecordingSink(), max_body=1024 * 1024)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=20,
+)
+plausible_bodies = st.fixed_dictionaries(
+    {},
+    optional={"name": st.text(max_size=30) | st.integers(), "id": st.text(max_size=140),
+              "labels": st.dictionaries(st.text(max_size=5), st.text(max_size=5) | st.integers(), max_size=3),
+              "deadline": st.text(max_size=30), "force": json_values, "filters": json_values,
+              "container": json_values, "mounts": json_values, "extra": json_values},
+)
+
+
+def _decodes_or_invalid(op: str, data: bytes) -> None:
+    try:
+        req = _DISPATCHER.decode(op, data)
+    except Invalid as exc:
+        assert exc.code == "invalid" and exc.message.endswith(".")
+        assert "Traceback" not in exc.message
+        return
+    assert isinstance(req, OPS[op].request) and isinstance(req, BaseRequest)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(op=st.sampled_from(sorted(OPS)), data=st.binary(max_size=300))
+def test_arbitrary_bytes_are_a_valid_command_or_invalid(op: str, data: bytes) -> None:
+    _decodes_or_invalid(op, data)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(op=st.sampled_from(sorted(OPS)), value=json_values)
+def test_arbitrary_json_is_a_valid_command_or_invalid(op: str, value: object) -> None:
+    _decodes_or_invalid(op, msgspec.json.encode(value))
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(op=st.sampled_from(sorted(OPS)), body=plausible_bodies)
+def test_plausible_but_wrong_bodies_are_a_valid_command_or_invalid(op: str, body: dict) -> None:
+    _decodes_or_invalid(op, msgspec.json.encode(body))
+
+
+def test_unknown_op_is_invalid() -> None:
+    with pytest.raises(Invalid, match="Unknown operation"):
+        _DISPATCHER.decode("drop-tables", b"{}")

@@ -1,0 +1,159 @@
+"""The dispatcher's rules, with fakes behind the seams: idempotency, deadlines, errors, serialization."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import msgspec
+import pytest
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
+
+from agent.dispatch import Dispatcher
+from agent.errors import Unavailable
+from agent.locks import KeyedLocks
+from agent.outcomes import MemoryOutcomes
+from agent.volumes import Volumes
+from contracts import Reply
+
+from .fakes import FakeEngine, RecordingSink
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def make(max_body: int = 4096) -> tuple[Dispatcher, FakeEngine, RecordingSink, MemoryOutcomes]:
+    engine, sink, outcomes = FakeEngine(), RecordingSink(), MemoryOutcomes()
+    return Dispatcher("h1", Volumes(engine, sink, KeyedLocks()), outcomes, sink, max_body=max_body), engine, sink, \
+        outcomes
+
+
+def reply(outcome_bytes: bytes) -> Reply:
+    return msgspec.json.decode(outcome_bytes, type=Reply)
+
+
+async def test_a_repeated_id_is_applied_once_and_answered_with_the_stored_outcome() -> None:
+    d, engine, sink, _ = make()
+    first = await d.execute("create", b'{"name": "v1", "id": "k1"}')
+    del engine.volumes["v1"]
+    second = await d.execute("create", b'{"name": "v1", "id": "k1"}')
+    assert second.reply == first.reply
+    assert engine.calls.count("create:v1") == 1 and "v1" not in engine.volumes
+    assert len(sink.results) == 1
+
+
+async def test_the_durable_message_id_names_a_command_without_an_id() -> None:
+    d, engine, _, _ = make()
+    first = await d.execute("create", b'{"name": "v1"}', fallback_id="m1")
+    assert reply(first.reply).id == "m1"
+    await d.execute("create", b'{"name": "v1"}', fallback_id="m1")
+    assert engine.calls.count("create:v1") == 1
+
+
+async def test_reusing_an_id_for_another_body_is_conflict_and_not_applied() -> None:
+    d, engine, _, _ = make()
+    await d.execute("create", b'{"name": "v1", "id": "k1"}')
+    out = await d.execute("create", b'{"name": "v2", "id": "k1"}')
+    assert out.error is not None and out.error.code == "conflict"
+    assert "v2" not in engine.volumes
+
+
+async def test_label_order_does_not_make_a_retry_look_like_another_command() -> None:
+    d, _, _, _ = make()
+    await d.execute("create", b'{"name": "v1", "id": "k1", "labels": {"a": "1", "b": "2"}}')
+    out = await d.execute("create", b'{"labels": {"b": "2", "a": "1"}, "id": "k1", "name": "v1"}')
+    assert out.error is None
+
+
+async def test_transient_failures_are_not_stored_so_a_retry_is_applied() -> None:
+    d, engine, _, outcomes = make()
+    engine.fail_with = Unavailable("Docker Engine is unreachable.")
+    out = await d.execute("create", b'{"name": "v1", "id": "k1"}')
+    assert out.transient and out.error is not None and out.error.code == "unavailable"
+    assert outcomes.items == {}
+    engine.fail_with = None
+    assert (await d.execute("create", b'{"name": "v1", "id": "k1"}')).error is None
+    assert "v1" in engine.volumes
+
+
+async def test_an_unexpected_exception_is_internal_without_a_python_repr_and_is_logged() -> None:
+    d, engine, _, _ = make()
+    engine.fail_with = ZeroDivisionError("boom")
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        out = await d.execute("create", b'{"name": "v1", "id": "k1"}')
+    assert out.error is not None and out.error.code == "internal"
+    assert "boom" not in out.error.message and "ZeroDivisionError" not in out.error.message
+    assert "k1" in out.error.message
+    crash = [e for e in logs if e["event"] == "command.crashed"]
+    assert crash and crash[0]["cmd_id"] == "k1" and crash[0]["op"] == "create" and crash[0]["volume"] == "v1"
+
+
+async def test_a_passed_deadline_is_expired_and_not_applied() -> None:
+    d, engine, _, _ = make()
+    out = await d.execute("create", b'{"name": "v1", "deadline": "2001-01-01T00:00:00Z"}')
+    assert out.error is not None and out.error.code == "expired"
+    assert engine.calls == []
+
+
+async def test_reads_are_not_deduplicated_and_published_without_waiting_for_jetstream() -> None:
+    d, engine, sink, outcomes = make()
+    await d.execute("create", b'{"name": "v1"}')
+    await d.execute("inspect", b'{"name": "v1", "id": "r1"}')
+    engine.volumes["v1"]["Labels"] = {"changed": "yes"}
+    out = await d.execute("inspect", b'{"name": "v1", "id": "r1"}')
+    assert reply(out.reply).result["labels"] == {"changed": "yes"}
+    assert [durable for op, _, durable in sink.results if op == "inspect"] == [False, False]
+
+
+async def test_body_over_the_limit_is_invalid() -> None:
+    d, _, _, _ = make(max_body=64)
+    out = await d.execute("create", b'{"name": "v1", "labels": {"k": "' + b"v" * 100 + b'"}}')
+    assert out.error is not None and out.error.code == "invalid" and "limit of 64" in out.error.message
+
+
+async def test_operations_on_one_volume_are_serialized_and_others_are_not_blocked() -> None:
+    d, engine, _, _ = make()
+    engine.gate = asyncio.Event()
+    create = asyncio.create_task(d.execute("create", b'{"name": "v1"}'))
+    await asyncio.sleep(0.01)
+    remove = asyncio.create_task(d.execute("remove", b'{"name": "v1"}'))
+    other = await asyncio.wait_for(d.execute("inspect", b'{"name": "nope1"}'), 1)
+    assert other.error is not None and other.error.code == "not_found"  # answered while v1 is busy
+    await asyncio.sleep(0.01)
+    assert "remove:v1" not in engine.calls  # waits for the create of the same volume
+    engine.gate.set()
+    assert (await create).error is None
+    assert (await remove).error is None
+    assert engine.calls[-1] == "remove:v1"
+
+
+async def test_concurrent_duplicates_share_one_application() -> None:
+    d, engine, _, _ = make()
+    engine.gate = asyncio.Event()
+    cmd = b'{"name": "v1", "id": "same"}'
+    tasks = [asyncio.create_task(d.execute("create", cmd)) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    engine.gate.set()
+    outs = await asyncio.gather(*tasks)
+    assert len({o.reply for o in outs}) == 1
+    assert engine.calls.count("create:v1") == 1
+
+
+async def test_interrupted_reply_keeps_the_callers_id() -> None:
+    d, _, _, _ = make()
+    out = d.interrupted("create", b'{"name": "v1", "id": "mine"}')
+    r = reply(out.reply)
+    assert r.id == "mine" and r.error is not None and r.error.code == "unavailable"
+
+
+async def test_keyed_locks_forget_keys_nobody_holds() -> None:
+    locks = KeyedLocks()
+    async with locks.hold_all(["b", "a", "b"]):
+        assert len(locks) == 2
+    assert len(locks) == 0
+
+
+async def test_ids_are_generated_when_absent_and_unique() -> None:
+    d, _, _, _ = make()
+    ids = {reply((await d.execute("list", b"")).reply).id for _ in range(3)}
+    assert len(ids) == 3 and all(uuid.UUID(i) for i in ids)

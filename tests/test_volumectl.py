@@ -1,0 +1,71 @@
+"""volumectl as a person uses it: tables, --json, exit codes 0/1/2, and a clear word when no agent answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from .conftest import Host
+from .stack import BUSYBOX_IMAGE, venv_bin
+
+pytestmark = pytest.mark.integration
+
+
+def ctl(host: Host, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOLUME_AGENT_")}
+    return subprocess.run(
+        [venv_bin("volumectl"), "--nats", host.agent.nats_url, "--host", host.id, *args],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+
+
+async def test_create_ls_inspect_rm_round_trip(host: Host) -> None:
+    out = ctl(host, "create", "web-data", "--label", "team=web", "-o", "type=tmpfs", "-o", "device=tmpfs")
+    assert out.returncode == 0, out.stderr
+    assert "name: web-data" in out.stdout and "team=web" in out.stdout
+    out = ctl(host, "ls")
+    assert out.returncode == 0 and out.stdout.splitlines()[0].split() == ["NAME", "DRIVER", "USED", "BY", "LABELS"]
+    assert "web-data" in out.stdout
+    out = ctl(host, "--json", "inspect", "web-data")
+    env = json.loads(out.stdout)
+    assert env["ok"] is True and env["result"]["options"]["type"] == "tmpfs"
+    assert ctl(host, "rm", "web-data").returncode == 0
+
+
+async def test_error_reply_exits_1_with_code_and_message_on_stderr(host: Host) -> None:
+    out = ctl(host, "rm", "ghost")
+    assert out.returncode == 1
+    assert out.stderr.strip() == "volumectl: not_found: Volume 'ghost' does not exist on this host."
+    out = ctl(host, "--json", "rm", "ghost")
+    assert out.returncode == 1 and json.loads(out.stdout)["error"]["code"] == "not_found"
+
+
+async def test_usage_errors_exit_2(host: Host) -> None:
+    assert ctl(host, "create").returncode == 2
+    assert ctl(host, "create", "x1", "--label", "novalue").returncode == 2
+    assert ctl(host, "ls", "--filter", "colour=red").returncode == 2
+    assert ctl(host, "frobnicate").returncode == 2
+
+
+async def test_no_agent_for_a_host_names_the_host_and_the_url(host: Host) -> None:
+    out = subprocess.run([venv_bin("volumectl"), "--nats", host.agent.nats_url, "--host", "nobody", "ls"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "'nobody'" in out.stderr and host.agent.nats_url in out.stderr
+    out = subprocess.run([venv_bin("volumectl"), "--nats", "nats://127.0.0.1:1", "ls"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "nats://127.0.0.1:1" in out.stderr and "Traceback" not in out.stderr
+
+
+async def test_share_and_prune_and_fleet_listing(host: Host) -> None:
+    out = ctl(host, "share", "keeper", "--image", BUSYBOX_IMAGE, "-v", "kept:/k", "--", "sleep", "1")
+    assert out.returncode == 0, out.stderr
+    assert "keeper" in out.stdout and "kept" in out.stdout
+    ctl(host, "create", "loose")
+    out = ctl(host, "prune", "--dry-run")
+    assert out.returncode == 0 and out.stdout.splitlines() == ["would remove 1 volume(s)", "loose"]
+    out = ctl(host, "ls", "--all-hosts", "--window", "1")
+    assert out.returncode == 0 and host.id in out.stdout and f"answered: {host.id}" in out.stderr
