@@ -49,7 +49,8 @@ def nats_server(stack_dir: Path) -> Iterator[NatsServer]:
 
 @pytest.fixture(scope="session")
 def agent(dockerd: Dockerd, nats_server: NatsServer, stack_dir: Path) -> Iterator[Agent]:
-    a = Agent(HOST_ID, dockerd.url, nats_server.url, stack_dir / "agent-a", ["--ack-wait", "2", "--max-body", "65536"]).start()
+    extra = ["--ack-wait", "2", "--max-body", "65536"]
+    a = Agent(HOST_ID, dockerd.url, nats_server.url, stack_dir / "agent-a", extra).start()
     yield a
     a.stop()
 

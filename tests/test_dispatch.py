@@ -96,7 +96,7 @@ async def test_a_passed_deadline_is_expired_and_not_applied() -> None:
 
 
 async def test_reads_are_not_deduplicated_and_published_without_waiting_for_jetstream() -> None:
-    d, engine, sink, outcomes = make()
+    d, engine, sink, _ = make()
     await d.execute("create", b'{"name": "v1"}')
     await d.execute("inspect", b'{"name": "v1", "id": "r1"}')
     engine.volumes["v1"]["Labels"] = {"changed": "yes"}

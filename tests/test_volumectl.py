@@ -22,7 +22,7 @@ def ctl(host: Host, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def test_create_ls_inspect_rm_round_trip(host: Host) -> None:
+def test_create_ls_inspect_rm_round_trip(host: Host) -> None:
     out = ctl(host, "create", "web-data", "--label", "team=web", "-o", "type=tmpfs", "-o", "device=tmpfs")
     assert out.returncode == 0, out.stderr
     assert "name: web-data" in out.stdout and "team=web" in out.stdout
@@ -35,7 +35,7 @@ async def test_create_ls_inspect_rm_round_trip(host: Host) -> None:
     assert ctl(host, "rm", "web-data").returncode == 0
 
 
-async def test_error_reply_exits_1_with_code_and_message_on_stderr(host: Host) -> None:
+def test_error_reply_exits_1_with_code_and_message_on_stderr(host: Host) -> None:
     out = ctl(host, "rm", "ghost")
     assert out.returncode == 1
     assert out.stderr.strip() == "volumectl: not_found: Volume 'ghost' does not exist on this host."
@@ -43,14 +43,14 @@ async def test_error_reply_exits_1_with_code_and_message_on_stderr(host: Host) -
     assert out.returncode == 1 and json.loads(out.stdout)["error"]["code"] == "not_found"
 
 
-async def test_usage_errors_exit_2(host: Host) -> None:
+def test_usage_errors_exit_2(host: Host) -> None:
     assert ctl(host, "create").returncode == 2
     assert ctl(host, "create", "x1", "--label", "novalue").returncode == 2
     assert ctl(host, "ls", "--filter", "colour=red").returncode == 2
     assert ctl(host, "frobnicate").returncode == 2
 
 
-async def test_no_agent_for_a_host_names_the_host_and_the_url(host: Host) -> None:
+def test_no_agent_for_a_host_names_the_host_and_the_url(host: Host) -> None:
     out = subprocess.run([venv_bin("volumectl"), "--nats", host.agent.nats_url, "--host", "nobody", "ls"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
@@ -60,7 +60,7 @@ async def test_no_agent_for_a_host_names_the_host_and_the_url(host: Host) -> Non
     assert out.returncode == 1 and "nats://127.0.0.1:1" in out.stderr and "Traceback" not in out.stderr
 
 
-async def test_share_and_prune_and_fleet_listing(host: Host) -> None:
+def test_share_and_prune_and_fleet_listing(host: Host) -> None:
     out = ctl(host, "share", "keeper", "--image", BUSYBOX_IMAGE, "-v", "kept:/k", "--", "sleep", "1")
     assert out.returncode == 0, out.stderr
     assert "keeper" in out.stdout and "kept" in out.stdout
