@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -49,6 +50,17 @@ class Outcome:
 
 
 Handler = Callable[[Any], Awaitable[msgspec.Struct]]
+Responder = Callable[[Outcome], Awaitable[None]]
+
+
+async def _tell(early: Responder | None, outcome: Outcome) -> None:
+    """Hand the outcome to the early responder; a failed reply must not lose the record."""
+    if early is None:
+        return
+    try:
+        await early(outcome)
+    except Exception:  # the caller went away or NATS hiccupped: the outcome is still recorded
+        log.warning("reply.failed", exc_info=True)
 
 
 class Dispatcher:
@@ -71,33 +83,40 @@ class Dispatcher:
         }
         self._inflight: dict[str, asyncio.Future[Outcome]] = {}
 
-    async def execute(self, op: str, data: bytes, *, fallback_id: str | None = None) -> Outcome:
-        """Apply one command and return its outcome; never raises but for cancellation.
+    async def execute(
+        self, op: str, data: bytes, *, fallback_id: str | None = None, early: Responder | None = None
+    ) -> Outcome:
+        """Apply one command; return its outcome once it is recorded and published.
 
         `fallback_id` (a durable command's Nats-Msg-Id) names the command when its body carries no id.
+        `early` is given the outcome as soon as it is known, before it is recorded: the request path
+        replies then, the durable path acks only after this returns. Never raises but for cancellation.
         """
         try:
             req = self.decode(op, data)
         except Invalid as exc:
             outcome = self._error(op, fallback_id or _new_id(), exc.body())
+            await _tell(early, outcome)
             await asyncio.shield(self._publish(op, outcome, durable=True))
             return outcome
-        cmd_id = req.id or fallback_id or _new_id()
+        given_id = req.id or fallback_id
+        cmd_id = given_id or _new_id()
         with structlog.contextvars.bound_contextvars(cmd_id=cmd_id, op=op, volume=_volume_of(req)):
             if not OPS[op].mutates:
                 outcome = await self._apply(op, cmd_id, req)
+                await _tell(early, outcome)
                 await self._publish(op, outcome, durable=False)
                 return outcome
             running = self._inflight.get(cmd_id)
             if running is not None:
-                # The same id again while it runs: one application, one outcome for both.
-                return await asyncio.shield(running)
+                # The same id again while it runs or is being recorded: one application, one outcome.
+                outcome = await asyncio.shield(running)
+                await _tell(early, outcome)
+                return outcome
             future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
             self._inflight[cmd_id] = future
             try:
-                outcome = await self._once(op, cmd_id, req)
-                future.set_result(outcome)
-                return outcome
+                return await self._once(op, cmd_id, req, future, early, check_stored=given_id is not None)
             finally:
                 if not future.done():
                     future.cancel()
@@ -129,24 +148,39 @@ class Dispatcher:
             raise Invalid(f"The body is not valid JSON: {exc}.") from None
         return req
 
-    async def _once(self, op: str, cmd_id: str, req: BaseRequest) -> Outcome:
+    async def _once(
+        self, op: str, cmd_id: str, req: BaseRequest, future: asyncio.Future[Outcome], early: Responder | None,
+        *, check_stored: bool,
+    ) -> Outcome:
         fingerprint = _fingerprint(op, req)
-        try:
-            stored = await self.outcomes.get(self.host, cmd_id)
-        except AgentError as exc:
-            return self._error(op, cmd_id, exc.body())
+        stored = None
+        if check_stored:  # a generated id is new by construction
+            try:
+                stored = await self.outcomes.get(self.host, cmd_id)
+            except AgentError as exc:
+                stored_err = self._error(op, cmd_id, exc.body())
+                future.set_result(stored_err)
+                await _tell(early, stored_err)
+                return stored_err
         if stored is not None:
             if stored.fingerprint != fingerprint:
                 err = Conflict(f"Command id {cmd_id!r} was already used for a different command.")
-                return self._error(op, cmd_id, err.body())
-            log.info("command.duplicate")
-            return Outcome(bytes(stored.reply))
+                outcome = self._error(op, cmd_id, err.body())
+            else:
+                log.info("command.duplicate")
+                outcome = Outcome(bytes(stored.reply))
+            future.set_result(outcome)
+            await _tell(early, outcome)
+            return outcome
         outcome = await self._apply(op, cmd_id, req)
+        future.set_result(outcome)  # duplicates that arrive from now on get it without waiting
+        await _tell(early, outcome)
         # Record and publish even when shutdown cancels us now: the change already happened.
         await asyncio.shield(self._record(op, cmd_id, fingerprint, outcome))
         return outcome
 
     async def _apply(self, op: str, cmd_id: str, req: BaseRequest) -> Outcome:
+        started = time.perf_counter()
         try:
             if req.deadline is not None and req.deadline <= datetime.now(UTC):
                 raise Expired(f"The command's deadline {req.deadline.isoformat()} passed before it was applied.")
@@ -158,17 +192,20 @@ class Dispatcher:
             log.exception("command.crashed")
             err = AgentError(f"The agent failed unexpectedly on {op}; its log has the details under id {cmd_id}.")
             return self._error(op, cmd_id, err.body())
-        log.info("command.done")
+        log.info("command.done", duration_ms=round((time.perf_counter() - started) * 1000, 2))
         reply = Reply(id=cmd_id, host=self.host, op=op, ok=True, result=msgspec.to_builtins(result))
         return Outcome(_ENCODER.encode(reply))
 
     async def _record(self, op: str, cmd_id: str, fingerprint: str, outcome: Outcome) -> None:
-        if not outcome.transient:
-            try:
-                await self.outcomes.put(self.host, cmd_id, StoredOutcome(fingerprint, msgspec.Raw(outcome.reply)))
-            except AgentError:
-                log.exception("outcome.not_recorded")
-        await self._publish(op, outcome, durable=True)
+        await asyncio.gather(self._store(cmd_id, fingerprint, outcome), self._publish(op, outcome, durable=True))
+
+    async def _store(self, cmd_id: str, fingerprint: str, outcome: Outcome) -> None:
+        if outcome.transient:
+            return
+        try:
+            await self.outcomes.put(self.host, cmd_id, StoredOutcome(fingerprint, msgspec.Raw(outcome.reply)))
+        except AgentError:
+            log.exception("outcome.not_recorded")
 
     async def _publish(self, op: str, outcome: Outcome, *, durable: bool) -> None:
         try:

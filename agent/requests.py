@@ -78,12 +78,19 @@ class RequestService:
         await self.tasks.spawn(f"req:{op}", self._answer(req, op))
 
     async def _answer(self, req: Request, op: str) -> None:
+        replied = False
+
+        async def respond(outcome: Outcome) -> None:
+            nonlocal replied
+            replied = True
+            await self._respond(req, outcome)
+
         try:
-            outcome = await self.dispatcher.execute(op, req.data)
+            await self.dispatcher.execute(op, req.data, early=respond)
         except asyncio.CancelledError:
-            await asyncio.shield(self._respond(req, self.dispatcher.interrupted(op, req.data)))
+            if not replied:
+                await asyncio.shield(self._respond(req, self.dispatcher.interrupted(op, req.data)))
             raise
-        await self._respond(req, outcome)
 
     async def _respond(self, req: Request, outcome: Outcome) -> None:
         if not req._msg.reply:
