@@ -29,6 +29,7 @@ TRANSIENT_RETRIES = 10
 TRANSIENT_DELAY_S = 5.0
 FETCH_BATCH = 16
 FETCH_WAIT_S = 1.0
+FETCH_RETRY_S = 1.0
 
 
 class Commands:
@@ -71,8 +72,12 @@ class Commands:
         loop, self._loop = self._loop, None
         if loop is not None:
             loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await loop
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # a crashed loop must not keep us from unsubscribing and draining
+                log.exception("commands.loop_crashed")
         sub, self._sub = self._sub, None
         if sub is not None:
             # Fetched but not started: JetStream redelivers them after the ack wait. Left subscribed,
@@ -85,11 +90,12 @@ class Commands:
             batch = max(1, min(FETCH_BATCH, self.tasks.free))
             try:
                 msgs = await sub.fetch(batch, timeout=FETCH_WAIT_S)
-            except nats.errors.TimeoutError:
+            except TimeoutError:
+                # Nothing to do. nats-py raises nats.errors.TimeoutError or, on some paths, the builtin one.
                 continue
-            except (nats.errors.Error, nats.js.errors.Error) as exc:
+            except Exception as exc:  # the loop must outlive any one failed fetch (NATS node down, ...)
                 log.warning("commands.fetch_failed", error=f"{type(exc).__name__}: {exc}")
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(FETCH_RETRY_S)
                 continue
             for msg in msgs:
                 await self.tasks.spawn(f"cmd:{msg.subject}", self._handle(msg))

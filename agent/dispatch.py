@@ -81,7 +81,8 @@ class Dispatcher:
             "prune": volumes.prune,
             "share": lambda req: share(volumes, req),
         }
-        self._inflight: dict[str, asyncio.Future[Outcome]] = {}
+        # Commands being applied or recorded, by id: a duplicate waits for the same outcome.
+        self._inflight: dict[str, tuple[str, asyncio.Future[Outcome]]] = {}
 
     async def execute(
         self, op: str, data: bytes, *, fallback_id: str | None = None, early: Responder | None = None
@@ -107,16 +108,23 @@ class Dispatcher:
                 await _tell(early, outcome)
                 await self._publish(op, outcome, durable=False)
                 return outcome
+            fingerprint = _fingerprint(op, req)
             running = self._inflight.get(cmd_id)
             if running is not None:
                 # The same id again while it runs or is being recorded: one application, one outcome.
-                outcome = await asyncio.shield(running)
+                running_fingerprint, running_future = running
+                if running_fingerprint != fingerprint:
+                    outcome = self._reused(op, cmd_id)
+                else:
+                    outcome = await asyncio.shield(running_future)
                 await _tell(early, outcome)
                 return outcome
             future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-            self._inflight[cmd_id] = future
+            self._inflight[cmd_id] = (fingerprint, future)
             try:
-                return await self._once(op, cmd_id, req, future, early, check_stored=given_id is not None)
+                return await self._once(
+                    op, cmd_id, req, fingerprint, future, early, check_stored=given_id is not None
+                )
             finally:
                 if not future.done():
                     future.cancel()
@@ -149,10 +157,9 @@ class Dispatcher:
         return req
 
     async def _once(
-        self, op: str, cmd_id: str, req: BaseRequest, future: asyncio.Future[Outcome], early: Responder | None,
-        *, check_stored: bool,
+        self, op: str, cmd_id: str, req: BaseRequest, fingerprint: str, future: asyncio.Future[Outcome],
+        early: Responder | None, *, check_stored: bool,
     ) -> Outcome:
-        fingerprint = _fingerprint(op, req)
         stored = None
         if check_stored:  # a generated id is new by construction
             try:
@@ -164,8 +171,7 @@ class Dispatcher:
                 return stored_err
         if stored is not None:
             if stored.fingerprint != fingerprint:
-                err = Conflict(f"Command id {cmd_id!r} was already used for a different command.")
-                outcome = self._error(op, cmd_id, err.body())
+                outcome = self._reused(op, cmd_id)
             else:
                 log.info("command.duplicate")
                 outcome = Outcome(bytes(stored.reply))
@@ -212,6 +218,10 @@ class Dispatcher:
             await self.results.result(op, outcome.reply, durable=durable)
         except AgentError:
             log.exception("outcome.not_published")
+
+    def _reused(self, op: str, cmd_id: str) -> Outcome:
+        err = Conflict(f"Command id {cmd_id!r} was already used for a different command.")
+        return self._error(op, cmd_id, err.body())
 
     def _error(self, op: str, cmd_id: str, error: ErrorBody) -> Outcome:
         reply = Reply(id=cmd_id, host=self.host, op=op, ok=False, error=error)

@@ -157,3 +157,15 @@ async def test_ids_are_generated_when_absent_and_unique() -> None:
     d, _, _, _ = make()
     ids = {reply((await d.execute("list", b"")).reply).id for _ in range(3)}
     assert len(ids) == 3 and all(uuid.UUID(i) for i in ids)
+
+
+async def test_an_id_reused_while_the_first_command_still_runs_is_conflict() -> None:
+    d, engine, _, _ = make()
+    engine.gate = asyncio.Event()
+    first = asyncio.create_task(d.execute("create", b'{"name": "v1", "id": "k1"}'))
+    await asyncio.sleep(0.01)
+    other = await asyncio.wait_for(d.execute("create", b'{"name": "v2", "id": "k1"}'), 1)
+    assert other.error is not None and other.error.code == "conflict"
+    engine.gate.set()
+    assert (await first).error is None
+    assert "v2" not in engine.volumes

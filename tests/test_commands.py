@@ -1,0 +1,84 @@
+"""The durable consumer's pull loop, with fakes: it survives any failed fetch and handles what comes next."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from agent import commands
+from agent.commands import Commands
+from agent.dispatch import Outcome
+from agent.tasks import Tasks
+from contracts import ErrorBody, Subjects
+
+pytestmark = pytest.mark.timeout(10)
+
+
+class FakeMsg:
+    def __init__(self, subject: str, delivered: int = 1) -> None:
+        self.subject, self.data, self.headers = subject, b"{}", {"Nats-Msg-Id": "m1"}
+        self.metadata = SimpleNamespace(num_delivered=delivered)
+        self.acked = asyncio.Event()
+        self.naked = asyncio.Event()
+
+    async def ack(self) -> None:
+        self.acked.set()
+
+    async def nak(self, delay: float | None = None) -> None:
+        self.naked.set()
+
+    async def in_progress(self) -> None: ...
+
+
+class FakeSub:
+    """fetch() fails in each way nats-py can, then delivers `msgs`, then waits."""
+
+    def __init__(self, msgs: list[FakeMsg]) -> None:
+        self.script: list[Any] = [TimeoutError(), RuntimeError("node gone"), msgs]
+
+    async def fetch(self, batch: int, timeout: float) -> list[FakeMsg]:
+        if not self.script:
+            await asyncio.sleep(3600)
+        step = self.script.pop(0)
+        if isinstance(step, BaseException):
+            raise step
+        return step
+
+
+class FakeDispatcher:
+    def __init__(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        self.seen: list[tuple[str, str | None]] = []
+
+    async def execute(self, op: str, data: bytes, *, fallback_id: str | None = None) -> Outcome:
+        self.seen.append((op, fallback_id))
+        return self.outcome
+
+
+def consumer(dispatcher: FakeDispatcher) -> Commands:
+    bus = SimpleNamespace(host="h1", subjects=Subjects("vol"))
+    return Commands(bus, dispatcher, Tasks(4), max_ack_pending=4, ack_wait_s=30)  # type: ignore[arg-type]
+
+
+async def test_pull_loop_survives_failed_fetches_and_acks_the_outcome(monkeypatch) -> None:
+    monkeypatch.setattr(commands, "FETCH_RETRY_S", 0)
+    dispatcher = FakeDispatcher(Outcome(b"{}"))
+    msg = FakeMsg("vol.cmd.h1.create")
+    loop = asyncio.create_task(consumer(dispatcher)._pull(FakeSub([msg])))  # type: ignore[arg-type]
+    await asyncio.wait_for(msg.acked.wait(), 5)
+    assert dispatcher.seen == [("create", "m1")]
+    assert not loop.done()
+    loop.cancel()
+
+
+async def test_transient_outcome_is_naked_for_a_retry_until_the_last_delivery(monkeypatch) -> None:
+    monkeypatch.setattr(commands, "FETCH_RETRY_S", 0)
+    dispatcher = FakeDispatcher(Outcome(b"{}", ErrorBody(code="unavailable", message="Docker is down.")))
+    early, last = FakeMsg("vol.cmd.h1.create", 1), FakeMsg("vol.cmd.h1.create", commands.TRANSIENT_RETRIES)
+    loop = asyncio.create_task(consumer(dispatcher)._pull(FakeSub([early, last])))  # type: ignore[arg-type]
+    await asyncio.wait_for(asyncio.gather(early.naked.wait(), last.acked.wait()), 5)
+    assert not early.acked.is_set()
+    loop.cancel()
