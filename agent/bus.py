@@ -127,7 +127,8 @@ class Bus:
             servers=self.urls,
             name=f"volume-agent {self.host}",
             connect_timeout=CONNECT_TIMEOUT_S,
-            max_reconnect_attempts=-1,
+            # Few tries per server here (0 would mean forever): start() retries with its own backoff.
+            max_reconnect_attempts=1,
             reconnect_time_wait=1,
             ping_interval=PING_INTERVAL_S,
             allow_reconnect=True,
@@ -137,6 +138,8 @@ class Bus:
             reconnected_cb=self._on_reconnected,
             **kw,
         )
+        # Once connected, never give up: nats-py reads this option at each reconnect.
+        self._nc.options["max_reconnect_attempts"] = -1
         self._js = self._nc.jetstream(timeout=10)
         log.info("nats.connected", url=str(self._nc.connected_url.geturl()) if self._nc.connected_url else None)
 

@@ -11,7 +11,7 @@ import msgspec
 import nats.js.errors
 import pytest
 
-from agent.client import AgentClient
+from agent.client import AgentClient, NoAgent
 from contracts import Reply
 
 from .conftest import Host
@@ -267,3 +267,51 @@ async def test_agent_started_before_docker_waits_and_says_so(
     finally:
         a.stop()
         d.stop()
+
+
+async def test_agent_started_before_nats_says_so_and_connects_when_it_comes(
+    dockerd: Dockerd, tmp_path: Path
+) -> None:
+    late = NatsServer(tmp_path / "nats-late")
+    a = Agent("early-nats", dockerd.url, late.url, tmp_path / "agent").start(wait=False)
+    try:
+        await asyncio.sleep(3)
+        log = a.log()
+        assert '"nats.unreachable"' in log and late.url in log and "Traceback" not in log
+        late.start()
+        await asyncio.to_thread(a.wait_ready, 60)
+        c = await AgentClient.connect([late.url])
+        try:
+            assert (await c.request("early-nats", "list", {})).ok
+        finally:
+            await c.close()
+    finally:
+        a.stop()
+        late.stop()
+
+
+async def test_agent_reconnects_after_the_nats_server_restarts(dockerd: Dockerd, tmp_path: Path) -> None:
+    n = NatsServer(tmp_path / "nats").start()
+    a = Agent("reconnects", dockerd.url, n.url, tmp_path / "agent").start()
+    try:
+        n.stop()
+        await asyncio.sleep(3)  # longer than a few reconnect attempts
+        n.start()  # same port, same JetStream store
+        c = await AgentClient.connect([n.url])
+        try:
+            for _ in range(100):
+                try:
+                    if (await c.request("reconnects", "list", {}, timeout=1)).ok:
+                        break
+                except NoAgent:
+                    await asyncio.sleep(0.2)
+            else:
+                raise AssertionError("the agent did not come back after the NATS restart")
+            cmd_id = await c.command("reconnects", "create", {"name": "after-restart"})
+            assert (await next_outcome(c, "reconnects", "create", cmd_id)).ok
+        finally:
+            await c.close()
+    finally:
+        a.stop()
+        n.stop()
+        dockerd.reset()
