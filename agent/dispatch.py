@@ -122,9 +122,15 @@ class Dispatcher:
             future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
             self._inflight[cmd_id] = (fingerprint, future)
             try:
-                return await self._once(
-                    op, cmd_id, req, fingerprint, future, early, check_stored=given_id is not None
-                )
+                outcome, applied = await self._resolve(op, cmd_id, req, fingerprint, seen=given_id is not None)
+                future.set_result(outcome)  # duplicates that arrive from now on get it without waiting
+                await _tell(early, outcome)
+                # Record and publish even when shutdown cancels us now: the change already happened.
+                if applied:
+                    await asyncio.shield(self._record(op, cmd_id, fingerprint, outcome))
+                elif outcome.error is not None:  # a refusal is published, never stored over the original
+                    await asyncio.shield(self._publish(op, outcome, durable=True))
+                return outcome
             finally:
                 if not future.done():
                     future.cancel()
@@ -156,34 +162,25 @@ class Dispatcher:
             raise Invalid(f"The body is not valid JSON: {exc}.") from None
         return req
 
-    async def _once(
-        self, op: str, cmd_id: str, req: BaseRequest, fingerprint: str, future: asyncio.Future[Outcome],
-        early: Responder | None, *, check_stored: bool,
-    ) -> Outcome:
-        stored = None
-        if check_stored:  # a generated id is new by construction
+    async def _resolve(
+        self, op: str, cmd_id: str, req: BaseRequest, fingerprint: str, *, seen: bool
+    ) -> tuple[Outcome, bool]:
+        """The outcome for this id, and whether it was applied just now.
+
+        A client-given id (`seen`) may have an outcome already: the same command gets it back, another
+        command under that id is `conflict`. A generated id is new by construction.
+        """
+        if seen:
             try:
                 stored = await self.outcomes.get(self.host, cmd_id)
             except AgentError as exc:
-                stored_err = self._error(op, cmd_id, exc.body())
-                future.set_result(stored_err)
-                await _tell(early, stored_err)
-                return stored_err
-        if stored is not None:
-            if stored.fingerprint != fingerprint:
-                outcome = self._reused(op, cmd_id)
-            else:
+                return self._error(op, cmd_id, exc.body()), False
+            if stored is not None and stored.fingerprint != fingerprint:
+                return self._reused(op, cmd_id), False
+            if stored is not None:
                 log.info("command.duplicate")
-                outcome = Outcome(bytes(stored.reply))
-            future.set_result(outcome)
-            await _tell(early, outcome)
-            return outcome
-        outcome = await self._apply(op, cmd_id, req)
-        future.set_result(outcome)  # duplicates that arrive from now on get it without waiting
-        await _tell(early, outcome)
-        # Record and publish even when shutdown cancels us now: the change already happened.
-        await asyncio.shield(self._record(op, cmd_id, fingerprint, outcome))
-        return outcome
+                return Outcome(bytes(stored.reply)), False
+        return await self._apply(op, cmd_id, req), True
 
     async def _apply(self, op: str, cmd_id: str, req: BaseRequest) -> Outcome:
         started = time.perf_counter()

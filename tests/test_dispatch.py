@@ -169,3 +169,13 @@ async def test_an_id_reused_while_the_first_command_still_runs_is_conflict() -> 
     engine.gate.set()
     assert (await first).error is None
     assert "v2" not in engine.volumes
+
+
+async def test_a_reuse_conflict_is_published_but_never_replaces_the_stored_outcome() -> None:
+    d, _, sink, _ = make()
+    first = await d.execute("create", b'{"name": "v1", "id": "k1"}')
+    refused = await d.execute("create", b'{"name": "v2", "id": "k1"}')
+    assert refused.error is not None and refused.error.code == "conflict"
+    assert [r for _, r, _ in sink.results][-1] == refused.reply  # the refusal is on the audit stream
+    again = await d.execute("create", b'{"name": "v1", "id": "k1"}')
+    assert again.reply == first.reply
