@@ -80,6 +80,7 @@ class Bus:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._outcomes_kv: KeyValue | None = None
+        self._closing = False
 
     @property
     def nc(self) -> Client:
@@ -170,6 +171,7 @@ class Bus:
             await self.js.update_stream(cfg)
 
     async def stop(self) -> None:
+        self._closing = True
         await self._close(drain=True)
 
     async def _close(self, *, drain: bool = False) -> None:
@@ -208,7 +210,10 @@ class Bus:
         log.warning("nats.error", urls=self.urls, error=f"{type(exc).__name__}: {exc}")
 
     async def _on_disconnected(self) -> None:
-        log.warning("nats.disconnected")
+        if self._closing:
+            log.info("nats.closed")
+        else:
+            log.warning("nats.disconnected")
 
     async def _on_reconnected(self) -> None:
         nc = self._nc
