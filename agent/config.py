@@ -7,6 +7,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from contracts import DEFAULT_PREFIX, Subjects, valid_host_id
 
@@ -50,6 +51,8 @@ class Settings:
     """A single Engine API call that takes longer is reported as `timeout`."""
     ack_wait_s: float = 30.0
     """How long JetStream waits for a durable command's ack before redelivering it."""
+    data_path: Literal["auto", "archive"] = "auto"
+    """auto: a volume's host directory when the agent can see it, else the archive API; archive: always the API."""
     replicas: int = 1
     """JetStream replicas of the agent's streams and buckets (3 in a three-node cluster)."""
     auth: NatsAuth = field(default_factory=NatsAuth)
@@ -90,6 +93,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
                    help="seconds one Docker Engine call may take")
     p.add_argument("--ack-wait", type=float, default=float(_env("ACK_WAIT") or 30.0),
                    help="seconds before an unacknowledged durable command is redelivered")
+    p.add_argument("--data-path", choices=["auto", "archive"], default=_env("DATA_PATH") or "auto",
+                   help="how backups reach volume files: auto (host directory when visible) or archive (Engine API)")
     p.add_argument("--replicas", type=int, default=int(_env("REPLICAS") or 1),
                    help="JetStream replicas for the agent's streams and buckets")
     auth = p.add_argument_group("NATS authentication")
@@ -119,6 +124,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         grace_s=a.grace,
         docker_timeout_s=a.docker_timeout,
         ack_wait_s=a.ack_wait,
+        data_path=a.data_path,
         replicas=a.replicas,
         auth=NatsAuth(
             user=a.nats_user, password=a.nats_password, token=a.nats_token, nkey_seed=a.nats_nkey_seed,

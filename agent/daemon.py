@@ -12,16 +12,20 @@ from typing import TypeVar
 import structlog
 
 from . import __version__
+from .archive import remove_leftover_helpers
+from .backup import Backups
 from .bus import Bus, KvOutcomes
 from .commands import Commands
 from .config import Settings, parse_args
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, handlers
 from .docker import DockerEngine
 from .embedded import EmbeddedNats
 from .errors import AgentError
 from .locks import KeyedLocks
 from .logging import configure
 from .requests import RequestService
+from .restore import Restores
+from .store import LocalStore
 from .tasks import Tasks
 from .volumes import Volumes
 
@@ -81,7 +85,15 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
         tasks = Tasks(settings.concurrency)
         volumes = Volumes(engine, bus, KeyedLocks())
-        dispatcher = Dispatcher(settings.host_id, volumes, KvOutcomes(bus), bus, max_body=settings.max_body)
+        store = LocalStore(settings.data_dir / "backups")
+        await store.cleanup()
+        await remove_leftover_helpers(engine)
+        ops = handlers(
+            volumes,
+            Backups(volumes, store, settings.host_id, settings.data_path),
+            Restores(volumes, store, settings.data_path),
+        )
+        dispatcher = Dispatcher(settings.host_id, ops, KvOutcomes(bus), bus, max_body=settings.max_body)
         # Exit stack order (last in, first out): stop taking work, then drain, then close connections.
         stack.push_async_callback(tasks.drain, settings.grace_s)
         requests = RequestService(bus, dispatcher, tasks)

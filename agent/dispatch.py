@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -16,12 +16,14 @@ import structlog
 
 from contracts import OPS, BaseRequest, ErrorBody, Reply
 
+from .backup import Backups
 from .errors import AgentError, Conflict, Expired, Invalid
 from .outcomes import OutcomeStore, StoredOutcome
+from .restore import Restores
 from .share import share
 from .volumes import Volumes
 
-__all__ = ["Dispatcher", "Outcome", "ResultSink"]
+__all__ = ["Dispatcher", "Outcome", "ResultSink", "handlers"]
 
 log = structlog.get_logger(__name__)
 
@@ -63,24 +65,35 @@ async def _tell(early: Responder | None, outcome: Outcome) -> None:
         log.warning("reply.failed", exc_info=True)
 
 
+def handlers(volumes: Volumes, backups: Backups, restores: Restores) -> dict[str, Handler]:
+    """Each op of the contract, and the code that applies it."""
+    return {
+        "create": volumes.create,
+        "inspect": volumes.inspect,
+        "list": volumes.list,
+        "remove": backups.remove,
+        "prune": volumes.prune,
+        "share": lambda req: share(volumes, req),
+        "backup": backups.backup,
+        "backups": backups.backups,
+        "restore": restores.restore,
+        "clone": restores.clone,
+        "forget": backups.forget,
+    }
+
+
 class Dispatcher:
     """Turns request bytes into a recorded, published outcome."""
 
     def __init__(
-        self, host: str, volumes: Volumes, outcomes: OutcomeStore, results: ResultSink, *, max_body: int
+        self, host: str, handlers: Mapping[str, Handler], outcomes: OutcomeStore, results: ResultSink, *,
+        max_body: int,
     ) -> None:
         self.host = host
         self.outcomes = outcomes
         self.results = results
         self.max_body = max_body
-        self._handlers: dict[str, Handler] = {
-            "create": volumes.create,
-            "inspect": volumes.inspect,
-            "list": volumes.list,
-            "remove": volumes.remove,
-            "prune": volumes.prune,
-            "share": lambda req: share(volumes, req),
-        }
+        self._handlers = handlers
         # Commands being applied or recorded, by id: a duplicate waits for the same outcome.
         self._inflight: dict[str, tuple[str, asyncio.Future[Outcome]]] = {}
 

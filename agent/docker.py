@@ -19,6 +19,8 @@ __all__ = ["DockerEngine", "Engine", "docker_errors"]
 
 # aiodocker reports a connection failure as DockerError with this made-up status.
 _STATUS_UNREACHABLE = 900
+# Streamed archive chunks: big enough to keep the pipe busy, small enough to keep memory flat.
+ARCHIVE_CHUNK = 1 << 20
 # A single Engine API call that takes longer than this is stuck, not slow.
 DEFAULT_CALL_TIMEOUT_S = 60.0
 
@@ -38,6 +40,11 @@ class Engine(Protocol):
     async def container_start(self, cid: str) -> None: ...
     async def container_remove(self, cid: str) -> None: ...
     async def image_inspect(self, name: str) -> dict[str, Any]: ...
+    async def image_import(self, repo: str, tag: str, rootfs_tar: bytes, change: str) -> None: ...
+    async def container_stop(self, cid: str) -> None: ...
+    async def container_exec(self, cid: str, cmd: list[str]) -> tuple[int, str]: ...
+    def archive_get(self, cid: str, path: str) -> AsyncIterator[bytes]: ...
+    async def archive_put(self, cid: str, path: str, chunks: AsyncIterator[bytes]) -> None: ...
 
 
 @asynccontextmanager
@@ -166,3 +173,45 @@ class DockerEngine:
     async def image_inspect(self, name: str) -> dict[str, Any]:
         i: dict[str, Any] = await self._json(f"image {name!r}", f"images/{name}/json")
         return i
+
+    async def image_import(self, repo: str, tag: str, rootfs_tar: bytes, change: str) -> None:
+        """`docker import`: an image from a root file system tar (not `docker load`), with one Dockerfile change."""
+        params = {"fromSrc": "-", "repo": repo, "tag": tag, "changes": change}
+        async with docker_errors(f"image {repo}:{tag}"), self.client._query(
+            "images/create", "POST", params=params, data=rootfs_tar, headers={"Content-Type": "application/x-tar"}
+        ) as resp:
+            await resp.read()
+
+    async def container_stop(self, cid: str) -> None:
+        async with docker_errors(f"container {cid[:12]!r}"), self.client._query(
+            f"containers/{cid}/stop", "POST", timeout=None
+        ) as resp:
+            await resp.read()
+
+    async def container_exec(self, cid: str, cmd: list[str]) -> tuple[int, str]:
+        """Run `cmd` in a running container; its exit code and the tail of its output."""
+        async with docker_errors(f"exec in container {cid[:12]!r}"):
+            container = self.client.containers.container(cid)
+            ex = await container.exec(cmd, stdout=True, stderr=True)
+            out = bytearray()
+            async with ex.start(detach=False) as stream:
+                while (msg := await stream.read_out()) is not None:
+                    out += msg.data
+                    del out[:-4096]
+            info = await ex.inspect()
+        return int(info.get("ExitCode") or 0), out.decode(errors="replace").strip()
+
+    async def archive_get(self, cid: str, path: str) -> AsyncIterator[bytes]:
+        """The tar of `path` in the container, streamed (aiodocker's get_archive would buffer it all)."""
+        async with docker_errors(f"the files of container {cid[:12]!r}"), self.client._query(
+            f"containers/{cid}/archive", params={"path": path}, timeout=None
+        ) as resp:
+            async for chunk in resp.content.iter_chunked(ARCHIVE_CHUNK):
+                yield chunk
+
+    async def archive_put(self, cid: str, path: str, chunks: AsyncIterator[bytes]) -> None:
+        async with docker_errors(f"the files of container {cid[:12]!r}"), self.client._query(
+            f"containers/{cid}/archive", "PUT", params={"path": path}, data=chunks, timeout=None,
+            headers={"Content-Type": "application/x-tar"},
+        ) as resp:
+            await resp.read()

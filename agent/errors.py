@@ -7,7 +7,8 @@
     ├── InUse                in_use        a container uses the volume
     ├── Expired              expired       the command's deadline passed before it was applied
     ├── Unavailable          unavailable   Docker or NATS cannot be reached
-    └── Timeout              timeout       the operation did not finish in time
+    ├── Timeout              timeout       the operation did not finish in time
+    └── Corrupt              corrupt       a backup's bytes do not match their recorded sha256
 
 Foreign exceptions (aiodocker, nats) are translated where they enter, in `agent/docker.py` and `agent/bus.py`.
 The message is always a sentence for a person; tracebacks go to the log.
@@ -20,6 +21,7 @@ from contracts import ErrorBody, ErrorCode
 __all__ = [
     "AgentError",
     "Conflict",
+    "Corrupt",
     "Expired",
     "InUse",
     "Invalid",
@@ -68,3 +70,7 @@ class Unavailable(AgentError):
 
 class Timeout(AgentError):
     code = "timeout"
+
+
+class Corrupt(AgentError):
+    code = "corrupt"

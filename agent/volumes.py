@@ -33,7 +33,10 @@ log = structlog.get_logger(__name__)
 class EventSink(Protocol):
     """Where the agent says what happened (`volume.created`, ...)."""
 
-    async def event(self, kind: str, volume: str) -> None: ...
+    async def event(
+        self, kind: str, volume: str, *, backup_id: str | None = None, bytes_done: int | None = None,
+        error: str | None = None,
+    ) -> None: ...
 
 
 def container_refs(containers: list[dict[str, Any]]) -> dict[str, list[ContainerRef]]:
@@ -113,10 +116,11 @@ class Volumes:
 
     async def remove(self, req: RemoveRequest) -> RemoveResult:
         async with self.locks.hold(req.name):
-            await self._remove_unlocked(req.name, force=req.force)
+            await self.remove_locked(req.name, force=req.force)
         return RemoveResult(name=req.name, removed=True)
 
-    async def _remove_unlocked(self, name: str, *, force: bool) -> None:
+    async def remove_locked(self, name: str, *, force: bool) -> None:
+        """Remove a volume whose lock the caller holds."""
         try:
             await self.engine.volume_remove(name, force=force)
         except InUse as exc:
@@ -138,7 +142,7 @@ class Volumes:
         for name in candidates:
             async with self.locks.hold(name):
                 try:
-                    await self._remove_unlocked(name, force=False)
+                    await self.remove_locked(name, force=False)
                 except (InUse, NotFound):
                     # Taken into use or removed since the listing: not ours to prune any more.
                     log.info("prune.skipped", volume=name)

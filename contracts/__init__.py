@@ -3,6 +3,20 @@
 Importable alone (it needs only msgspec). `schema.json` beside this file is the same API as JSON Schema.
 """
 
+from .backups import (
+    BACKUP_ID_PATTERN,
+    BackupRecord,
+    BackupRequest,
+    BackupsRequest,
+    BackupsResult,
+    CloneRequest,
+    CloneResult,
+    Compression,
+    ForgetRequest,
+    ForgetResult,
+    RestoreRequest,
+    RestoreResult,
+)
 from .envelope import ERROR_CODES, ERROR_STATUS, BaseRequest, CommandId, ErrorBody, ErrorCode, Reply
 from .events import EVENT_KINDS, EventKind, VolumeEvent
 from .ops import FLEET_OPS, OPS, Op
@@ -24,10 +38,11 @@ from .volumes import (
     VolumeRecord,
 )
 
-CONTRACT_VERSION = "1.0.0"
+CONTRACT_VERSION = "1.1.0"
 """Semantic version of the bus API: a breaking change bumps the major."""
 
 __all__ = [
+    "BACKUP_ID_PATTERN",
     "CONTRACT_VERSION",
     "DEFAULT_PREFIX",
     "ERROR_CODES",
@@ -37,14 +52,23 @@ __all__ = [
     "HOST_ID_PATTERN",
     "OPS",
     "VOLUME_NAME_PATTERN",
+    "BackupRecord",
+    "BackupRequest",
+    "BackupsRequest",
+    "BackupsResult",
     "BaseRequest",
+    "CloneRequest",
+    "CloneResult",
     "CommandId",
+    "Compression",
     "ContainerRef",
     "ContainerSpec",
     "CreateRequest",
     "ErrorBody",
     "ErrorCode",
     "EventKind",
+    "ForgetRequest",
+    "ForgetResult",
     "InspectRequest",
     "ListFilters",
     "ListRequest",
@@ -56,6 +80,8 @@ __all__ = [
     "RemoveRequest",
     "RemoveResult",
     "Reply",
+    "RestoreRequest",
+    "RestoreResult",
     "ShareRequest",
     "ShareResult",
     "Subjects",

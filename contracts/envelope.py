@@ -26,12 +26,14 @@ ErrorCode = Literal[
     "unavailable",
     "timeout",
     "internal",
+    "corrupt",
 ]
 ERROR_CODES: tuple[str, ...] = ErrorCode.__args__  # type: ignore[attr-defined]
 
 # The numeric code in the NATS micro error header (`Nats-Service-Error-Code`), HTTP-like.
 ERROR_STATUS: dict[str, int] = {
     "invalid": 400,
+    "corrupt": 422,
     "not_found": 404,
     "expired": 408,
     "conflict": 409,

@@ -8,15 +8,32 @@ import msgspec
 
 __all__ = ["EVENT_KINDS", "EventKind", "VolumeEvent"]
 
-EventKind = Literal["volume.created", "volume.removed"]
+EventKind = Literal[
+    "volume.created",
+    "volume.removed",
+    "backup.started",
+    "backup.progress",
+    "backup.completed",
+    "backup.failed",
+    "restore.started",
+    "restore.progress",
+    "restore.completed",
+    "restore.failed",
+]
 EVENT_KINDS: tuple[str, ...] = EventKind.__args__  # type: ignore[attr-defined]
 
 
 class VolumeEvent(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """Something happened to a volume on a host; `cmd_id` names the command that caused it."""
 
+
     host: str
     kind: EventKind
     volume: str
     at: str
     cmd_id: str | None = None
+    backup_id: str | None = None
+    bytes_done: int | None = None
+    """Tar bytes so far (`*.progress`) or in all (`*.completed`)."""
+    error: str | None = None
+    """Why it failed (`*.failed`)."""

@@ -6,6 +6,18 @@ from dataclasses import dataclass
 
 import msgspec
 
+from .backups import (
+    BackupRecord,
+    BackupRequest,
+    BackupsRequest,
+    BackupsResult,
+    CloneRequest,
+    CloneResult,
+    ForgetRequest,
+    ForgetResult,
+    RestoreRequest,
+    RestoreResult,
+)
 from .envelope import BaseRequest
 from .share import ShareRequest, ShareResult
 from .volumes import (
@@ -41,6 +53,11 @@ OPS: dict[str, Op] = {
         Op("remove", RemoveRequest, RemoveResult, mutates=True),
         Op("prune", PruneRequest, PruneResult, mutates=True),
         Op("share", ShareRequest, ShareResult, mutates=True),
+        Op("backup", BackupRequest, BackupRecord, mutates=True),
+        Op("backups", BackupsRequest, BackupsResult, mutates=False),
+        Op("restore", RestoreRequest, RestoreResult, mutates=True),
+        Op("clone", CloneRequest, CloneResult, mutates=True),
+        Op("forget", ForgetRequest, ForgetResult, mutates=True),
     )
 }
 

@@ -7,7 +7,7 @@ from typing import Annotated
 import msgspec
 
 from .envelope import BaseRequest
-from .volumes import VolumeName
+from .names import VolumeName
 
 __all__ = ["ContainerSpec", "Mount", "ShareRequest", "ShareResult", "VolumesFrom"]
 

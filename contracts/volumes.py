@@ -6,7 +6,9 @@ from typing import Annotated
 
 import msgspec
 
+from .backups import BackupRecord
 from .envelope import BaseRequest
+from .names import VOLUME_NAME_PATTERN, VolumeName
 
 __all__ = [
     "VOLUME_NAME_PATTERN",
@@ -24,12 +26,6 @@ __all__ = [
     "VolumeRecord",
 ]
 
-# Docker's own rule for volume names; checked here so Docker never sees a bad one.
-VOLUME_NAME_PATTERN = "^[a-zA-Z0-9][a-zA-Z0-9_.-]+$"
-
-VolumeName = Annotated[
-    str, msgspec.Meta(pattern=VOLUME_NAME_PATTERN, max_length=255, description="A Docker volume name.")
-]
 
 
 class ContainerRef(msgspec.Struct, forbid_unknown_fields=True):
@@ -82,15 +78,19 @@ class ListResult(msgspec.Struct, forbid_unknown_fields=True):
 
 class RemoveRequest(BaseRequest):
     """Remove a volume. A volume in use is refused (`in_use`) even with `force`,
-    which, as in `docker volume rm -f`, only overrides driver errors."""
+    which, as in `docker volume rm -f`, only overrides driver errors.
+    `backup_first` makes a final backup; if it fails, nothing is removed."""
 
     name: VolumeName
     force: bool = False
+    backup_first: bool = False
 
 
-class RemoveResult(msgspec.Struct, forbid_unknown_fields=True):
+class RemoveResult(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     name: str
     removed: bool
+    backup: BackupRecord | None = None
+    """The final backup's record, with `backup_first`."""
 
 
 class PruneRequest(BaseRequest):

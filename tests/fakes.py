@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from agent.backup import Backups
+from agent.dispatch import handlers
 from agent.errors import InUse, NotFound
+from agent.locks import KeyedLocks
+from agent.restore import Restores
+from agent.store import LocalStore
+from agent.volumes import Volumes
 
 
 class FakeEngine:
@@ -80,5 +88,12 @@ class RecordingSink:
     async def result(self, op: str, reply: bytes, *, durable: bool) -> None:
         self.results.append((op, reply, durable))
 
-    async def event(self, kind: str, volume: str) -> None:
+    async def event(self, kind: str, volume: str, **fields: Any) -> None:
         self.events.append((kind, volume))
+
+
+def fake_handlers(engine: FakeEngine, sink: Any, store_root: Path | None = None) -> dict[str, Any]:
+    """The agent's handler table over a fake engine (backups in a throwaway local store)."""
+    volumes = Volumes(engine, sink, KeyedLocks())  # type: ignore[arg-type]
+    store = LocalStore(store_root or Path(tempfile.mkdtemp(prefix="va-store-")))
+    return handlers(volumes, Backups(volumes, store, "h1", "auto"), Restores(volumes, store, "auto"))

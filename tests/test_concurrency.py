@@ -11,12 +11,10 @@ from agent.bus import Bus, KvOutcomes
 from agent.client import AgentClient
 from agent.config import Settings
 from agent.dispatch import Dispatcher
-from agent.locks import KeyedLocks
 from agent.requests import RequestService
 from agent.tasks import Tasks
-from agent.volumes import Volumes
 
-from .fakes import FakeEngine
+from .fakes import FakeEngine, fake_handlers
 from .stack import NatsServer
 
 pytestmark = pytest.mark.integration
@@ -30,7 +28,7 @@ async def test_a_blocked_request_does_not_block_the_next_ones(nats_server: NatsS
     engine = FakeEngine()
     engine.gate = asyncio.Event()
     tasks = Tasks(limit=8)
-    dispatcher = Dispatcher("conc", Volumes(engine, bus, KeyedLocks()), KvOutcomes(bus), bus, max_body=4096)
+    dispatcher = Dispatcher("conc", fake_handlers(engine, bus), KvOutcomes(bus), bus, max_body=4096)
     service = RequestService(bus, dispatcher, tasks)
     await service.start()
     try:

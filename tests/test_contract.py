@@ -12,13 +12,11 @@ from hypothesis import strategies as st
 
 from agent.dispatch import Dispatcher
 from agent.errors import Invalid
-from agent.locks import KeyedLocks
 from agent.outcomes import MemoryOutcomes
-from agent.volumes import Volumes
 from contracts import OPS, BaseRequest, Subjects, valid_host_id
 from contracts.schema import SCHEMA_PATH, render
 
-from .fakes import FakeEngine, RecordingSink
+from .fakes import FakeEngine, RecordingSink, fake_handlers
 
 
 def test_checked_in_schema_is_current() -> None:
@@ -60,8 +58,8 @@ def test_host_ids(host: str, ok: bool) -> None:
     assert valid_host_id(host) is ok
 
 
-_DISPATCHER = Dispatcher("h1", Volumes(FakeEngine(), RecordingSink(), KeyedLocks()), MemoryOutcomes(),
-                         RecordingSink(), max_body=1024 * 1024)
+_DISPATCHER = Dispatcher("h1", fake_handlers(FakeEngine(), RecordingSink()), MemoryOutcomes(), RecordingSink(),
+                         max_body=1024 * 1024)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),

@@ -14,18 +14,16 @@ from agent.dispatch import Dispatcher
 from agent.errors import Unavailable
 from agent.locks import KeyedLocks
 from agent.outcomes import MemoryOutcomes
-from agent.volumes import Volumes
 from contracts import Reply
 
-from .fakes import FakeEngine, RecordingSink
+from .fakes import FakeEngine, RecordingSink, fake_handlers
 
 pytestmark = pytest.mark.timeout(10)
 
 
 def make(max_body: int = 4096) -> tuple[Dispatcher, FakeEngine, RecordingSink, MemoryOutcomes]:
     engine, sink, outcomes = FakeEngine(), RecordingSink(), MemoryOutcomes()
-    return Dispatcher("h1", Volumes(engine, sink, KeyedLocks()), outcomes, sink, max_body=max_body), engine, sink, \
-        outcomes
+    return Dispatcher("h1", fake_handlers(engine, sink), outcomes, sink, max_body=max_body), engine, sink, outcomes
 
 
 def reply(outcome_bytes: bytes) -> Reply:

@@ -1,0 +1,243 @@
+"""Backups of a volume: made consistent (stop, hooks), streamed, hashed, stored atomically; listed, forgotten."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from contracts import (
+    BackupRecord,
+    BackupRequest,
+    BackupsRequest,
+    BackupsResult,
+    Compression,
+    ContainerRef,
+    ForgetRequest,
+    ForgetResult,
+    RemoveRequest,
+    RemoveResult,
+)
+
+from .archive import ContainerDir, Counted, HostDir, Procs, compressor, feed, read_chunks, tar_totals
+from .errors import AgentError, Conflict, InUse
+from .files import DataPath, volume_files
+from .store import BackupStore, StoreWriter, new_backup_id
+from .volumes import Volumes
+
+__all__ = ["POST_HOOK", "PRE_HOOK", "Backups", "Progress"]
+
+log = structlog.get_logger(__name__)
+
+PRE_HOOK = "volume-agent.backup.exec-pre"
+POST_HOOK = "volume-agent.backup.exec-post"
+PROGRESS_EVERY_S = 1.0
+
+
+class Progress:
+    """Bytes done, published as `<op>.progress` events every second while the work runs."""
+
+    def __init__(self, volumes: Volumes, kind: str, volume: str, backup_id: str | None) -> None:
+        self.volumes, self.kind, self.volume, self.backup_id = volumes, kind, volume, backup_id
+        self.done = 0
+
+    def add(self, n: int) -> None:
+        self.done += n
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Progress]:
+        async def tick() -> None:
+            while True:
+                await asyncio.sleep(PROGRESS_EVERY_S)
+                with contextlib.suppress(AgentError):
+                    await self.volumes.events.event(
+                        f"{self.kind}.progress", self.volume, backup_id=self.backup_id, bytes_done=self.done
+                    )
+
+        ticker = asyncio.create_task(tick())
+        try:
+            yield self
+        finally:
+            ticker.cancel()
+
+
+class Backups:
+    """backup, backups, forget, and remove with `backup_first`."""
+
+    def __init__(self, volumes: Volumes, store: BackupStore, host: str, data_path: DataPath) -> None:
+        self.volumes = volumes
+        self.engine = volumes.engine
+        self.store = store
+        self.host = host
+        self.data_path = data_path
+
+    async def backup(self, req: BackupRequest) -> BackupRecord:
+        async with self.volumes.locks.hold(req.volume):
+            return await self.backup_locked(req)
+
+    async def backups(self, req: BackupsRequest) -> BackupsResult:
+        return BackupsResult(backups=await self.store.catalog(req.volume))
+
+    async def forget(self, req: ForgetRequest) -> ForgetResult:
+        await self.store.forget(req.backup_id)
+        return ForgetResult(backup_id=req.backup_id, forgotten=True)
+
+    async def remove(self, req: RemoveRequest) -> RemoveResult:
+        """`remove`, with a final backup first when asked; a failed backup removes nothing."""
+        if not req.backup_first:
+            return await self.volumes.remove(req)
+        async with self.volumes.locks.hold(req.name):
+            users = await self.volumes.used_by(req.name)
+            if users:
+                named = ", ".join(f"{u.container} ({u.state})" for u in users)
+                raise InUse(f"Volume {req.name!r} is in use by {named}; remove those containers first.")
+            record = await self.backup_locked(BackupRequest(volume=req.name))
+            await self.volumes.remove_locked(req.name, force=req.force)
+        return RemoveResult(name=req.name, removed=True, backup=record)
+
+    async def backup_locked(
+        self, req: BackupRequest, *, trigger: str = "request", container: str | None = None
+    ) -> BackupRecord:
+        """Back up `req.volume`; the caller holds its lock."""
+        v = await self.engine.volume_inspect(req.volume)
+        users = await self.volumes.used_by(req.volume)
+        backup_id = new_backup_id(req.volume)
+        started, created_at = time.monotonic(), datetime.now(UTC).isoformat()
+        events = self.volumes.events
+        with structlog.contextvars.bound_contextvars(backup_id=backup_id):
+            await events.event("backup.started", req.volume, backup_id=backup_id)
+            stopped: list[ContainerRef] = []
+            try:
+                await self._hooks(users, PRE_HOOK, must_succeed=True)
+                if req.stop_containers:
+                    stopped = await self._stop(users)
+                writer = await self.store.begin(backup_id, req.volume, req.compression)
+                try:
+                    progress = Progress(self.volumes, "backup", req.volume, backup_id)
+                    async with progress.running():
+                        still_running = [u for u in users if u not in stopped]
+                        size = await self._write(v, still_running, req.compression, writer, progress)
+                    record = BackupRecord(
+                        backup_id=backup_id, volume=req.volume, host=self.host, trigger=trigger,  # type: ignore[arg-type]
+                        size=size, stored_size=writer.written, sha256=writer.sha256.hexdigest(),
+                        compression=req.compression, store=self.store.name,  # type: ignore[arg-type]
+                        location=writer.location, created_at=created_at,
+                        duration_s=round(time.monotonic() - started, 3),
+                        stopped_containers=[u.container for u in stopped],
+                        volume_driver=v.get("Driver") or "local", volume_labels=dict(v.get("Labels") or {}),
+                        container=container,
+                    )
+                    await self.store.commit(writer, record)
+                except BaseException:
+                    await asyncio.shield(self.store.abort(writer))
+                    raise
+            except AgentError as exc:
+                await events.event("backup.failed", req.volume, backup_id=backup_id, error=exc.message)
+                raise
+            finally:
+                await asyncio.shield(self._restart(stopped))
+                await asyncio.shield(self._hooks([u for u in users if u.state == "running"], POST_HOOK,
+                                                 must_succeed=False))
+            await events.event("backup.completed", req.volume, backup_id=backup_id, bytes_done=size)
+            log.info("backup.completed", size=size, stored=writer.written, seconds=record.duration_s)
+        if req.keep is not None:
+            await self._keep(req.volume, req.keep)
+        return record
+
+    async def _write(
+        self, v: dict[str, Any], users: list[ContainerRef], compression: Compression, writer: StoreWriter,
+        progress: Progress,
+    ) -> int:
+        """Stream the volume's tar through the compressor into the store; returns the tar's size."""
+        comp = compressor(compression)
+        async with volume_files(self.engine, v, users, self.data_path) as files:
+            procs = Procs()
+            try:
+                if isinstance(files, HostDir):
+                    argvs = [files.create_argv(), *([comp] if comp else [])]
+                    await procs.chain(argvs, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE)
+                    await _drain(procs.last.stdout, writer, progress)
+                    size = tar_totals((await procs.wait())[0])
+                    if size is None:
+                        raise AgentError("tar did not report the size of the archive it wrote.")
+                    return size
+                assert isinstance(files, ContainerDir)
+                counted = Counted(files.read())
+                if comp is None:
+                    async for chunk in counted:
+                        await asyncio.to_thread(writer.write, chunk)
+                        progress.add(len(chunk))
+                    return counted.n
+                await procs.chain([comp], stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+                feeding = asyncio.create_task(feed(procs.first, counted))
+                await _drain(procs.last.stdout, writer, progress)
+                await feeding
+                await procs.wait()
+                return counted.n
+            except BaseException:
+                await procs.reap()
+                raise
+
+    async def _hooks(self, users: list[ContainerRef], label: str, *, must_succeed: bool) -> None:
+        """Run the hook command each running user sets on itself (an image's labels do not count)."""
+        for u in users:
+            if u.state != "running":
+                continue
+            cmd = await self._own_label(u.id, label)
+            if cmd is None:
+                continue
+            code, out = await self.engine.container_exec(u.id, ["sh", "-c", cmd])
+            log.info("backup.hook", container=u.container, hook=label, exit_code=code)
+            if code != 0:
+                msg = f"The {label.rsplit('.', 1)[-1]} hook in container {u.container!r} failed (exit {code})"
+                msg += f": {out[-300:]}" if out else ""
+                if must_succeed:
+                    raise Conflict(msg + "; nothing was backed up.")
+                log.warning("backup.post_hook_failed", container=u.container, message=msg)
+
+    async def _own_label(self, cid: str, label: str) -> str | None:
+        c = await self.engine.container_inspect(cid)
+        value = (c.get("Config", {}).get("Labels") or {}).get(label)
+        if not value:
+            return None
+        image = await self.engine.image_inspect(c.get("Image") or c["Config"]["Image"])
+        if (image.get("Config", {}).get("Labels") or {}).get(label) == value:
+            log.warning("backup.hook_from_image_ignored", container=cid[:12], hook=label)
+            return None
+        return str(value)
+
+    async def _stop(self, users: list[ContainerRef]) -> list[ContainerRef]:
+        stopped = []
+        try:
+            for u in users:
+                if u.state == "running":
+                    await self.engine.container_stop(u.id)
+                    stopped.append(u)
+        except BaseException:
+            await asyncio.shield(self._restart(stopped))
+            raise
+        return stopped
+
+    async def _restart(self, stopped: list[ContainerRef]) -> None:
+        for u in stopped:
+            try:
+                await self.engine.container_start(u.id)
+            except AgentError:
+                log.exception("backup.restart_failed", container=u.container)
+
+    async def _keep(self, volume: str, keep: int) -> None:
+        for old in (await self.store.catalog(volume))[keep:]:
+            await self.store.forget(old.backup_id)
+            log.info("backup.pruned", old=old.backup_id)
+
+
+async def _drain(stream: asyncio.StreamReader | None, writer: StoreWriter, progress: Progress) -> None:
+    assert stream is not None
+    async for chunk in read_chunks(stream):
+        await asyncio.to_thread(writer.write, chunk)
+        progress.add(len(chunk))

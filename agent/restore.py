@@ -1,0 +1,215 @@
+"""Restore a backup into a volume, and clone a volume: exact, verified before anything is written."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from contracts import BackupRecord, CloneRequest, CloneResult, RestoreRequest, RestoreResult
+
+from .archive import CHUNK, ContainerDir, Counted, HostDir, Procs, decompressor, feed, read_chunks, tar_totals
+from .backup import Progress
+from .errors import AgentError, Conflict, Corrupt, InUse, NotFound
+from .files import DataPath, volume_files
+from .store import BackupStore
+from .volumes import Volumes
+
+__all__ = ["Restores"]
+
+log = structlog.get_logger(__name__)
+
+
+class Restores:
+    """restore and clone."""
+
+    def __init__(self, volumes: Volumes, store: BackupStore, data_path: DataPath) -> None:
+        self.volumes = volumes
+        self.engine = volumes.engine
+        self.store = store
+        self.data_path = data_path
+
+    async def restore(self, req: RestoreRequest) -> RestoreResult:
+        record = await self.store.get(req.backup_id)
+        path = self.store.local_path(record)
+        events = self.volumes.events
+        started = time.monotonic()
+        async with self.volumes.locks.hold(req.volume):
+            await events.event("restore.started", req.volume, backup_id=record.backup_id)
+            try:
+                await _verify(record, path)
+                v, created = await self._target(
+                    req.volume,
+                    driver=req.driver or record.volume_driver,
+                    driver_opts=req.driver_opts or {},
+                    labels=req.labels if req.labels is not None else record.volume_labels,
+                )
+                try:
+                    await self._prepare(v, overwrite=req.overwrite)
+                    progress = Progress(self.volumes, "restore", req.volume, record.backup_id)
+                    async with progress.running():
+                        await self._extract(v, record, path, progress)
+                except BaseException:
+                    await asyncio.shield(self._undo(v, created))
+                    raise
+            except AgentError as exc:
+                await events.event("restore.failed", req.volume, backup_id=record.backup_id, error=exc.message)
+                raise
+            await events.event("restore.completed", req.volume, backup_id=record.backup_id, bytes_done=record.size)
+        return RestoreResult(backup_id=record.backup_id, volume=req.volume, size=record.size,
+                             created_volume=created, duration_s=round(time.monotonic() - started, 3))
+
+    async def clone(self, req: CloneRequest) -> CloneResult:
+        if req.source == req.target:
+            raise Conflict("A volume cannot be cloned onto itself.")
+        started = time.monotonic()
+        async with self.volumes.locks.hold_all([req.source, req.target]):
+            src = await self.engine.volume_inspect(req.source)
+            src_users = await self.volumes.used_by(req.source)
+            tgt, created = await self._target(
+                req.target, driver=src.get("Driver") or "local", driver_opts=dict(src.get("Options") or {}),
+                labels=dict(src.get("Labels") or {}),
+            )
+            try:
+                await self._prepare(tgt, overwrite=False)
+                size = await self._copy(src, src_users, tgt)
+            except BaseException:
+                await asyncio.shield(self._undo(tgt, created))
+                raise
+        return CloneResult(source=req.source, target=req.target, size=size, created_volume=created,
+                           duration_s=round(time.monotonic() - started, 3))
+
+    async def _target(
+        self, name: str, *, driver: str, driver_opts: dict[str, str], labels: dict[str, str]
+    ) -> tuple[dict[str, Any], bool]:
+        try:
+            return await self.engine.volume_inspect(name), False
+        except NotFound:
+            spec = {"Name": name, "Driver": driver, "DriverOpts": driver_opts, "Labels": labels}
+            v = await self.engine.volume_create(spec)
+            await self.volumes.events.event("volume.created", name)
+            return v, True
+
+    async def _prepare(self, v: dict[str, Any], *, overwrite: bool) -> None:
+        """Refuse a target in use or not empty (unless `overwrite`, which empties it)."""
+        name = v["Name"]
+        users = await self.volumes.used_by(name)
+        running = [u for u in users if u.state == "running"]
+        if running:
+            named = ", ".join(u.container for u in running)
+            raise InUse(f"Volume {name!r} is mounted by running containers ({named}); stop them first.")
+        async with volume_files(self.engine, v, [], self.data_path) as files:
+            if await files.is_empty():
+                return
+            if not overwrite:
+                raise Conflict(f"Volume {name!r} is not empty; restore with overwrite to replace its content.")
+            if isinstance(files, HostDir):
+                await files.clear()
+                return
+        # Through the archive API nothing can be deleted: make the volume anew, with the same spec.
+        if users:
+            named = ", ".join(u.container for u in users)
+            raise InUse(f"Volume {name!r} is referenced by containers ({named}); remove them to overwrite it.")
+        await self.engine.volume_remove(name, force=False)
+        await self.engine.volume_create({"Name": name, "Driver": v.get("Driver") or "local",
+                                         "DriverOpts": v.get("Options") or {}, "Labels": v.get("Labels") or {}})
+
+    async def _extract(self, v: dict[str, Any], record: BackupRecord, path: Path, progress: Progress) -> None:
+        decomp = decompressor(record.compression)
+        async with volume_files(self.engine, v, [], self.data_path) as files:
+            procs = Procs()
+            try:
+                with open(path, "rb") as stored:  # noqa: ASYNC230 - a local file, opened once
+                    if isinstance(files, HostDir):
+                        argvs = [*([decomp] if decomp else []), files.extract_argv()]
+                        await procs.chain(argvs, stdin=stored, stdout=asyncio.subprocess.DEVNULL)
+                        await procs.wait()
+                        progress.add(record.stored_size)
+                        return
+                    assert isinstance(files, ContainerDir)
+                    if decomp is None:
+                        await files.write(_file_chunks(stored, progress))
+                        return
+                    await procs.chain([decomp], stdin=stored, stdout=asyncio.subprocess.PIPE)
+                    assert procs.last.stdout is not None
+                    await files.write(read_chunks(procs.last.stdout, progress.add))
+                    await procs.wait()
+            except BaseException:
+                await procs.reap()
+                raise
+
+    async def _copy(self, src: dict[str, Any], src_users: list[Any], tgt: dict[str, Any]) -> int:
+        async with volume_files(self.engine, src, src_users, self.data_path) as a, \
+                volume_files(self.engine, tgt, [], self.data_path) as b:
+            procs = Procs()
+            try:
+                if isinstance(a, HostDir) and isinstance(b, HostDir):
+                    await procs.chain([a.create_argv(), b.extract_argv()], stdin=asyncio.subprocess.DEVNULL,
+                                      stdout=asyncio.subprocess.DEVNULL)
+                    return tar_totals((await procs.wait())[0]) or 0
+                if isinstance(a, HostDir):
+                    assert isinstance(b, ContainerDir)
+                    await procs.chain([a.create_argv()], stdin=asyncio.subprocess.DEVNULL,
+                                      stdout=asyncio.subprocess.PIPE)
+                    assert procs.last.stdout is not None
+                    await b.write(read_chunks(procs.last.stdout))
+                    return tar_totals((await procs.wait())[0]) or 0
+                assert isinstance(a, ContainerDir)
+                counted = Counted(a.read())
+                if isinstance(b, HostDir):
+                    await procs.chain([b.extract_argv()], stdin=asyncio.subprocess.PIPE,
+                                      stdout=asyncio.subprocess.DEVNULL)
+                    await feed(procs.first, counted)
+                    await procs.wait()
+                else:
+                    await b.write(counted)
+                return counted.n
+            except BaseException:
+                await procs.reap()
+                raise
+
+    async def _undo(self, v: dict[str, Any], created: bool) -> None:
+        """No partial state: a volume we made goes again; one that was there is left empty, as it was."""
+        try:
+            if created:
+                await self.engine.volume_remove(v["Name"], force=False)
+                await self.volumes.events.event("volume.removed", v["Name"])
+                return
+            async with volume_files(self.engine, v, [], self.data_path) as files:
+                if isinstance(files, HostDir):
+                    await files.clear()
+        except AgentError:
+            log.exception("restore.undo_failed", volume=v["Name"])
+
+
+async def _verify(record: BackupRecord, path: Path) -> None:
+    """The stored bytes are the ones recorded, or `corrupt`: checked before anything is written."""
+
+    def digest() -> tuple[int, str]:
+        h, n = hashlib.sha256(), 0
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                h.update(chunk)
+                n += len(chunk)
+        return n, h.hexdigest()
+
+    try:
+        size, sha = await asyncio.to_thread(digest)
+    except FileNotFoundError:
+        raise Corrupt(f"The file of backup {record.backup_id!r} is missing from {path}.") from None
+    if size != record.stored_size or sha != record.sha256:
+        raise Corrupt(
+            f"Backup {record.backup_id!r} is corrupt: {size} bytes with sha256 {sha[:12]}…, recorded "
+            f"{record.stored_size} bytes with {record.sha256[:12]}…; nothing was written to the volume."
+        )
+
+
+async def _file_chunks(f: Any, progress: Progress) -> AsyncIterator[bytes]:
+    while chunk := await asyncio.to_thread(f.read, CHUNK):
+        progress.add(len(chunk))
+        yield chunk
