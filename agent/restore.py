@@ -49,8 +49,8 @@ class Restores:
                     driver_opts=req.driver_opts or {},
                     labels=req.labels if req.labels is not None else record.volume_labels,
                 )
+                await self._prepare_or_undo(v, created, overwrite=req.overwrite)
                 try:
-                    await self._prepare(v, overwrite=req.overwrite)
                     progress = Progress(self.volumes, "restore", req.volume, record.backup_id)
                     async with progress.running():
                         await self._extract(v, record, path, progress)
@@ -75,8 +75,8 @@ class Restores:
                 req.target, driver=src.get("Driver") or "local", driver_opts=dict(src.get("Options") or {}),
                 labels=dict(src.get("Labels") or {}),
             )
+            await self._prepare_or_undo(tgt, created, overwrite=False)
             try:
-                await self._prepare(tgt, overwrite=False)
                 size = await self._copy(src, src_users, tgt)
             except BaseException:
                 await asyncio.shield(self._undo(tgt, created))
@@ -94,6 +94,18 @@ class Restores:
             v = await self.engine.volume_create(spec)
             await self.volumes.events.event("volume.created", name)
             return v, True
+
+    async def _prepare_or_undo(self, v: dict[str, Any], created: bool, *, overwrite: bool) -> None:
+        """Make the target ready; if it is refused, only a volume this call created goes again.
+
+        A refused target's content is never touched: undoing writes is only for after we wrote.
+        """
+        try:
+            await self._prepare(v, overwrite=overwrite)
+        except BaseException:
+            if created:
+                await asyncio.shield(self._undo(v, created=True))
+            raise
 
     async def _prepare(self, v: dict[str, Any], *, overwrite: bool) -> None:
         """Refuse a target in use or not empty (unless `overwrite`, which empties it)."""

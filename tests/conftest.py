@@ -55,6 +55,18 @@ def agent(dockerd: Dockerd, nats_server: NatsServer, stack_dir: Path) -> Iterato
     a.stop()
 
 
+ARCHIVE_HOST_ID = "host-arch"
+
+
+@pytest.fixture(scope="session")
+def archive_agent(dockerd: Dockerd, nats_server: NatsServer, stack_dir: Path) -> Iterator[Agent]:
+    """A second agent on the same Docker host that reaches volume files only through the archive API."""
+    a = Agent(ARCHIVE_HOST_ID, dockerd.url, nats_server.url, stack_dir / "agent-arch",
+              ["--data-path", "archive"]).start()
+    yield a
+    a.stop()
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def client(nats_server: NatsServer) -> AsyncIterator[AgentClient]:
     c = await AgentClient.connect([nats_server.url])
@@ -90,4 +102,16 @@ class Host:
 def host(dockerd: Dockerd, agent: Agent, client: AgentClient) -> Iterator[Host]:
     dockerd.reset()
     yield Host(HOST_ID, dockerd, agent, client)
+    dockerd.reset()
+
+
+@pytest.fixture(params=["host", "archive"])
+def any_path_host(request: pytest.FixtureRequest, dockerd: Dockerd, client: AgentClient) -> Iterator[Host]:
+    """The same tests through both data paths: the host directory and the Engine's archive API."""
+    if request.param == "host":
+        a, host_id = request.getfixturevalue("agent"), HOST_ID
+    else:
+        a, host_id = request.getfixturevalue("archive_agent"), ARCHIVE_HOST_ID
+    dockerd.reset()
+    yield Host(host_id, dockerd, a, client)
     dockerd.reset()
