@@ -44,6 +44,8 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 CHUNK = 1 << 20
+# A killed process that does not go within this is left to init; the operation's error is what matters.
+REAP_TIMEOUT_S = 10.0
 HELPER_IMAGE = ("volume-agent/scratch", "1")
 HELPER_LABEL = "volume-agent.helper"
 HELPER_MOUNT = "/data"
@@ -119,11 +121,20 @@ class Procs:
                     proc.kill()
 
     async def reap(self) -> None:
-        """After a failure elsewhere: end them all, collect them so no zombie or pipe is left."""
+        """After a failure elsewhere: end them all, collect them so no zombie or pipe is left.
+
+        A killed process's pipes are read to their end first: asyncio's wait() returns only once every
+        pipe is closed, and a pipe we stopped reading (its buffer full, reading paused) never is.
+        """
         self.kill()
         for _, proc in self.procs:
             with contextlib.suppress(Exception):
-                await proc.wait()
+                async with asyncio.timeout(REAP_TIMEOUT_S):
+                    for pipe in (proc.stdout, proc.stderr):
+                        if pipe is not None:
+                            while await pipe.read(CHUNK):
+                                pass
+                    await proc.wait()
 
 
 def _tail(text: str) -> str:

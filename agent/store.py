@@ -72,14 +72,20 @@ class StoreWriter:
     def write(self, chunk: bytes) -> None:
         self.sha256.update(chunk)
         view = memoryview(chunk)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError as exc:
+            raise store_errors(exc, self.path.parent) from exc
         self.written += len(chunk)
 
     def finish(self) -> None:
         """Flush to disk and move into place."""
-        os.fsync(self._fd)
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise store_errors(exc, self.path.parent) from exc
         os.close(self._fd)
         self._fd = -1
         if self.path.stat().st_size != self.written:
@@ -120,7 +126,7 @@ def _fsync_dir(path: Path) -> None:
 def store_errors(exc: OSError, where: Path) -> AgentError:
     """A file system failure of the store, as a sentence."""
     if exc.errno == errno.ENOSPC:
-        return Unavailable(f"The backup store at {where} is full (no space left on device).")
+        return Unavailable(f"The backup store at {where} is full (no space left on device); nothing was kept.")
     return AgentError(f"The backup store at {where} failed: {exc.strerror or exc}.")
 
 

@@ -178,7 +178,8 @@ class Agent:
 
     @property
     def log_path(self) -> Path:
-        return self.data_dir / f"agent-{self.host_id}.log"
+        # Beside the data dir, not in it: a test may fill the data dir's file system on purpose.
+        return self.data_dir.parent / f"agent-{self.host_id}.log"
 
     def start(self, wait: bool = True) -> Agent:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,166 @@
+"""Consistency and faults around backups: stopped containers, hooks, a full disk, a killed agent, events."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from agent.client import AgentClient
+
+from .conftest import Host
+from .stack import BUSYBOX_IMAGE, Agent, Dockerd, NatsServer
+from .volfiles import mountpoint
+
+pytestmark = pytest.mark.integration
+
+
+def state(d: Dockerd, name: str) -> str:
+    return d.docker("inspect", "-f", "{{.State.Status}}", name).strip()
+
+
+async def test_stop_containers_stops_users_for_the_backup_and_starts_them_again(host: Host) -> None:
+    await host.ok("create", {"name": "db1"})
+    host.docker.docker("run", "-d", "--name", "dbserver", "--network", "none", "-v", "db1:/data", BUSYBOX_IMAGE,
+                       "sleep", "600")
+    rec = await host.ok("backup", {"volume": "db1", "stop_containers": True})
+    assert rec["stopped_containers"] == ["dbserver"]
+    assert state(host.docker, "dbserver") == "running"
+
+
+async def test_hooks_run_inside_the_container_before_and_after(host: Host) -> None:
+    await host.ok("create", {"name": "hooked"})
+    host.docker.docker(
+        "run", "-d", "--name", "hookbox", "--network", "none", "-v", "hooked:/data",
+        "--label", "volume-agent.backup.exec-pre=echo dumped > /data/dump.sql",
+        "--label", "volume-agent.backup.exec-post=rm /data/dump.sql",
+        BUSYBOX_IMAGE, "sleep", "600")
+    rec = await host.ok("backup", {"volume": "hooked", "compression": "none"})
+    listed = subprocess.run(["tar", "-tf", rec["location"]], capture_output=True, text=True, check=True).stdout
+    assert "./dump.sql" in listed.splitlines()
+    assert not (mountpoint(host.docker, "hooked") / "dump.sql").exists()  # the post hook cleaned up
+
+
+async def test_a_failing_pre_hook_aborts_the_backup_with_a_clear_error(host: Host) -> None:
+    await host.ok("create", {"name": "hookfail"})
+    host.docker.docker("run", "-d", "--name", "failbox", "--network", "none", "-v", "hookfail:/data",
+                       "--label", "volume-agent.backup.exec-pre=echo cannot dump; exit 3",
+                       BUSYBOX_IMAGE, "sleep", "600")
+    code, msg = await host.error("backup", {"volume": "hookfail"})
+    assert code == "conflict" and "failbox" in msg and "exit 3" in msg and "cannot dump" in msg
+    assert (await host.ok("backups", {"volume": "hookfail"}))["backups"] == []
+
+
+async def test_hook_labels_inherited_from_the_image_are_ignored(host: Host) -> None:
+    host.docker.docker("commit", "--change", 'LABEL volume-agent.backup.exec-pre="touch /data/pwned"',
+                       host.docker.docker("create", "--network", "none", BUSYBOX_IMAGE).strip(), "test/evil:1")
+    await host.ok("create", {"name": "victim"})
+    host.docker.docker("run", "-d", "--name", "evil", "--network", "none", "-v", "victim:/data", "test/evil:1",
+                       "sleep", "600")
+    await host.ok("backup", {"volume": "victim"})
+    assert not (mountpoint(host.docker, "victim") / "pwned").exists()
+
+
+async def test_events_tell_the_backup_from_start_to_completion(host: Host) -> None:
+    sub = await host.client.nc.subscribe(f"vol.evt.{host.id}.backup.>")
+    await host.ok("create", {"name": "ev2"})
+    rec = await host.ok("backup", {"volume": "ev2"})
+    kinds = []
+    while True:
+        msg = await sub.next_msg(timeout=5)
+        evt = msgspec.json.decode(msg.data)
+        kinds.append(evt["kind"])
+        if evt["kind"] == "backup.completed":
+            assert evt["backup_id"] == rec["backup_id"] and evt["bytes_done"] == rec["size"]
+            break
+    await sub.unsubscribe()
+    assert kinds[0] == "backup.started"
+
+
+@pytest.fixture
+def tiny_store(tmp_path: Path):
+    """A data dir on a 4 MiB tmpfs: the store fills up for real."""
+    d = tmp_path / "tiny"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(d)], check=True)
+    yield d
+    subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+async def test_a_full_disk_fails_clearly_removes_the_partial_file_restarts_containers_and_removes_nothing(
+    dockerd: Dockerd, nats_server: NatsServer, client: AgentClient, tiny_store: Path
+) -> None:
+    dockerd.reset()
+    a = Agent("tiny", dockerd.url, nats_server.url, tiny_store).start()
+    try:
+        await client.request("tiny", "create", {"name": "big1"})
+        (mountpoint(dockerd, "big1") / "random.bin").write_bytes(os.urandom(8 * 1024 * 1024))
+        dockerd.docker("run", "-d", "--name", "bigapp", "--network", "none", "-v", "big1:/d", BUSYBOX_IMAGE,
+                       "sleep", "600")
+        reply = await client.request("tiny", "backup", {"volume": "big1", "stop_containers": True})
+        assert reply.error is not None and reply.error.code == "unavailable"
+        assert "full" in reply.error.message
+        assert state(dockerd, "bigapp") == "running"
+        assert [p for p in (tiny_store / "backups").rglob("*") if p.is_file()] == []
+        dockerd.docker("rm", "-f", "bigapp")
+        reply = await client.request("tiny", "remove", {"name": "big1", "backup_first": True})
+        assert reply.error is not None and reply.error.code == "unavailable"
+        assert "big1" in dockerd.docker("volume", "ls", "-q").split()
+    finally:
+        a.stop()
+        dockerd.reset()
+
+
+async def test_agent_killed_mid_backup_leaves_no_visible_backup_and_cleans_up_at_start(
+    dockerd: Dockerd, nats_server: NatsServer, client: AgentClient, tmp_path: Path
+) -> None:
+    dockerd.reset()
+    a = Agent(f"kill-{uuid.uuid4().hex[:6]}", dockerd.url, nats_server.url, tmp_path).start()
+    try:
+        await client.request(a.host_id, "create", {"name": "slow1"})
+        (mountpoint(dockerd, "slow1") / "random.bin").write_bytes(os.urandom(200 * 1024 * 1024))
+        pending = asyncio.create_task(client.request(a.host_id, "backup", {"volume": "slow1",
+                                                                           "compression": "gzip"}, timeout=60))
+        # While it runs, the agent answers other requests promptly.
+        await asyncio.sleep(1.0)
+        t = time.monotonic()
+        assert (await client.request(a.host_id, "inspect", {"name": "slow1"}, timeout=5)).ok
+        assert time.monotonic() - t < 1.0
+        partials = list((tmp_path / "backups").rglob("*.partial"))
+        assert partials, "the backup was not under way"
+        a.signal(signal.SIGKILL)
+        a.wait(10)
+        pending.cancel()
+        assert (await asyncio.gather(pending, return_exceptions=True))[0] is not None
+        a.start()
+        assert list((tmp_path / "backups").rglob("*.partial")) == []
+        listed = await client.request(a.host_id, "backups", {"volume": "slow1"})
+        assert listed.ok and listed.result == {"backups": []}
+        assert dockerd.docker("ps", "-aq", "--filter", "label=volume-agent.helper") == ""
+    finally:
+        a.stop()
+        dockerd.reset()
+
+
+async def test_the_catalog_survives_an_agent_restart(
+    dockerd: Dockerd, nats_server: NatsServer, client: AgentClient, tmp_path: Path
+) -> None:
+    dockerd.reset()
+    a = Agent(f"cat-{uuid.uuid4().hex[:6]}", dockerd.url, nats_server.url, tmp_path).start()
+    try:
+        await client.request(a.host_id, "create", {"name": "kept1"})
+        made = await client.request(a.host_id, "backup", {"volume": "kept1"})
+        a.stop()
+        a.start()
+        listed = await client.request(a.host_id, "backups", {})
+        assert [b["backup_id"] for b in listed.result["backups"]] == [made.result["backup_id"]]
+    finally:
+        a.stop()
+        dockerd.reset()
