@@ -10,6 +10,7 @@ import asyncio
 import os
 import socket
 import sys
+import uuid
 from typing import Any
 
 import msgspec
@@ -39,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=os.environ.get("VOLUME_AGENT_HOST_ID") or socket.gethostname().split(".")[0],
                    help="the agent's host id (default: this machine)")
     p.add_argument("--prefix", default=os.environ.get("VOLUME_AGENT_SUBJECT_PREFIX") or "vol")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply")
+    p.add_argument("--timeout", type=float, help="seconds to wait for a reply (default 30; an hour for backup, "
+                   "restore, clone and rm --backup-first)")
     p.add_argument("--json", action="store_true", help="print the reply envelope as JSON")
     p.add_argument("--id", help="idempotency key of the command")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
@@ -61,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     rm = sub.add_parser("rm", help="remove a volume")
     rm.add_argument("name")
     rm.add_argument("--force", "-f", action="store_true", help="ignore driver errors (never removes a used volume)")
+    rm.add_argument("--backup-first", action="store_true", help="make a final backup; if it fails, remove nothing")
 
     pr = sub.add_parser("prune", help="remove volumes no container uses")
     pr.add_argument("--dry-run", action="store_true", help="name them, remove none")
@@ -73,6 +76,27 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--mount", "-v", action="append", help="VOLUME:/target[:ro]")
     sh.add_argument("--env", "-e", action="append", help="KEY=VALUE")
     sh.add_argument("--start", action="store_true", help="start the container")
+    b = sub.add_parser("backup", help="back up a volume")
+    b.add_argument("volume")
+    b.add_argument("--compression", choices=["zstd", "gzip", "none"], default="zstd")
+    b.add_argument("--keep", type=int, help="keep only the newest N backups of this volume")
+    b.add_argument("--stop-containers", action="store_true", help="stop the volume's running users meanwhile")
+
+    bs = sub.add_parser("backups", help="list backups, newest first")
+    bs.add_argument("volume", nargs="?")
+
+    r = sub.add_parser("restore", help="restore a backup into a volume")
+    r.add_argument("backup_id")
+    r.add_argument("volume")
+    r.add_argument("--overwrite", action="store_true", help="replace the volume's content with the backup")
+
+    cl = sub.add_parser("clone", help="copy a volume exactly")
+    cl.add_argument("source")
+    cl.add_argument("target")
+
+    fg = sub.add_parser("forget", help="delete a backup")
+    fg.add_argument("backup_id")
+
     sh.epilog = "The container's command, if any, follows `--`: volumectl share app --image img -- sleep 60"
     return p
 
@@ -101,7 +125,20 @@ def _request(a: argparse.Namespace, p: argparse.ArgumentParser) -> tuple[str, di
                     p.error(f"unknown filter {f!r}: use label=..., driver=... or dangling=true|false")
             op, body = "list", ({"filters": filters} if filters else {})
         case "rm":
-            op, body = "remove", {"name": a.name, "force": a.force}
+            op, body = "remove", {"name": a.name, "force": a.force, "backup_first": a.backup_first}
+        case "backup":
+            body = {"volume": a.volume, "compression": a.compression, "stop_containers": a.stop_containers}
+            if a.keep is not None:
+                body["keep"] = a.keep
+            op = "backup"
+        case "backups":
+            op, body = "backups", ({"volume": a.volume} if a.volume else {})
+        case "restore":
+            op, body = "restore", {"backup_id": a.backup_id, "volume": a.volume, "overwrite": a.overwrite}
+        case "clone":
+            op, body = "clone", {"source": a.source, "target": a.target}
+        case "forget":
+            op, body = "forget", {"backup_id": a.backup_id}
         case "prune":
             op, body = "prune", {"dry_run": a.dry_run, **({"label": a.label} if a.label else {})}
         case "share":
@@ -143,6 +180,33 @@ def _show_volumes(volumes: list[dict[str, Any]], host: str | None = None) -> lis
     return rows
 
 
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    size = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        size /= 1024
+        if size < 1024 or unit == "TiB":
+            break
+    return f"{size:.1f} {unit}"
+
+
+LONG_OPS = {"backup": "backup", "restore": "restore"}
+
+
+async def _show_progress(client: AgentClient, host: str, kind: str, cmd_id: str) -> None:
+    """A one-line progress display on stderr from the agent's `<kind>.progress` events of this command."""
+    sub = await client.nc.subscribe(f"{client.subjects.prefix}.evt.{host}.{kind}.progress")
+    try:
+        async for msg in sub.messages:
+            evt = msgspec.json.decode(msg.data)
+            if evt.get("cmd_id") == cmd_id:
+                print(f"\r{kind} {evt['volume']}: {_size(evt.get('bytes_done') or 0)} ...", end="", file=sys.stderr,
+                      flush=True)
+    finally:
+        await sub.unsubscribe()
+
+
 def _human(op: str, result: dict[str, Any]) -> str:
     match op:
         case "list":
@@ -155,7 +219,20 @@ def _human(op: str, result: dict[str, Any]) -> str:
                                                   for u in result["used_by"]) or "-"))
             return "\n".join(lines)
         case "remove":
-            return str(result["name"])
+            backup = result.get("backup")
+            return str(result["name"]) + (f" (final backup {backup['backup_id']})" if backup else "")
+        case "backup":
+            return (f"{result['backup_id']}  {_size(result['size'])} -> {_size(result['stored_size'])} "
+                    f"{result['compression']} in {result['duration_s']:.1f} s\n{result['location']}")
+        case "backups":
+            rows = [[b["backup_id"], b["volume"], b["created_at"][:19], _size(b["size"]), _size(b["stored_size"]),
+                     b["trigger"]] for b in result["backups"]]
+            return _table(rows, ["BACKUP ID", "VOLUME", "CREATED", "SIZE", "STORED", "TRIGGER"])
+        case "restore" | "clone":
+            target = result.get("volume") or result.get("target")
+            return f"{target}: {_size(result['size'])} in {result['duration_s']:.1f} s"
+        case "forget":
+            return str(result["backup_id"])
         case "prune":
             verb = "would remove" if result["dry_run"] else "removed"
             return "\n".join([f"{verb} {len(result['volumes'])} volume(s)", *result["volumes"]])
@@ -175,11 +252,21 @@ async def _run(a: argparse.Namespace, op: str, body: dict[str, Any]) -> int:
     try:
         if op == "list" and a.all_hosts:
             return _print_fleet(a, await client.gather("list", body, window=a.window))
+        progress = None
+        if op in LONG_OPS and not a.json and sys.stderr.isatty():
+            body.setdefault("id", uuid.uuid4().hex)
+            progress = asyncio.create_task(_show_progress(client, a.host, LONG_OPS[op], body["id"]))
         try:
-            reply = await client.request(a.host, op, body, timeout=a.timeout)
+            long = op in ("backup", "restore", "clone") or body.get("backup_first")
+            timeout = a.timeout if a.timeout is not None else (3600.0 if long else 30.0)
+            reply = await client.request(a.host, op, body, timeout=timeout)
         except NoAgent as exc:
             print(f"volumectl: {exc}", file=sys.stderr)
             return 1
+        finally:
+            if progress is not None:
+                progress.cancel()
+                print("\r\033[K", end="", file=sys.stderr)
         return _print_reply(a, reply)
     finally:
         await client.close()

@@ -10,6 +10,7 @@ import pytest
 
 from .conftest import Host
 from .stack import BUSYBOX_IMAGE, venv_bin
+from .volfiles import mountpoint
 
 pytestmark = pytest.mark.integration
 
@@ -69,3 +70,22 @@ def test_share_and_prune_and_fleet_listing(host: Host) -> None:
     assert out.returncode == 0 and out.stdout.splitlines() == ["would remove 1 volume(s)", "loose"]
     out = ctl(host, "ls", "--all-hosts", "--window", "1")
     assert out.returncode == 0 and host.id in out.stdout and f"answered: {host.id}" in out.stderr
+
+
+def test_backup_backups_restore_clone_forget_from_the_command_line(host: Host) -> None:
+    assert ctl(host, "create", "cli-vol").returncode == 0
+    (mountpoint(host.docker, "cli-vol") / "note.txt").write_text("hello")
+    out = ctl(host, "backup", "cli-vol", "--compression", "gzip")
+    assert out.returncode == 0, out.stderr
+    backup_id = out.stdout.split()[0]
+    assert backup_id.startswith("cli-vol.") and out.stdout.splitlines()[1].endswith(".tar.gz")
+    listed = ctl(host, "backups", "cli-vol")
+    assert listed.returncode == 0 and backup_id in listed.stdout and "request" in listed.stdout
+    assert ctl(host, "restore", backup_id, "cli-copy").returncode == 0
+    out = ctl(host, "restore", backup_id, "cli-copy")
+    assert out.returncode == 1 and "conflict" in out.stderr
+    assert ctl(host, "restore", backup_id, "cli-copy", "--overwrite").returncode == 0
+    assert ctl(host, "clone", "cli-vol", "cli-twin").returncode == 0
+    assert ctl(host, "forget", backup_id).returncode == 0
+    out = ctl(host, "rm", "cli-twin", "--backup-first")
+    assert out.returncode == 0 and "final backup cli-twin." in out.stdout
