@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import threading
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -24,10 +26,10 @@ from contracts import (
     RemoveResult,
 )
 
-from .archive import ContainerDir, Counted, HostDir, Procs, compressor, feed, read_chunks, tar_totals
+from .archive import ContainerDir, Counted, HostDir, Procs, compressor, feed, tar_totals
 from .errors import AgentError, Conflict, InUse
 from .files import DataPath, volume_files
-from .store import BackupStore, StoreWriter, new_backup_id
+from .store import NO_SPACE, BackupStore, StoreWriter, new_backup_id, store_errors
 from .volumes import Volumes
 
 __all__ = ["POST_HOOK", "PRE_HOOK", "Backups", "Progress"]
@@ -37,6 +39,16 @@ log = structlog.get_logger(__name__)
 PRE_HOOK = "volume-agent.backup.exec-pre"
 POST_HOOK = "volume-agent.backup.exec-post"
 PROGRESS_EVERY_S = 1.0
+
+
+async def _wait(procs: Procs, writer: StoreWriter) -> list[str]:
+    """Wait for the pipeline; a full store is the store's error, not the compressor's."""
+    try:
+        return await procs.wait()
+    except AgentError as exc:
+        if NO_SPACE in exc.message:
+            raise store_errors(OSError(errno.ENOSPC, NO_SPACE), writer.path.parent) from exc
+        raise
 
 
 class Progress:
@@ -153,35 +165,43 @@ class Backups:
         self, v: dict[str, Any], users: list[ContainerRef], compression: Compression, writer: StoreWriter,
         progress: Progress,
     ) -> int:
-        """Stream the volume's tar through the compressor into the store; returns the tar's size."""
+        """Stream the volume's tar through the compressor into the store; returns the tar's size.
+
+        The last process writes the store file itself, as `tar | zstd > file` would; a thread follows the
+        file as it grows and hashes it. Python stays out of the data path and the event loop stays free.
+        """
         comp = compressor(compression)
         async with volume_files(self.engine, v, users, self.data_path) as files:
+            if isinstance(files, ContainerDir) and comp is None:
+                counted = Counted(files.read())
+                async for chunk in counted:
+                    await asyncio.to_thread(writer.write, chunk)
+                    progress.add(len(chunk))
+                return counted.n
             procs = Procs()
+            done = threading.Event()
+            following = asyncio.create_task(asyncio.to_thread(writer.follow, done, progress.add))
             try:
                 if isinstance(files, HostDir):
                     argvs = [files.create_argv(), *([comp] if comp else [])]
-                    await procs.chain(argvs, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE)
-                    await _drain(procs.last.stdout, writer, progress)
-                    size = tar_totals((await procs.wait())[0])
+                    await procs.chain(argvs, stdin=asyncio.subprocess.DEVNULL, stdout=writer.fd)
+                    size = tar_totals((await _wait(procs, writer))[0])
                     if size is None:
                         raise AgentError("tar did not report the size of the archive it wrote.")
-                    return size
-                assert isinstance(files, ContainerDir)
-                counted = Counted(files.read())
-                if comp is None:
-                    async for chunk in counted:
-                        await asyncio.to_thread(writer.write, chunk)
-                        progress.add(len(chunk))
-                    return counted.n
-                await procs.chain([comp], stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-                feeding = asyncio.create_task(feed(procs.first, counted))
-                await _drain(procs.last.stdout, writer, progress)
-                await feeding
-                await procs.wait()
-                return counted.n
+                else:
+                    assert comp is not None
+                    counted = Counted(files.read())
+                    await procs.chain([comp], stdin=asyncio.subprocess.PIPE, stdout=writer.fd)
+                    await feed(procs.first, counted)
+                    await _wait(procs, writer)
+                    size = counted.n
             except BaseException:
                 await procs.reap()
                 raise
+            finally:
+                done.set()
+                await asyncio.shield(following)
+            return size
 
     async def _hooks(self, users: list[ContainerRef], label: str, *, must_succeed: bool) -> None:
         """Run the hook command each running user sets on itself (an image's labels do not count)."""
@@ -234,10 +254,3 @@ class Backups:
         for old in (await self.store.catalog(volume))[keep:]:
             await self.store.forget(old.backup_id)
             log.info("backup.pruned", old=old.backup_id)
-
-
-async def _drain(stream: asyncio.StreamReader | None, writer: StoreWriter, progress: Progress) -> None:
-    assert stream is not None
-    async for chunk in read_chunks(stream):
-        await asyncio.to_thread(writer.write, chunk)
-        progress.add(len(chunk))

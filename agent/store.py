@@ -11,7 +11,10 @@ import asyncio
 import errno
 import hashlib
 import os
+import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +32,10 @@ __all__ = ["BackupStore", "LocalStore", "StoreWriter", "new_backup_id", "suffix_
 log = structlog.get_logger(__name__)
 
 PARTIAL = ".partial"
+FOLLOW_CHUNK = 1 << 20
+SYNC_EVERY = 64 << 20
+# How long the hashing thread waits for the compressor to write more; short against a multi-second backup.
+FOLLOW_IDLE_S = 0.005
 _SUFFIX = {"zstd": ".tar.zst", "gzip": ".tar.gz", "none": ".tar"}
 _DECODE = msgspec.json.Decoder(BackupRecord)
 
@@ -80,6 +87,38 @@ class StoreWriter:
             raise store_errors(exc, self.path.parent) from exc
         self.written += len(chunk)
 
+    @property
+    def fd(self) -> int:
+        """The open file, for a process to write into directly (then `follow` hashes what it writes)."""
+        return self._fd
+
+    def follow(self, done: threading.Event, on_chunk: Callable[[int], None]) -> None:
+        """Blocking: hash and count the file as another process writes it, until `done` and all is read.
+
+        The writer never waits for us: hashing and write-back overlap the compression instead of
+        following it.
+        """
+        unsynced = 0
+        with open(self.path, "rb", buffering=0) as f:
+            while True:
+                chunk = f.read(FOLLOW_CHUNK)
+                if chunk:
+                    self.sha256.update(chunk)
+                    self.written += len(chunk)
+                    on_chunk(len(chunk))
+                    unsynced += len(chunk)
+                    if unsynced >= SYNC_EVERY:
+                        # Write back while the compressor goes on, so the final fsync has little left.
+                        os.fdatasync(self._fd)
+                        unsynced = 0
+                elif done.is_set():
+                    if not (rest := f.read()):
+                        return
+                    self.sha256.update(rest)
+                    self.written += len(rest)
+                else:
+                    time.sleep(FOLLOW_IDLE_S)
+
     def finish(self) -> None:
         """Flush to disk and move into place."""
         try:
@@ -121,6 +160,9 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+NO_SPACE = os.strerror(errno.ENOSPC)
 
 
 def store_errors(exc: OSError, where: Path) -> AgentError:

@@ -78,7 +78,7 @@ ECHO = textwrap.dedent("""
 
 async def bus_floor(client: AgentClient, nats_url: str, rounds: int) -> list[float]:
     """Two request/replies to a do-nothing responder in another process: what the bus itself costs."""
-    echo = subprocess.Popen([sys.executable, "-c", ECHO, nats_url], stdout=subprocess.PIPE)  # noqa: ASYNC220
+    echo = subprocess.Popen([sys.executable, "-c", ECHO, nats_url], stdout=subprocess.PIPE)
     try:
         assert echo.stdout is not None and echo.stdout.readline() == b"ready\n"
         times = []
