@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import sys
@@ -204,7 +205,8 @@ async def _show_progress(client: AgentClient, host: str, kind: str, cmd_id: str)
                 print(f"\r{kind} {evt['volume']}: {_size(evt.get('bytes_done') or 0)} ...", end="", file=sys.stderr,
                       flush=True)
     finally:
-        await sub.unsubscribe()
+        with contextlib.suppress(Exception):  # the display is best effort; the reply is what counts
+            await sub.unsubscribe()
 
 
 def _human(op: str, result: dict[str, Any]) -> str:
@@ -266,6 +268,7 @@ async def _run(a: argparse.Namespace, op: str, body: dict[str, Any]) -> int:
         finally:
             if progress is not None:
                 progress.cancel()
+                await asyncio.gather(progress, return_exceptions=True)
                 print("\r\033[K", end="", file=sys.stderr)
         return _print_reply(a, reply)
     finally:

@@ -126,6 +126,7 @@ async def test_agent_killed_mid_backup_leaves_no_visible_backup_and_cleans_up_at
     try:
         await client.request(a.host_id, "create", {"name": "slow1"})
         (mountpoint(dockerd, "slow1") / "random.bin").write_bytes(os.urandom(200 * 1024 * 1024))
+        progress = await client.nc.subscribe(f"vol.evt.{a.host_id}.backup.progress")
         pending = asyncio.create_task(client.request(a.host_id, "backup", {"volume": "slow1",
                                                                            "compression": "gzip"}, timeout=60))
         # While it runs, the agent answers other requests promptly.
@@ -135,6 +136,9 @@ async def test_agent_killed_mid_backup_leaves_no_visible_backup_and_cleans_up_at
         assert time.monotonic() - t < 1.0
         partials = list((tmp_path / "backups").rglob("*.partial"))
         assert partials, "the backup was not under way"
+        evt = msgspec.json.decode((await progress.next_msg(timeout=3)).data)
+        assert evt["volume"] == "slow1" and evt["bytes_done"] > 0
+        await progress.unsubscribe()
         a.signal(signal.SIGKILL)
         a.wait(10)
         pending.cancel()
@@ -164,3 +168,19 @@ async def test_the_catalog_survives_an_agent_restart(
     finally:
         a.stop()
         dockerd.reset()
+
+
+async def test_a_volume_mounted_on_demand_is_backed_up_through_its_running_user(host: Host) -> None:
+    """A tmpfs volume holds data only while mounted: the archive API of the container using it reads it."""
+    await host.ok("create", {"name": "scratch1", "driver_opts": {"type": "tmpfs", "device": "tmpfs", "o": "size=8m"}})
+    host.docker.docker("run", "-d", "--name", "tmpuser", "--network", "none", "-v", "scratch1:/work", BUSYBOX_IMAGE,
+                       "sh", "-c", "echo in-memory > /work/state.txt && sleep 600")
+    for _ in range(50):
+        if "state.txt" in host.docker.docker("exec", "tmpuser", "ls", "/work"):
+            break
+        await asyncio.sleep(0.1)
+    rec = await host.ok("backup", {"volume": "scratch1", "compression": "none"})
+    listed = subprocess.run(["tar", "-tf", rec["location"]], capture_output=True, text=True, check=True).stdout
+    assert "./state.txt" in listed.splitlines()
+    await host.ok("restore", {"backup_id": rec["backup_id"], "volume": "ondisk1", "driver_opts": {}})
+    assert (mountpoint(host.docker, "ondisk1") / "state.txt").read_text() == "in-memory\n"
