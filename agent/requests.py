@@ -63,6 +63,8 @@ class RequestService:
                     handler=functools.partial(self._spawn, op=op),
                 )
             )
+        # add_endpoint does not flush: without this, "ready" could come before the server knows our subscriptions.
+        await self.bus.nc.flush()
         log.info("requests.listening", subject=f"{self._req_prefix}>", fleet=[subjects.all(op) for op in FLEET_OPS])
 
     async def stop(self) -> None:

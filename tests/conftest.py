@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,4 +115,22 @@ def any_path_host(request: pytest.FixtureRequest, dockerd: Dockerd, client: Agen
         a, host_id = request.getfixturevalue("archive_agent"), ARCHIVE_HOST_ID
     dockerd.reset()
     yield Host(host_id, dockerd, a, client)
+    dockerd.reset()
+
+
+@pytest.fixture
+def make_agent(dockerd: Dockerd, nats_server: NatsServer, tmp_path: Path) -> Iterator[Any]:
+    """Agents of a test's own (a fresh host id each), on the shared dockerd and nats-server; stopped after."""
+    made: list[Agent] = []
+    dockerd.reset()
+
+    def make(data_dir: Path | None = None, extra: list[str] | None = None, *, start: bool = True) -> Agent:
+        a = Agent(f"own-{uuid.uuid4().hex[:8]}", dockerd.url, nats_server.url, data_dir or tmp_path / "agent",
+                  extra or ["--ack-wait", "2"])
+        made.append(a)
+        return a.start() if start else a
+
+    yield make
+    for a in made:
+        a.stop()
     dockerd.reset()

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import msgspec
@@ -16,7 +15,7 @@ import pytest
 from agent.client import AgentClient
 
 from .conftest import Host
-from .stack import BUSYBOX_IMAGE, Agent, Dockerd, NatsServer
+from .stack import BUSYBOX_IMAGE, Dockerd
 from .volfiles import mountpoint
 
 pytestmark = pytest.mark.integration
@@ -95,79 +94,62 @@ def tiny_store(tmp_path: Path):
 
 
 async def test_a_full_disk_fails_clearly_removes_the_partial_file_restarts_containers_and_removes_nothing(
-    dockerd: Dockerd, nats_server: NatsServer, client: AgentClient, tiny_store: Path
+    tiny_store: Path, make_agent, dockerd: Dockerd, client: AgentClient
 ) -> None:
-    dockerd.reset()
-    a = Agent("tiny", dockerd.url, nats_server.url, tiny_store).start()
-    try:
-        await client.request("tiny", "create", {"name": "big1"})
-        (mountpoint(dockerd, "big1") / "random.bin").write_bytes(os.urandom(8 * 1024 * 1024))
-        dockerd.docker("run", "-d", "--name", "bigapp", "--network", "none", "-v", "big1:/d", BUSYBOX_IMAGE,
-                       "sleep", "600")
-        reply = await client.request("tiny", "backup", {"volume": "big1", "stop_containers": True})
-        assert reply.error is not None and reply.error.code == "unavailable"
-        assert "full" in reply.error.message
-        assert state(dockerd, "bigapp") == "running"
-        assert [p for p in (tiny_store / "backups").rglob("*") if p.is_file()] == []
-        dockerd.docker("rm", "-f", "bigapp")
-        reply = await client.request("tiny", "remove", {"name": "big1", "backup_first": True})
-        assert reply.error is not None and reply.error.code == "unavailable"
-        assert "big1" in dockerd.docker("volume", "ls", "-q").split()
-    finally:
-        a.stop()
-        dockerd.reset()
+    tiny = make_agent(tiny_store).host_id
+    await client.request(tiny, "create", {"name": "big1"})
+    (mountpoint(dockerd, "big1") / "random.bin").write_bytes(os.urandom(8 * 1024 * 1024))
+    dockerd.docker("run", "-d", "--name", "bigapp", "--network", "none", "-v", "big1:/d", BUSYBOX_IMAGE,
+                   "sleep", "600")
+    reply = await client.request(tiny, "backup", {"volume": "big1", "stop_containers": True})
+    assert reply.error is not None and reply.error.code == "unavailable"
+    assert "full" in reply.error.message
+    assert state(dockerd, "bigapp") == "running"
+    assert [p for p in (tiny_store / "backups").rglob("*") if p.is_file()] == []
+    dockerd.docker("rm", "-f", "bigapp")
+    reply = await client.request(tiny, "remove", {"name": "big1", "backup_first": True})
+    assert reply.error is not None and reply.error.code == "unavailable"
+    assert "big1" in dockerd.docker("volume", "ls", "-q").split()
 
 
 async def test_agent_killed_mid_backup_leaves_no_visible_backup_and_cleans_up_at_start(
-    dockerd: Dockerd, nats_server: NatsServer, client: AgentClient, tmp_path: Path
+    make_agent, dockerd: Dockerd, client: AgentClient, tmp_path: Path
 ) -> None:
-    dockerd.reset()
-    a = Agent(f"kill-{uuid.uuid4().hex[:6]}", dockerd.url, nats_server.url, tmp_path).start()
-    try:
-        await client.request(a.host_id, "create", {"name": "slow1"})
-        (mountpoint(dockerd, "slow1") / "random.bin").write_bytes(os.urandom(200 * 1024 * 1024))
-        progress = await client.nc.subscribe(f"vol.evt.{a.host_id}.backup.progress")
-        pending = asyncio.create_task(client.request(a.host_id, "backup", {"volume": "slow1",
-                                                                           "compression": "gzip"}, timeout=60))
-        # While it runs, the agent answers other requests promptly.
-        await asyncio.sleep(1.0)
-        t = time.monotonic()
-        assert (await client.request(a.host_id, "inspect", {"name": "slow1"}, timeout=5)).ok
-        assert time.monotonic() - t < 1.0
-        partials = list((tmp_path / "backups").rglob("*.partial"))
-        assert partials, "the backup was not under way"
-        evt = msgspec.json.decode((await progress.next_msg(timeout=3)).data)
-        assert evt["volume"] == "slow1" and evt["bytes_done"] > 0
-        await progress.unsubscribe()
-        a.signal(signal.SIGKILL)
-        a.wait(10)
-        pending.cancel()
-        assert (await asyncio.gather(pending, return_exceptions=True))[0] is not None
-        a.start()
-        assert list((tmp_path / "backups").rglob("*.partial")) == []
-        listed = await client.request(a.host_id, "backups", {"volume": "slow1"})
-        assert listed.ok and listed.result == {"backups": []}
-        assert dockerd.docker("ps", "-aq", "--filter", "label=volume-agent.helper") == ""
-    finally:
-        a.stop()
-        dockerd.reset()
+    a = make_agent(tmp_path)
+    await client.request(a.host_id, "create", {"name": "slow1"})
+    (mountpoint(dockerd, "slow1") / "random.bin").write_bytes(os.urandom(200 * 1024 * 1024))
+    progress = await client.nc.subscribe(f"vol.evt.{a.host_id}.backup.progress")
+    pending = asyncio.create_task(client.request(a.host_id, "backup", {"volume": "slow1",
+                                                                       "compression": "gzip"}, timeout=60))
+    # While it runs, the agent answers other requests promptly.
+    await asyncio.sleep(1.0)
+    t = time.monotonic()
+    assert (await client.request(a.host_id, "inspect", {"name": "slow1"}, timeout=5)).ok
+    assert time.monotonic() - t < 1.0
+    partials = list((tmp_path / "backups").rglob("*.partial"))
+    assert partials, "the backup was not under way"
+    evt = msgspec.json.decode((await progress.next_msg(timeout=3)).data)
+    assert evt["volume"] == "slow1" and evt["bytes_done"] > 0
+    await progress.unsubscribe()
+    a.signal(signal.SIGKILL)
+    a.wait(10)
+    pending.cancel()
+    assert (await asyncio.gather(pending, return_exceptions=True))[0] is not None
+    a.start()
+    assert list((tmp_path / "backups").rglob("*.partial")) == []
+    listed = await client.request(a.host_id, "backups", {"volume": "slow1"})
+    assert listed.ok and listed.result == {"backups": []}
+    assert dockerd.docker("ps", "-aq", "--filter", "label=volume-agent.helper") == ""
 
 
-async def test_the_catalog_survives_an_agent_restart(
-    dockerd: Dockerd, nats_server: NatsServer, client: AgentClient, tmp_path: Path
-) -> None:
-    dockerd.reset()
-    a = Agent(f"cat-{uuid.uuid4().hex[:6]}", dockerd.url, nats_server.url, tmp_path).start()
-    try:
-        await client.request(a.host_id, "create", {"name": "kept1"})
-        made = await client.request(a.host_id, "backup", {"volume": "kept1"})
-        a.stop()
-        a.start()
-        listed = await client.request(a.host_id, "backups", {})
-        assert [b["backup_id"] for b in listed.result["backups"]] == [made.result["backup_id"]]
-    finally:
-        a.stop()
-        dockerd.reset()
+async def test_the_catalog_survives_an_agent_restart(make_agent, client: AgentClient) -> None:
+    a = make_agent()
+    await client.request(a.host_id, "create", {"name": "kept1"})
+    made = await client.request(a.host_id, "backup", {"volume": "kept1"})
+    a.stop()
+    a.start()
+    listed = await client.request(a.host_id, "backups", {})
+    assert [b["backup_id"] for b in listed.result["backups"]] == [made.result["backup_id"]]
 
 
 async def test_a_volume_mounted_on_demand_is_backed_up_through_its_running_user(host: Host) -> None:

@@ -144,12 +144,8 @@ async def test_micro_service_is_discoverable_with_host_metadata(host: Host) -> N
 
 
 @pytest.fixture
-def own_agent(dockerd: Dockerd, nats_server: NatsServer, tmp_path: Path):
-    dockerd.reset()
-    a = Agent(f"own-{uuid.uuid4().hex[:8]}", dockerd.url, nats_server.url, tmp_path, ["--ack-wait", "2"])
-    yield a
-    a.stop()
-    dockerd.reset()
+def own_agent(make_agent) -> Agent:
+    return make_agent(start=False)
 
 
 async def test_command_published_while_the_agent_is_down_is_applied_when_it_starts(
