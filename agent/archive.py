@@ -87,9 +87,10 @@ class Procs:
                     *argv, stdin=prev, stdout=stdout if last else w, stderr=asyncio.subprocess.PIPE
                 )
             finally:
+                # The children hold their ends now; ours must go, or readers never see end-of-file.
                 if w is not None:
                     os.close(w)
-                if isinstance(prev, int) and prev not in (asyncio.subprocess.PIPE,) and i > 0:
+                if i > 0:
                     os.close(prev)
             self.procs.append((argv, proc))
             prev = r

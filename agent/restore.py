@@ -123,12 +123,15 @@ class Restores:
             if isinstance(files, HostDir):
                 await files.clear()
                 return
-        # Through the archive API nothing can be deleted: make the volume anew, with the same spec.
         if users:
             named = ", ".join(u.container for u in users)
             raise InUse(f"Volume {name!r} is referenced by containers ({named}); remove them to overwrite it.")
-        await self.engine.volume_remove(name, force=False)
-        await self.engine.volume_create({"Name": name, "Driver": v.get("Driver") or "local",
+        await self._recreate(v)
+
+    async def _recreate(self, v: dict[str, Any]) -> None:
+        """Empty a volume the archive API reaches: nothing can be deleted through it, so make it anew."""
+        await self.engine.volume_remove(v["Name"], force=False)
+        await self.engine.volume_create({"Name": v["Name"], "Driver": v.get("Driver") or "local",
                                          "DriverOpts": v.get("Options") or {}, "Labels": v.get("Labels") or {}})
 
     async def _extract(self, v: dict[str, Any], record: BackupRecord, path: Path, progress: Progress) -> None:
@@ -195,6 +198,8 @@ class Restores:
             async with volume_files(self.engine, v, [], self.data_path) as files:
                 if isinstance(files, HostDir):
                     await files.clear()
+                    return
+            await self._recreate(v)  # after the helper container that mounted it is gone
         except AgentError:
             log.exception("restore.undo_failed", volume=v["Name"])
 

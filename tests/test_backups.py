@@ -147,3 +147,30 @@ async def test_restore_into_a_volume_a_running_container_uses_is_in_use(host: Ho
                        "sleep", "60")
     code, msg = await host.error("restore", {"backup_id": rec["backup_id"], "volume": "busy1", "overwrite": True})
     assert code == "in_use" and "runner" in msg
+
+
+async def test_a_restore_that_fails_half_way_leaves_no_partial_content(any_path_host: Host) -> None:
+    """A backup whose bytes match its record but whose tar is broken (made by a buggy tool, say)."""
+    import hashlib
+    import json
+    import subprocess as sp
+
+    h = any_path_host
+    await h.ok("create", {"name": "half1"})
+    (mountpoint(h.docker, "half1") / "old.txt").write_text("before")
+    rec = await h.ok("backup", {"volume": "half1"})
+    stored = Path(rec["location"])
+    good_tar = sp.run(["zstd", "-dc", str(stored)], capture_output=True, check=True).stdout
+    broken = sp.run(["zstd", "-q", "-c"], input=good_tar[:1024] + b"\x00garbage" * 4096, capture_output=True,
+                    check=True).stdout
+    stored.write_bytes(broken)
+    record = stored.with_name(f"{rec['backup_id']}.json")
+    meta = json.loads(record.read_text())
+    meta.update(sha256=hashlib.sha256(broken).hexdigest(), stored_size=len(broken))
+    record.write_text(json.dumps(meta))
+    reply = await h.req("restore", {"backup_id": rec["backup_id"], "volume": "half1", "overwrite": True})
+    assert not reply.ok
+    assert list(mountpoint(h.docker, "half1").iterdir()) == []
+    reply = await h.req("restore", {"backup_id": rec["backup_id"], "volume": "half2"})
+    assert not reply.ok
+    assert "half2" not in h.docker.docker("volume", "ls", "-q").split()
