@@ -170,6 +170,18 @@ class Bus:
             # It exists with another config (another agent version or an operator's change): converge.
             await self.js.update_stream(cfg)
 
+    async def settle(self) -> None:
+        """Return once the server has every command sent so far, subscriptions included.
+
+        nats-py 2.16 writes flush()'s PING straight to the socket, ahead of commands still queued for its
+        flusher task (the bug nats.py2 #24 once fixed), so a PONG alone proves nothing about a SUB sent just
+        before: a request right after "ready" could find no responders. Let the flusher write its queue first.
+        """
+        nc = self.nc
+        async with nats_errors("flushing to the server"):
+            await nc._flush_pending(force_flush=True)  # returns once the flusher has written the queue
+            await nc.flush()
+
     async def stop(self) -> None:
         self._closing = True
         await self._close(drain=True)

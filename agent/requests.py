@@ -64,7 +64,7 @@ class RequestService:
                 )
             )
         # add_endpoint does not flush: without this, "ready" could come before the server knows our subscriptions.
-        await self.bus.nc.flush()
+        await self.bus.settle()
         log.info("requests.listening", subject=f"{self._req_prefix}>", fleet=[subjects.all(op) for op in FLEET_OPS])
 
     async def stop(self) -> None:
