@@ -224,7 +224,11 @@ class HostDir:
         return [*TAR_EXTRACT, str(self.path)]
 
     async def is_empty(self) -> bool:
-        return not await asyncio.to_thread(lambda: any(os.scandir(self.path)))
+        def empty() -> bool:
+            with os.scandir(self.path) as entries:
+                return next(entries, None) is None
+
+        return await asyncio.to_thread(empty)
 
     async def clear(self) -> None:
         """Remove everything inside (the directory itself stays: it is the mount point)."""
