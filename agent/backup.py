@@ -27,10 +27,10 @@ from contracts import (
 )
 
 from .archive import ContainerDir, Counted, HostDir, Procs, compressor, feed, tar_totals
-from .errors import AgentError, Conflict, InUse
+from .errors import AgentError, Conflict
 from .files import DataPath, volume_files
 from .store import NO_SPACE, BackupStore, StoreWriter, new_backup_id, store_errors
-from .volumes import Volumes
+from .volumes import Volumes, in_use
 
 __all__ = ["POST_HOOK", "PRE_HOOK", "Backups", "Progress"]
 
@@ -106,8 +106,7 @@ class Backups:
         async with self.volumes.locks.hold(req.name):
             users = await self.volumes.used_by(req.name)
             if users:
-                named = ", ".join(f"{u.container} ({u.state})" for u in users)
-                raise InUse(f"Volume {req.name!r} is in use by {named}; remove those containers first.")
+                raise in_use(req.name, users)
             record = await self.backup_locked(BackupRequest(volume=req.name))
             await self.volumes.remove_locked(req.name, force=req.force)
         return RemoveResult(name=req.name, removed=True, backup=record)

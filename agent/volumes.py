@@ -25,7 +25,7 @@ from .docker import Engine
 from .errors import Conflict, InUse, NotFound
 from .locks import KeyedLocks
 
-__all__ = ["EventSink", "Volumes", "container_refs", "volume_record"]
+__all__ = ["EventSink", "Volumes", "container_refs", "in_use", "volume_record"]
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +48,12 @@ def container_refs(containers: list[dict[str, Any]]) -> dict[str, list[Container
             if m.get("Type") == "volume" and m.get("Name"):
                 by_volume[m["Name"]].append(ref)
     return by_volume
+
+
+def in_use(volume: str, users: list[ContainerRef]) -> InUse:
+    """The refusal for a volume that containers use, naming them."""
+    named = ", ".join(f"{u.container} ({u.state})" for u in users)
+    return InUse(f"Volume {volume!r} is in use by {named}; remove those containers first.")
 
 
 def _container_name(c: Mapping[str, Any]) -> str:
@@ -127,8 +133,7 @@ class Volumes:
             users = await self.used_by(name)
             if not users:
                 raise
-            named = ", ".join(f"{u.container} ({u.state})" for u in users)
-            raise InUse(f"Volume {name!r} is in use by {named}; remove those containers first.") from exc
+            raise in_use(name, users) from exc
         await self.events.event("volume.removed", name)
 
     async def prune(self, req: PruneRequest) -> PruneResult:
