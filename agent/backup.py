@@ -7,7 +7,7 @@ import contextlib
 import errno
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,7 +29,7 @@ from contracts import (
 from .archive import ContainerDir, Counted, HostDir, Procs, compressor, feed, tar_totals
 from .errors import AgentError, Conflict
 from .files import DataPath, volume_files
-from .store import NO_SPACE, BackupStore, StoreWriter, new_backup_id, store_errors
+from .store import NO_SPACE, Stores, StoreWriter, new_backup_id, store_errors
 from .volumes import Volumes, in_use
 
 __all__ = ["POST_HOOK", "PRE_HOOK", "Backups", "Progress"]
@@ -81,22 +81,28 @@ class Progress:
 class Backups:
     """backup, backups, forget, and remove with `backup_first`."""
 
-    def __init__(self, volumes: Volumes, store: BackupStore, host: str, data_path: DataPath) -> None:
+    def __init__(self, volumes: Volumes, stores: Stores, host: str, data_path: DataPath) -> None:
         self.volumes = volumes
         self.engine = volumes.engine
-        self.store = store
+        self.stores = stores
         self.host = host
         self.data_path = data_path
+        self.on_backup: Callable[[BackupRecord], None] = lambda record: None
+        """Told of every backup once it is complete (the inventory's `last_backup`)."""
+        self.on_forget: Callable[[BackupRecord], None] = lambda record: None
 
     async def backup(self, req: BackupRequest) -> BackupRecord:
         async with self.volumes.locks.hold(req.volume):
             return await self.backup_locked(req)
 
     async def backups(self, req: BackupsRequest) -> BackupsResult:
-        return BackupsResult(backups=await self.store.catalog(req.volume))
+        records = await self.stores.catalog(req.volume, self.host if req.made_here else None)
+        return BackupsResult(backups=records)
 
     async def forget(self, req: ForgetRequest) -> ForgetResult:
-        await self.store.forget(req.backup_id)
+        store, record = await self.stores.get(req.backup_id)
+        await store.forget(req.backup_id)
+        self.on_forget(record)
         return ForgetResult(backup_id=req.backup_id, forgotten=True)
 
     async def remove(self, req: RemoveRequest) -> RemoveResult:
@@ -117,17 +123,18 @@ class Backups:
         """Back up `req.volume`; the caller holds its lock."""
         v = await self.engine.volume_inspect(req.volume)
         users = await self.volumes.used_by(req.volume)
+        store = self.stores[req.store]
         backup_id = new_backup_id(req.volume)
         started, created_at = time.monotonic(), datetime.now(UTC).isoformat()
         events = self.volumes.events
         with structlog.contextvars.bound_contextvars(backup_id=backup_id):
-            await events.event("backup.started", req.volume, backup_id=backup_id)
+            await events.event("backup.started", req.volume, backup_id=backup_id, container=container)
             stopped: list[ContainerRef] = []
             try:
                 await self._hooks(users, PRE_HOOK, must_succeed=True)
                 if req.stop_containers:
                     stopped = await self._stop(users)
-                writer = await self.store.begin(backup_id, req.volume, req.compression)
+                writer = await store.begin(backup_id, req.volume, req.compression)
                 try:
                     progress = Progress(self.volumes, "backup", req.volume, backup_id)
                     async with progress.running():
@@ -136,28 +143,31 @@ class Backups:
                     record = BackupRecord(
                         backup_id=backup_id, volume=req.volume, host=self.host, trigger=trigger,  # type: ignore[arg-type]
                         size=size, stored_size=writer.written, sha256=writer.sha256.hexdigest(),
-                        compression=req.compression, store=self.store.name,  # type: ignore[arg-type]
+                        compression=req.compression, store=store.name,  # type: ignore[arg-type]
                         location=writer.location, created_at=created_at,
                         duration_s=round(time.monotonic() - started, 3),
                         stopped_containers=[u.container for u in stopped],
                         volume_driver=v.get("Driver") or "local", volume_labels=dict(v.get("Labels") or {}),
                         container=container,
                     )
-                    await self.store.commit(writer, record)
+                    await store.commit(writer, record)
                 except BaseException:
-                    await asyncio.shield(self.store.abort(writer))
+                    await asyncio.shield(store.abort(writer))
                     raise
             except AgentError as exc:
-                await events.event("backup.failed", req.volume, backup_id=backup_id, error=exc.message)
+                await events.event("backup.failed", req.volume, backup_id=backup_id, error=exc.message,
+                                   container=container)
                 raise
             finally:
                 await asyncio.shield(self._restart(stopped))
                 await asyncio.shield(self._hooks([u for u in users if u.state == "running"], POST_HOOK,
                                                  must_succeed=False))
-            await events.event("backup.completed", req.volume, backup_id=backup_id, bytes_done=size)
+            self.on_backup(record)
+            await events.event("backup.completed", req.volume, backup_id=backup_id, bytes_done=size,
+                               container=container)
             log.info("backup.completed", size=size, stored=writer.written, seconds=record.duration_s)
         if req.keep is not None:
-            await self._keep(req.volume, req.keep)
+            await self._keep(req.volume, req.keep, req.store)
         return record
 
     async def _write(
@@ -235,6 +245,7 @@ class Backups:
         try:
             for u in users:
                 if u.state == "running":
+                    self.volumes.causes.note("stop", u.id)  # its stop is ours: no on-stop backup
                     await self.engine.container_stop(u.id)
                     stopped.append(u)
         except BaseException:
@@ -249,7 +260,11 @@ class Backups:
             except AgentError:
                 log.exception("backup.restart_failed", container=u.container)
 
-    async def _keep(self, volume: str, keep: int) -> None:
-        for old in (await self.store.catalog(volume))[keep:]:
-            await self.store.forget(old.backup_id)
+    async def _keep(self, volume: str, keep: int, store_name: str) -> None:
+        """Keep the newest `keep` backups this host made of `volume` in that store (never another host's)."""
+        store = self.stores[store_name]
+        mine = [r for r in await store.catalog(volume) if r.host == self.host]
+        for old in mine[keep:]:
+            await store.forget(old.backup_id)
+            self.on_forget(old)
             log.info("backup.pruned", old=old.backup_id)

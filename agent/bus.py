@@ -19,8 +19,9 @@ import nats.js.errors
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StreamConfig
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, StreamConfig
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from contracts import Subjects, VolumeEvent
 
@@ -80,7 +81,11 @@ class Bus:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._outcomes_kv: KeyValue | None = None
+        self._inventory_kv: KeyValue | None = None
+        self._catalog_kv: KeyValue | None = None
+        self._backups_obj: ObjectStore | None = None
         self._closing = False
+        self.backups_bucket = self.subjects.bucket_name("backups")
 
     @property
     def nc(self) -> Client:
@@ -160,6 +165,13 @@ class Bus:
             self._outcomes_kv = await self.js.create_key_value(
                 KeyValueConfig(bucket=s.bucket_name("outcomes"), ttl=OUTCOME_TTL_S, replicas=replicas)
             )
+            self._inventory_kv = await self.js.create_key_value(
+                KeyValueConfig(bucket=s.bucket_name("inventory"), history=1, replicas=replicas)
+            )
+            self._catalog_kv = await self.js.create_key_value(
+                KeyValueConfig(bucket=s.bucket_name("backup_catalog"), history=1,
+                               replicas=self.settings.backup_replicas or replicas)
+            )
         except nats.errors.NoRespondersError as exc:
             raise Unavailable("JetStream is not enabled on the NATS server; start it with -js.") from exc
 
@@ -182,12 +194,39 @@ class Bus:
             await nc._flush_pending(force_flush=True)  # returns once the flusher has written the queue
             await nc.flush()
 
+    def catalog_kv(self) -> KeyValue:
+        if self._catalog_kv is None:
+            raise Unavailable("The shared backup catalog is not set up.")
+        return self._catalog_kv
+
+    async def backups_obj(self) -> ObjectStore:
+        """The shared backup bucket, made on first use (a stream per object store costs the server little,
+        but an agent that never uses it need not make it)."""
+        if self._backups_obj is None:
+            replicas = self.settings.backup_replicas or self.settings.replicas
+            async with nats_errors("opening the shared backup store"):
+                self._backups_obj = await self.js.create_object_store(
+                    bucket=self.backups_bucket,
+                    config=ObjectStoreConfig(description="volume-agent backups", replicas=replicas),
+                )
+        return self._backups_obj
+
+    async def inventory(self, snapshot: bytes) -> None:
+        """Publish a snapshot on `<prefix>.inv.<host>` and keep it in the KV bucket under the host's id."""
+        async with nats_errors("publishing the inventory"):
+            if self._inventory_kv is None:
+                raise Unavailable("The inventory bucket is not set up.")
+            await self.nc.publish(self.subjects.inv(self.host), snapshot)
+            await self._inventory_kv.put(self.host, snapshot)
+
     async def stop(self) -> None:
         self._closing = True
         await self._close(drain=True)
 
     async def _close(self, *, drain: bool = False) -> None:
         nc, self._nc, self._js, self._outcomes_kv = self._nc, None, None, None
+        self._inventory_kv = self._catalog_kv = None
+        self._backups_obj = None
         if nc is None or nc.is_closed:
             return
         try:
@@ -213,12 +252,12 @@ class Bus:
     # EventSink
     async def event(
         self, kind: str, volume: str, *, backup_id: str | None = None, bytes_done: int | None = None,
-        error: str | None = None,
+        error: str | None = None, container: str | None = None,
     ) -> None:
         cmd_id = structlog.contextvars.get_contextvars().get("cmd_id")
         evt = VolumeEvent(host=self.host, kind=kind, volume=volume,  # type: ignore[arg-type]
                           at=datetime.now(UTC).isoformat(), cmd_id=cmd_id, backup_id=backup_id,
-                          bytes_done=bytes_done, error=error)
+                          bytes_done=bytes_done, error=error, container=container)
         async with nats_errors(f"publishing event {kind}"):
             await self.nc.publish(self.subjects.evt(self.host, kind), msgspec.json.encode(evt))
 

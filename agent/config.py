@@ -55,6 +55,12 @@ class Settings:
     """auto: a volume's host directory when the agent can see it, else the archive API; archive: always the API."""
     replicas: int = 1
     """JetStream replicas of the agent's streams and buckets (3 in a three-node cluster)."""
+    backup_replicas: int = 0
+    """Replicas of the shared backup store and its catalog (0: as --replicas)."""
+    heartbeat_s: float = 60.0
+    """The inventory is published at least this often."""
+    sizes_every_s: float = 900.0
+    """How often volume sizes are computed (Docker's /system/df walks every volume); 0: never."""
     auth: NatsAuth = field(default_factory=NatsAuth)
 
     @property
@@ -97,6 +103,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
                    help="how backups reach volume files: auto (host directory when visible) or archive (Engine API)")
     p.add_argument("--replicas", type=int, default=int(_env("REPLICAS") or 1),
                    help="JetStream replicas for the agent's streams and buckets")
+    p.add_argument("--backup-replicas", type=int, default=int(_env("BACKUP_REPLICAS") or 0),
+                   help="replicas of the shared (nats) backup store; 0: as --replicas")
+    p.add_argument("--heartbeat", type=float, default=float(_env("HEARTBEAT") or 60.0),
+                   help="seconds between inventory snapshots when nothing changes")
+    p.add_argument("--sizes-every", type=float, default=float(_env("SIZES_EVERY") or 900.0),
+                   help="seconds between volume size computations (Docker's /system/df); 0: never")
     auth = p.add_argument_group("NATS authentication")
     for name in ("user", "password", "token", "nkey-seed", "creds", "tls-ca", "tls-cert", "tls-key"):
         auth.add_argument(f"--nats-{name}", default=_env("NATS_" + name.replace("-", "_").upper()))
@@ -109,9 +121,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     except ValueError as exc:
         p.error(str(exc))
     if a.max_body < 1 or a.concurrency < 1 or a.grace < 0 or not 1 <= a.replicas <= 5 \
-            or a.docker_timeout <= 0 or a.ack_wait < 1:
+            or a.docker_timeout <= 0 or a.ack_wait < 1 or not 0 <= a.backup_replicas <= 5 or a.heartbeat < 1 \
+            or a.sizes_every < 0:
         p.error("--max-body and --concurrency must be positive, --grace not negative, --replicas 1 to 5, "
-                "--docker-timeout positive, --ack-wait at least 1")
+                "--backup-replicas 0 to 5, --docker-timeout positive, --ack-wait and --heartbeat at least 1, "
+                "--sizes-every not negative")
     return Settings(
         nats_urls=[u.strip() for u in (a.nats or "").split(",") if u.strip()],
         docker_url=a.docker,
@@ -126,6 +140,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         ack_wait_s=a.ack_wait,
         data_path=a.data_path,
         replicas=a.replicas,
+        backup_replicas=a.backup_replicas,
+        heartbeat_s=a.heartbeat,
+        sizes_every_s=a.sizes_every,
         auth=NatsAuth(
             user=a.nats_user, password=a.nats_password, token=a.nats_token, nkey_seed=a.nats_nkey_seed,
             creds=a.nats_creds, tls_ca=a.nats_tls_ca, tls_cert=a.nats_tls_cert, tls_key=a.nats_tls_key,

@@ -17,17 +17,23 @@ from .backup import Backups
 from .bus import Bus, KvOutcomes
 from .commands import Commands
 from .config import Settings, parse_args
+from .digest import Digests
 from .dispatch import Dispatcher, handlers
 from .docker import DockerEngine
 from .embedded import EmbeddedNats
 from .errors import AgentError
+from .inventory import Inventory
 from .locks import KeyedLocks
 from .logging import configure
+from .migrate import BusPeers, Migrations
+from .objstore import NatsStore
+from .onstop import OnStop
 from .requests import RequestService
 from .restore import Restores
-from .store import LocalStore
+from .store import LocalStore, Stores
 from .tasks import Tasks
 from .volumes import Volumes
+from .watch import Cursor, DockerWatch, VolumeNews
 
 __all__ = ["main", "serve"]
 
@@ -85,17 +91,24 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
         tasks = Tasks(settings.concurrency)
         volumes = Volumes(engine, bus, KeyedLocks())
-        store = LocalStore(settings.data_dir / "backups")
-        await store.cleanup()
+        stores = Stores(LocalStore(settings.data_dir / "backups"), NatsStore(bus, settings.data_dir / "spool"))
+        await stores.cleanup()
         await remove_leftover_helpers(engine)
+        backups = Backups(volumes, stores, settings.host_id, settings.data_path)
+        digests = Digests(volumes, settings.data_path)
+        inventory = Inventory(engine, stores, bus, settings.host_id, heartbeat_s=settings.heartbeat_s,
+                              sizes_every_s=settings.sizes_every_s)
+        backups.on_backup, backups.on_forget = inventory.backed_up, inventory.forgotten
         ops = handlers(
-            volumes,
-            Backups(volumes, store, settings.host_id, settings.data_path),
-            Restores(volumes, store, settings.data_path),
+            volumes, backups, Restores(volumes, stores, settings.data_path), inventory, digests,
+            Migrations(backups, digests, BusPeers(bus), settings.host_id),
         )
         dispatcher = Dispatcher(settings.host_id, ops, KvOutcomes(bus), bus, max_body=settings.max_body)
-        # Exit stack order (last in, first out): stop taking work, then drain, then close connections.
+        # Exit stack order (last in, first out): stop taking work and events, then drain, then close.
+        cursor = Cursor(settings.data_dir / "events.cursor")
+        stack.callback(cursor.save, force=True)  # after the drain: a stop still being backed up is replayed
         stack.push_async_callback(tasks.drain, settings.grace_s)
+        stack.push_async_callback(inventory.stop)
         requests = RequestService(bus, dispatcher, tasks)
         stack.push_async_callback(requests.stop)
         await requests.start()
@@ -104,6 +117,11 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         )
         stack.push_async_callback(commands.stop)
         await commands.start()
+        watch = DockerWatch(engine, cursor, [VolumeNews(bus, volumes.causes), inventory,
+                                             OnStop(backups, tasks, cursor)])
+        stack.push_async_callback(watch.stop)
+        await watch.start()
+        await inventory.start()
 
         log.info("agent.ready", host=settings.host_id, nats=urls)
         await stop.wait()

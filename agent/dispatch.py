@@ -17,7 +17,10 @@ import structlog
 from contracts import OPS, BaseRequest, ErrorBody, Reply
 
 from .backup import Backups
+from .digest import Digests
 from .errors import AgentError, Conflict, Expired, Invalid
+from .inventory import Inventory
+from .migrate import Migrations
 from .outcomes import OutcomeStore, StoredOutcome
 from .restore import Restores
 from .share import share
@@ -65,7 +68,10 @@ async def _tell(early: Responder | None, outcome: Outcome) -> None:
         log.warning("reply.failed", exc_info=True)
 
 
-def handlers(volumes: Volumes, backups: Backups, restores: Restores) -> dict[str, Handler]:
+def handlers(
+    volumes: Volumes, backups: Backups, restores: Restores, inventory: Inventory, digests: Digests,
+    migrations: Migrations,
+) -> dict[str, Handler]:
     """Each op of the contract, and the code that applies it."""
     return {
         "create": volumes.create,
@@ -79,6 +85,9 @@ def handlers(volumes: Volumes, backups: Backups, restores: Restores) -> dict[str
         "restore": restores.restore,
         "clone": restores.clone,
         "forget": backups.forget,
+        "inventory": inventory.snapshot,
+        "digest": digests.digest,
+        "migrate": migrations.migrate,
     }
 
 

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import aiodocker
 import aiohttp
+from aiodocker.events import DockerEvents
 
 from .errors import AgentError, Conflict, InUse, Invalid, NotFound, Timeout, Unavailable
 
@@ -30,6 +31,9 @@ class Engine(Protocol):
 
     async def ping(self) -> None: ...
     async def version(self) -> dict[str, Any]: ...
+    async def info(self) -> dict[str, Any]: ...
+    async def system_df(self) -> dict[str, Any]: ...
+    def events(self, since: str | None, filters: Mapping[str, list[str]]) -> AsyncIterator[dict[str, Any]]: ...
     async def volume_inspect(self, name: str) -> dict[str, Any]: ...
     async def volume_create(self, spec: Mapping[str, Any]) -> dict[str, Any]: ...
     async def volume_list(self, filters: Mapping[str, list[str]]) -> list[dict[str, Any]]: ...
@@ -113,6 +117,37 @@ class DockerEngine:
     async def version(self) -> dict[str, Any]:
         v: dict[str, Any] = await self._json("the Engine version", "version")
         return v
+
+    async def info(self) -> dict[str, Any]:
+        i: dict[str, Any] = await self._json("the Engine info", "info")
+        return i
+
+    async def system_df(self) -> dict[str, Any]:
+        """Disk usage, volume sizes included: Docker walks every volume, so it is slow on a big host."""
+        async with docker_errors("the disk usage"):
+            df: dict[str, Any] = await self.client._query_json("system/df", timeout=None)
+        return df
+
+    async def events(self, since: str | None, filters: Mapping[str, list[str]]) -> AsyncIterator[dict[str, Any]]:
+        """Docker's event stream from `since`; ends when the daemon goes away (it does not reconnect).
+
+        Raises `Unavailable` when the stream cannot be opened or breaks, and returns when it just ends.
+        """
+        stream = DockerEvents(self.client)  # type: ignore[no-untyped-call]  # a fresh one per subscription: aiodocker's keeps its finished task
+        params: dict[str, Any] = {"filters": json.dumps(filters)}
+        if since is not None:
+            params["since"] = since
+        sub = stream.subscribe(**params)  # type: ignore[no-untyped-call]
+        try:
+            while (evt := await sub.get()) is not None:
+                yield evt
+            task = stream.task
+            failure = task.exception() if task is not None and task.done() and not task.cancelled() else None
+            if failure is not None:
+                async with docker_errors("the event stream"):
+                    raise failure
+        finally:
+            await stream.stop()  # type: ignore[no-untyped-call]
 
     async def volume_inspect(self, name: str) -> dict[str, Any]:
         try:

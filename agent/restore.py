@@ -17,7 +17,7 @@ from .archive import CHUNK, ContainerDir, Counted, HostDir, Procs, decompressor,
 from .backup import Progress
 from .errors import AgentError, Conflict, Corrupt, InUse, NotFound
 from .files import DataPath, volume_files
-from .store import BackupStore
+from .store import Stores
 from .volumes import Volumes
 
 __all__ = ["Restores"]
@@ -28,35 +28,35 @@ log = structlog.get_logger(__name__)
 class Restores:
     """restore and clone."""
 
-    def __init__(self, volumes: Volumes, store: BackupStore, data_path: DataPath) -> None:
+    def __init__(self, volumes: Volumes, stores: Stores, data_path: DataPath) -> None:
         self.volumes = volumes
         self.engine = volumes.engine
-        self.store = store
+        self.stores = stores
         self.data_path = data_path
 
     async def restore(self, req: RestoreRequest) -> RestoreResult:
-        record = await self.store.get(req.backup_id)
-        path = self.store.local_path(record)
+        store, record = await self.stores.get(req.backup_id)
         events = self.volumes.events
         started = time.monotonic()
         async with self.volumes.locks.hold(req.volume):
             await events.event("restore.started", req.volume, backup_id=record.backup_id)
             try:
-                await _verify(record, path)
-                v, created = await self._target(
-                    req.volume,
-                    driver=req.driver or record.volume_driver,
-                    driver_opts=req.driver_opts or {},
-                    labels=req.labels if req.labels is not None else record.volume_labels,
-                )
-                await self._prepare_or_undo(v, created, overwrite=req.overwrite)
-                try:
-                    progress = Progress(self.volumes, "restore", req.volume, record.backup_id)
-                    async with progress.running():
-                        await self._extract(v, record, path, progress)
-                except BaseException:
-                    await asyncio.shield(self._undo(v, created))
-                    raise
+                async with store.fetch(record) as path:
+                    await _verify(record, path)
+                    v, created = await self._target(
+                        req.volume,
+                        driver=req.driver or record.volume_driver,
+                        driver_opts=req.driver_opts or {},
+                        labels=req.labels if req.labels is not None else record.volume_labels,
+                    )
+                    await self._prepare_or_undo(v, created, overwrite=req.overwrite)
+                    try:
+                        progress = Progress(self.volumes, "restore", req.volume, record.backup_id)
+                        async with progress.running():
+                            await self._extract(v, record, path, progress)
+                    except BaseException:
+                        await asyncio.shield(self._undo(v, created))
+                        raise
             except AgentError as exc:
                 await events.event("restore.failed", req.volume, backup_id=record.backup_id, error=exc.message)
                 raise
@@ -91,8 +91,8 @@ class Restores:
             return await self.engine.volume_inspect(name), False
         except NotFound:
             spec = {"Name": name, "Driver": driver, "DriverOpts": driver_opts, "Labels": labels}
+            self.volumes.causes.note("volume.created", name)
             v = await self.engine.volume_create(spec)
-            await self.volumes.events.event("volume.created", name)
             return v, True
 
     async def _prepare_or_undo(self, v: dict[str, Any], created: bool, *, overwrite: bool) -> None:
@@ -192,8 +192,8 @@ class Restores:
         """No partial state: a volume we made goes again; one that was there is left empty, as it was."""
         try:
             if created:
+                self.volumes.causes.note("volume.removed", v["Name"])
                 await self.engine.volume_remove(v["Name"], force=False)
-                await self.volumes.events.event("volume.removed", v["Name"])
                 return
             async with volume_files(self.engine, v, [], self.data_path) as files:
                 if isinstance(files, HostDir):

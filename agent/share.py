@@ -48,6 +48,7 @@ async def share(volumes: Volumes, req: ShareRequest) -> ShareResult:
                 try:
                     await engine.volume_inspect(name)
                 except NotFound:
+                    volumes.causes.note("volume.created", name)
                     await engine.volume_create({"Name": name, "Driver": "local"})
                     created.append(name)
             config: dict[str, Any] = {
@@ -71,8 +72,6 @@ async def share(volumes: Volumes, req: ShareRequest) -> ShareResult:
         except BaseException:
             await _undo(volumes, cid, created)
             raise
-    for name in created:
-        await volumes.events.event("volume.created", name)
     return ShareResult(
         container=spec.name.lstrip("/"),
         id=cid,
@@ -88,6 +87,7 @@ async def _undo(volumes: Volumes, cid: str | None, created: list[str]) -> None:
         if cid is not None:
             await volumes.engine.container_remove(cid)
         for name in created:
+            volumes.causes.note("volume.removed", name)
             await volumes.engine.volume_remove(name, force=False)
     except AgentError:
         log.exception("share.undo_failed", container=cid, volumes=created)

@@ -14,7 +14,8 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +28,7 @@ from contracts import BackupRecord, Compression
 
 from .errors import AgentError, NotFound, Unavailable
 
-__all__ = ["BackupStore", "LocalStore", "StoreWriter", "new_backup_id", "suffix_of"]
+__all__ = ["BackupStore", "LocalStore", "StoreWriter", "Stores", "new_backup_id", "suffix_of"]
 
 log = structlog.get_logger(__name__)
 
@@ -119,10 +120,11 @@ class StoreWriter:
                 else:
                     time.sleep(FOLLOW_IDLE_S)
 
-    def finish(self) -> None:
-        """Flush to disk and move into place."""
+    def finish(self, *, sync: bool = True) -> None:
+        """Flush to disk (unless the file is only a spool) and move into place."""
         try:
-            os.fsync(self._fd)
+            if sync:
+                os.fsync(self._fd)
         except OSError as exc:
             raise store_errors(exc, self.path.parent) from exc
         os.close(self._fd)
@@ -130,7 +132,8 @@ class StoreWriter:
         if self.path.stat().st_size != self.written:
             raise AgentError(f"The backup file {self.path} does not hold the bytes written to it.")
         os.rename(self.path, self.final)
-        _fsync_dir(self.final.parent)
+        if sync:
+            _fsync_dir(self.final.parent)
 
     def abort(self) -> None:
         if self._fd >= 0:
@@ -149,7 +152,9 @@ class BackupStore(Protocol):
     async def abort(self, writer: StoreWriter) -> None: ...
     async def catalog(self, volume: str | None = None) -> list[BackupRecord]: ...
     async def get(self, backup_id: str) -> BackupRecord: ...
-    def local_path(self, record: BackupRecord) -> Path: ...
+    def fetch(self, record: BackupRecord) -> AbstractAsyncContextManager[Path]:
+        """The backup's stored bytes as a local file, for as long as the context lasts."""
+        ...
     async def forget(self, backup_id: str) -> None: ...
     async def cleanup(self) -> int: ...
 
@@ -237,8 +242,9 @@ class LocalStore:
         except OSError as exc:
             raise store_errors(exc, self.root) from exc
 
-    def local_path(self, record: BackupRecord) -> Path:
-        return Path(record.location)
+    @asynccontextmanager
+    async def fetch(self, record: BackupRecord) -> AsyncIterator[Path]:
+        yield Path(record.location)
 
     async def forget(self, backup_id: str) -> None:
         record = await self.get(backup_id)
@@ -274,3 +280,34 @@ class LocalStore:
         if n:
             log.info("store.cleaned", leftovers=n, root=str(self.root))
         return n
+
+
+class Stores:
+    """Every store the agent writes to, by name; a backup is found by its id alone, whichever holds it."""
+
+    def __init__(self, *stores: BackupStore) -> None:
+        self.by_name = {s.name: s for s in stores}
+
+    def __getitem__(self, name: str) -> BackupStore:
+        try:
+            return self.by_name[name]
+        except KeyError:
+            raise NotFound(f"The {name!r} backup store is not configured on this agent.") from None
+
+    async def get(self, backup_id: str) -> tuple[BackupStore, BackupRecord]:
+        for store in self.by_name.values():
+            try:
+                return store, await store.get(backup_id)
+            except NotFound:
+                continue
+        names = ", ".join(self.by_name)
+        raise NotFound(f"Backup {backup_id!r} is in none of this agent's stores ({names}).")
+
+    async def catalog(self, volume: str | None = None, host: str | None = None) -> list[BackupRecord]:
+        """Newest first, from every store; only `host`'s own backups when given."""
+        records = [r for s in self.by_name.values() for r in await s.catalog(volume) if host in (None, r.host)]
+        return sorted(records, key=lambda r: (r.created_at, r.backup_id), reverse=True)
+
+    async def cleanup(self) -> None:
+        for s in self.by_name.values():
+            await s.cleanup()

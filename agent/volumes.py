@@ -21,6 +21,7 @@ from contracts import (
     VolumeRecord,
 )
 
+from .causes import Causes
 from .docker import Engine
 from .errors import Conflict, InUse, NotFound
 from .locks import KeyedLocks
@@ -35,7 +36,7 @@ class EventSink(Protocol):
 
     async def event(
         self, kind: str, volume: str, *, backup_id: str | None = None, bytes_done: int | None = None,
-        error: str | None = None,
+        error: str | None = None, container: str | None = None,
     ) -> None: ...
 
 
@@ -78,10 +79,12 @@ def volume_record(v: Mapping[str, Any], used_by: list[ContainerRef]) -> VolumeRe
 class Volumes:
     """The volume operations; each one holds the lock of every volume it touches."""
 
-    def __init__(self, engine: Engine, events: EventSink, locks: KeyedLocks) -> None:
+    def __init__(self, engine: Engine, events: EventSink, locks: KeyedLocks, causes: Causes | None = None) -> None:
         self.engine = engine
         self.events = events
         self.locks = locks
+        # Docker's event stream publishes `volume.*`; what the agent does itself is noted here first.
+        self.causes = causes or Causes()
 
     async def used_by(self, name: str) -> list[ContainerRef]:
         return container_refs(await self.engine.containers({"volume": [name]})).get(name, [])
@@ -95,10 +98,10 @@ class Volumes:
             else:
                 _check_same_spec(req, existing)
                 return volume_record(existing, await self.used_by(req.name))
+            self.causes.note("volume.created", req.name)
             created = await self.engine.volume_create(
                 {"Name": req.name, "Driver": req.driver, "DriverOpts": req.driver_opts, "Labels": req.labels}
             )
-            await self.events.event("volume.created", req.name)
             return volume_record(created, [])
 
     async def inspect(self, req: InspectRequest) -> VolumeRecord:
@@ -127,6 +130,7 @@ class Volumes:
 
     async def remove_locked(self, name: str, *, force: bool) -> None:
         """Remove a volume whose lock the caller holds."""
+        self.causes.note("volume.removed", name)
         try:
             await self.engine.volume_remove(name, force=force)
         except InUse as exc:
@@ -134,7 +138,6 @@ class Volumes:
             if not users:
                 raise
             raise in_use(name, users) from exc
-        await self.events.event("volume.removed", name)
 
     async def prune(self, req: PruneRequest) -> PruneResult:
         filters: dict[str, list[str]] = {"dangling": ["true"]}

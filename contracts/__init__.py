@@ -16,9 +16,12 @@ from .backups import (
     ForgetResult,
     RestoreRequest,
     RestoreResult,
+    StoreName,
 )
 from .envelope import ERROR_CODES, ERROR_STATUS, BaseRequest, CommandId, ErrorBody, ErrorCode, Reply
 from .events import EVENT_KINDS, EventKind, VolumeEvent
+from .inventory import EngineInfo, InventoryRequest, InventorySnapshot, InventoryVolume, LastBackup
+from .migrate import DigestRequest, DigestResult, HostId, MigrateRequest, MigrateResult, MigrateStep
 from .ops import FLEET_OPS, OPS, Op
 from .share import ContainerSpec, Mount, ShareRequest, ShareResult, VolumesFrom
 from .subjects import DEFAULT_PREFIX, HOST_ID_PATTERN, Subjects, valid_host_id
@@ -38,7 +41,7 @@ from .volumes import (
     VolumeRecord,
 )
 
-CONTRACT_VERSION = "1.1.0"
+CONTRACT_VERSION = "1.2.0"
 """Semantic version of the bus API: a breaking change bumps the major."""
 
 __all__ = [
@@ -64,15 +67,26 @@ __all__ = [
     "ContainerRef",
     "ContainerSpec",
     "CreateRequest",
+    "DigestRequest",
+    "DigestResult",
+    "EngineInfo",
     "ErrorBody",
     "ErrorCode",
     "EventKind",
     "ForgetRequest",
     "ForgetResult",
+    "HostId",
     "InspectRequest",
+    "InventoryRequest",
+    "InventorySnapshot",
+    "InventoryVolume",
+    "LastBackup",
     "ListFilters",
     "ListRequest",
     "ListResult",
+    "MigrateRequest",
+    "MigrateResult",
+    "MigrateStep",
     "Mount",
     "Op",
     "PruneRequest",
@@ -84,6 +98,7 @@ __all__ = [
     "RestoreResult",
     "ShareRequest",
     "ShareResult",
+    "StoreName",
     "Subjects",
     "VolumeEvent",
     "VolumeName",

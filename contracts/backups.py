@@ -28,7 +28,8 @@ __all__ = [
 ]
 
 Compression = Literal["zstd", "gzip", "none"]
-StoreName = Literal["local"]
+StoreName = Literal["local", "nats"]
+"""`local`: files under the agent's data dir; `nats`: the JetStream Object Store every host can read."""
 Trigger = Literal["request", "on-stop"]
 
 # <volume>.<UTC time>.<random>: sorts by time within a volume, safe in file names and NATS subjects.
@@ -72,7 +73,11 @@ class BackupRecord(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
 
 
 class BackupsRequest(BaseRequest):
+    """The backups this agent can restore: its own local ones and every host's in the shared store."""
+
     volume: VolumeName | None = None
+    made_here: bool = False
+    """Only backups this host made (what `<prefix>.all.backups` wants: each backup once, from its origin)."""
 
 
 class BackupsResult(msgspec.Struct, forbid_unknown_fields=True):

@@ -11,6 +11,8 @@ __all__ = ["EVENT_KINDS", "EventKind", "VolumeEvent"]
 EventKind = Literal[
     "volume.created",
     "volume.removed",
+    "volume.mounted",
+    "volume.unmounted",
     "backup.started",
     "backup.progress",
     "backup.completed",
@@ -24,8 +26,11 @@ EVENT_KINDS: tuple[str, ...] = EventKind.__args__  # type: ignore[attr-defined]
 
 
 class VolumeEvent(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """Something happened to a volume on a host; `cmd_id` names the command that caused it."""
+    """Something happened to a volume on a host; `cmd_id` names the command that caused it.
 
+    `volume.*` events come from Docker's own event stream, so a volume created or removed outside the
+    agent (`docker volume create`) is published too, without a `cmd_id`.
+    """
 
     host: str
     kind: EventKind
@@ -37,3 +42,5 @@ class VolumeEvent(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     """Tar bytes so far (`*.progress`) or in all (`*.completed`)."""
     error: str | None = None
     """Why it failed (`*.failed`)."""
+    container: str | None = None
+    """The container that mounted or unmounted the volume, or whose stop triggered the backup."""

@@ -19,6 +19,8 @@ from .backups import (
     RestoreResult,
 )
 from .envelope import BaseRequest
+from .inventory import InventoryRequest, InventorySnapshot
+from .migrate import DigestRequest, DigestResult, MigrateRequest, MigrateResult
 from .share import ShareRequest, ShareResult
 from .volumes import (
     CreateRequest,
@@ -58,8 +60,11 @@ OPS: dict[str, Op] = {
         Op("restore", RestoreRequest, RestoreResult, mutates=True),
         Op("clone", CloneRequest, CloneResult, mutates=True),
         Op("forget", ForgetRequest, ForgetResult, mutates=True),
+        Op("inventory", InventoryRequest, InventorySnapshot, mutates=False),
+        Op("digest", DigestRequest, DigestResult, mutates=False),
+        Op("migrate", MigrateRequest, MigrateResult, mutates=True),
     )
 }
 
 # Read-only ops that every agent answers on `<prefix>.all.<op>`.
-FLEET_OPS: tuple[str, ...] = ("list",)
+FLEET_OPS: tuple[str, ...] = ("list", "inventory", "backups")

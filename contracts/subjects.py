@@ -5,6 +5,7 @@
     <prefix>.res.<host>.<op>     every outcome (JetStream, for audit)
     <prefix>.all.<op>            read-only ops every agent answers
     <prefix>.evt.<host>.<kind>   events
+    <prefix>.inv.<host>          inventory snapshots (also in the KV bucket `<prefix>_inventory`)
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ class Subjects:
 
     def evt(self, host: str, kind: str) -> str:
         return f"{self.prefix}.evt.{host}.{kind}"
+
+    def inv(self, host: str) -> str:
+        return f"{self.prefix}.inv.{host}"
 
     def stream_name(self, family: str) -> str:
         """JetStream stream holding `<prefix>.<family>.>`, e.g. `VOL_CMD`."""

@@ -9,11 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from agent.backup import Backups
+from agent.digest import Digests
 from agent.dispatch import handlers
 from agent.errors import InUse, NotFound
+from agent.inventory import Inventory
 from agent.locks import KeyedLocks
+from agent.migrate import Migrations
 from agent.restore import Restores
-from agent.store import LocalStore
+from agent.store import LocalStore, Stores
 from agent.volumes import Volumes
 
 
@@ -31,6 +34,9 @@ class FakeEngine:
 
     async def version(self) -> dict[str, Any]:
         return {"Version": "fake", "ApiVersion": "1.41"}
+
+    async def info(self) -> dict[str, Any]:
+        return {"Driver": "overlay2", "Plugins": {"Volume": ["local"]}}
 
     async def volume_inspect(self, name: str) -> dict[str, Any]:
         self.calls.append(f"inspect:{name}")
@@ -84,9 +90,13 @@ class RecordingSink:
     def __init__(self) -> None:
         self.results: list[tuple[str, bytes, bool]] = []
         self.events: list[tuple[str, str]] = []
+        self.snapshots: list[bytes] = []
 
     async def result(self, op: str, reply: bytes, *, durable: bool) -> None:
         self.results.append((op, reply, durable))
+
+    async def inventory(self, snapshot: bytes) -> None:
+        self.snapshots.append(snapshot)
 
     async def event(self, kind: str, volume: str, **fields: Any) -> None:
         self.events.append((kind, volume))
@@ -95,5 +105,9 @@ class RecordingSink:
 def fake_handlers(engine: FakeEngine, sink: Any, store_root: Path | None = None) -> dict[str, Any]:
     """The agent's handler table over a fake engine (backups in a throwaway local store)."""
     volumes = Volumes(engine, sink, KeyedLocks())  # type: ignore[arg-type]
-    store = LocalStore(store_root or Path(tempfile.mkdtemp(prefix="va-store-")))
-    return handlers(volumes, Backups(volumes, store, "h1", "auto"), Restores(volumes, store, "auto"))
+    stores = Stores(LocalStore(store_root or Path(tempfile.mkdtemp(prefix="va-store-"))))
+    backups = Backups(volumes, stores, "h1", "auto")
+    digests = Digests(volumes, "auto")
+    inventory = Inventory(engine, stores, sink, "h1", heartbeat_s=60, sizes_every_s=0)  # type: ignore[arg-type]
+    return handlers(volumes, backups, Restores(volumes, stores, "auto"), inventory, digests,
+                    Migrations(backups, digests, sink, "h1"))

@@ -1,0 +1,124 @@
+"""A digest of a volume's content, the same whichever way its files are reached: equal digests, equal trees.
+
+Both data paths give a tar stream (GNU tar on the host directory, or the Engine's archive API); the digest
+is computed from the stream's entries, not its bytes, since the two writers order and encode entries
+differently. Per entry, sorted by path: type, permission bits, numeric owner, size, content sha256, link
+target, and for regular files the mtime in whole seconds (the archive API keeps no more). Directory and
+symlink times are left out: extraction does not keep them everywhere. A hard link counts as the file it
+links to. xattrs and ACLs are not part of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import tarfile
+from collections.abc import AsyncIterator
+
+import msgspec
+
+from contracts import DigestRequest, DigestResult
+
+from .archive import CHUNK, HostDir, Procs
+from .errors import AgentError
+from .files import DataPath, volume_files
+from .volumes import Volumes
+
+__all__ = ["Digests", "tree_digest"]
+
+_ENCODE = msgspec.json.Encoder()
+
+
+def _name(member: tarfile.TarInfo) -> str:
+    name = member.name
+    while name.startswith("./"):
+        name = name[2:]
+    return name.rstrip("/") or "."
+
+
+def tree_digest(fileobj: object) -> tuple[str, int, int]:
+    """Blocking: (sha256, entries, content bytes) of the tar stream read from `fileobj`."""
+    entries: list[list[object]] = []
+    files: dict[str, tuple[int, str, int]] = {}
+    total = 0
+    with tarfile.open(fileobj=fileobj, mode="r|") as tar:  # type: ignore[call-overload]
+        for m in tar:
+            name = _name(m)
+            if m.isreg():
+                h = hashlib.sha256()
+                f = tar.extractfile(m)
+                assert f is not None
+                while chunk := f.read(CHUNK):
+                    h.update(chunk)
+                files[name] = (m.size, h.hexdigest(), int(m.mtime))
+                total += m.size
+                entries.append([name, "f", m.mode & 0o7777, m.uid, m.gid, *files[name]])
+            elif m.islnk():
+                # Tar writes a file's first name in full and the others as links to it: count them all as files.
+                size, sha, mtime = files.get(_name(tarfile.TarInfo(m.linkname)), (0, "", 0))
+                entries.append([name, "f", m.mode & 0o7777, m.uid, m.gid, size, sha, mtime])
+            elif m.isdir():
+                entries.append([name, "d", m.mode & 0o7777, m.uid, m.gid])
+            elif m.issym():
+                entries.append([name, "l", m.uid, m.gid, m.linkname])
+            else:
+                entries.append([name, m.type.decode(), m.mode & 0o7777, m.uid, m.gid, m.devmajor, m.devminor])
+    entries.sort(key=lambda e: str(e[0]))
+    return hashlib.sha256(_ENCODE.encode(entries)).hexdigest(), len(entries), total
+
+
+class Digests:
+    """The `digest` op."""
+
+    def __init__(self, volumes: Volumes, data_path: DataPath) -> None:
+        self.volumes = volumes
+        self.data_path = data_path
+
+    async def digest(self, req: DigestRequest) -> DigestResult:
+        v = await self.volumes.engine.volume_inspect(req.volume)
+        users = await self.volumes.used_by(req.volume)
+        r, w = os.pipe()
+        reader = asyncio.create_task(asyncio.to_thread(_digest_fd, r))
+        procs = Procs()
+        try:
+            async with volume_files(self.volumes.engine, v, users, self.data_path) as files:
+                if isinstance(files, HostDir):
+                    await procs.chain([files.create_argv()], stdin=asyncio.subprocess.DEVNULL, stdout=w)
+                    os.close(w)
+                    w = -1
+                    await procs.wait()
+                else:
+                    await _write_all(w, files.read())
+                    os.close(w)
+                    w = -1
+            sha, entries, total = await reader
+        except BaseException:
+            await procs.reap()
+            if w >= 0:
+                os.close(w)  # the reader sees the end of the stream and stops
+            with contextlib.suppress(Exception):
+                await reader
+            raise
+        return DigestResult(volume=req.volume, sha256=sha, entries=entries, bytes=total)
+
+
+def _digest_fd(fd: int) -> tuple[str, int, int]:
+    with os.fdopen(fd, "rb") as f:
+        try:
+            return tree_digest(f)
+        except (tarfile.TarError, EOFError) as exc:
+            raise AgentError(f"The volume's tar stream could not be read for its digest: {exc}.") from exc
+
+
+async def _write_all(fd: int, chunks: AsyncIterator[bytes]) -> None:
+    def write(chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view):]
+
+    async for chunk in chunks:
+        await asyncio.to_thread(write, chunk)
+
+

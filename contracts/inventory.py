@@ -1,0 +1,62 @@
+"""The inventory: what a host holds, published on `<prefix>.inv.<host>` and kept in the KV bucket
+`<prefix>_inventory` under the host's id."""
+
+from __future__ import annotations
+
+import msgspec
+
+from .envelope import BaseRequest
+from .volumes import ContainerRef
+
+__all__ = ["EngineInfo", "InventoryRequest", "InventorySnapshot", "InventoryVolume", "LastBackup"]
+
+
+class EngineInfo(msgspec.Struct, forbid_unknown_fields=True):
+    version: str
+    api_version: str
+    storage_driver: str
+
+
+class LastBackup(msgspec.Struct, forbid_unknown_fields=True):
+    """The newest complete backup of a volume made by this host, in any store."""
+
+    backup_id: str
+    created_at: str
+    store: str
+    size: int
+    trigger: str
+
+
+class InventoryVolume(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    driver: str
+    labels: dict[str, str]
+    options: dict[str, str]
+    mountpoint: str
+    created_at: str
+    used_by: list[ContainerRef]
+    last_backup: LastBackup | None
+    size: int | None = None
+    """Bytes used as of the snapshot's `sizes_at` (Docker's `/system/df`, computed on a slower cadence);
+    null until measured, or when the driver does not say."""
+
+
+class InventorySnapshot(msgspec.Struct, forbid_unknown_fields=True):
+    """Everything a host holds, as of `taken_at`. `seq` grows with every snapshot of one agent run."""
+
+    host: str
+    agent_version: str
+    engine: EngineInfo
+    volumes: list[InventoryVolume]
+    plugins: list[str]
+    """Volume drivers the Engine offers (`local` and enabled plugins)."""
+    taken_at: str
+    seq: int
+    heartbeat_s: float
+    """A snapshot comes at least this often; one older than three heartbeats means the host is stale."""
+    sizes_at: str | None = None
+    """When the volume sizes were computed; null when they never were (sizes off or not yet run)."""
+
+
+class InventoryRequest(BaseRequest):
+    """The host's current inventory snapshot."""

@@ -1,0 +1,59 @@
+"""Moving a volume between hosts, and the content digest that proves a copy exact."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from .envelope import BaseRequest
+from .names import VolumeName
+from .subjects import HOST_ID_PATTERN
+
+__all__ = ["DigestRequest", "DigestResult", "HostId", "MigrateRequest", "MigrateResult", "MigrateStep"]
+
+HostId = Annotated[str, msgspec.Meta(pattern=HOST_ID_PATTERN, description="An agent's host id.")]
+MigrateStep = Literal["check", "backup", "restore", "verify", "remove"]
+
+
+class DigestRequest(BaseRequest):
+    """A digest of a volume's content: equal digests mean equal trees."""
+
+    volume: VolumeName
+
+
+class DigestResult(msgspec.Struct, forbid_unknown_fields=True):
+    volume: str
+    sha256: str
+    """Over every entry sorted by path: type, mode, owner, mtime (whole seconds), size, content, link target."""
+    entries: int
+    bytes: int
+
+
+class MigrateRequest(BaseRequest):
+    """Sent to the source host: move `volume` to host `to` through the shared (`nats`) store.
+
+    Backup, restore on `to`, verify the target's digest against the source's, then remove the source
+    only if `remove_source`. A failure at any step leaves the source intact; the error names the step.
+    """
+
+    volume: VolumeName
+    to: HostId
+    target: VolumeName | None = None
+    """The volume's name on `to` (default: the same name)."""
+    remove_source: bool = False
+    overwrite: bool = False
+    """Replace the content of an existing, non-empty target."""
+
+
+class MigrateResult(msgspec.Struct, forbid_unknown_fields=True):
+    volume: str
+    to: str
+    target: str
+    backup_id: str
+    size: int
+    sha256: str
+    """The content digest both hosts agree on."""
+    created_volume: bool
+    source_removed: bool
+    duration_s: float
