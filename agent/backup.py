@@ -27,7 +27,7 @@ from contracts import (
 )
 
 from .archive import ContainerDir, Counted, HostDir, Procs, compressor, feed, tar_totals
-from .errors import AgentError, Conflict
+from .errors import AgentError, Conflict, NotFound
 from .files import DataPath, volume_files
 from .store import NO_SPACE, Stores, StoreWriter, new_backup_id, store_errors
 from .volumes import Volumes, in_use
@@ -230,7 +230,11 @@ class Backups:
                 log.warning("backup.post_hook_failed", container=u.container, message=msg)
 
     async def _own_label(self, cid: str, label: str) -> str | None:
-        c = await self.engine.container_inspect(cid)
+        try:
+            c = await self.engine.container_inspect(cid)
+        except NotFound:
+            return None  # removed since it was listed: nothing to run a hook in
+
         value = (c.get("Config", {}).get("Labels") or {}).get(label)
         if not value:
             return None

@@ -9,13 +9,15 @@ from typing import Any
 import msgspec
 import nats
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 
-from contracts import Reply, Subjects
+from contracts import InventorySnapshot, Reply, Subjects
 
 __all__ = ["AgentClient", "NoAgent"]
 
 _DECODE = msgspec.json.Decoder(Reply)
+_SNAPSHOT = msgspec.json.Decoder(InventorySnapshot)
 
 
 class NoAgent(Exception):
@@ -106,3 +108,21 @@ class AgentClient:
         finally:
             await sub.unsubscribe()
         return sorted(replies, key=lambda r: r.host)
+
+    async def inventories(self) -> list[InventorySnapshot]:
+        """Every host's last inventory snapshot, from the KV bucket (hosts that are down included)."""
+        try:
+            kv = await self.nc.jetstream().key_value(self.subjects.bucket_name("inventory"))
+        except nats.js.errors.BucketNotFoundError:
+            return []
+        snapshots = []
+        watcher = await kv.watchall(ignore_deletes=True)
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break
+                if entry.value:
+                    snapshots.append(_SNAPSHOT.decode(entry.value))
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return sorted(snapshots, key=lambda s: s.host)

@@ -1,6 +1,7 @@
 """`volumectl`: a docker-like client of the agents. Tables for people, `--json` for machines.
 
-Exit codes: 0 success, 1 an error reply (or no agent answered), 2 usage errors.
+Exit codes: 0 success, 1 an error reply (or no agent answered), 2 usage errors,
+3 `fleet --unprotected` found volumes without a recent backup.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import msgspec
 from contracts import Reply
 
 from .client import AgentClient, NoAgent
+from .fleet import fleet_rows, human_age, unprotected
 
 __all__ = ["main"]
 
@@ -42,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="the agent's host id (default: this machine)")
     p.add_argument("--prefix", default=os.environ.get("VOLUME_AGENT_SUBJECT_PREFIX") or "vol")
     p.add_argument("--timeout", type=float, help="seconds to wait for a reply (default 30; an hour for backup, "
-                   "restore, clone and rm --backup-first)")
+                   "restore, clone, migrate, digest and rm --backup-first)")
     p.add_argument("--json", action="store_true", help="print the reply envelope as JSON")
     p.add_argument("--id", help="idempotency key of the command")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
@@ -82,9 +84,32 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--compression", choices=["zstd", "gzip", "none"], default="zstd")
     b.add_argument("--keep", type=int, help="keep only the newest N backups of this volume")
     b.add_argument("--stop-containers", action="store_true", help="stop the volume's running users meanwhile")
+    b.add_argument("--store", choices=["local", "nats"], default="local",
+                   help="local: this host's data dir; nats: the shared store every host can restore from")
 
     bs = sub.add_parser("backups", help="list backups, newest first")
     bs.add_argument("volume", nargs="?")
+    bs.add_argument("--made-here", action="store_true", help="only backups this host made")
+    bs.add_argument("--all-hosts", action="store_true", help="ask every agent (vol.all.backups)")
+    bs.add_argument("--window", type=float, default=2.0, help="seconds to gather replies with --all-hosts")
+
+    mg = sub.add_parser("migrate", help="move a volume to another host (through the shared store)")
+    mg.add_argument("volume")
+    mg.add_argument("--to", required=True, help="the target host id")
+    mg.add_argument("--target", help="the volume's name there (default: the same)")
+    mg.add_argument("--remove-source", action="store_true", help="remove the volume here once the copy is verified")
+    mg.add_argument("--overwrite", action="store_true", help="replace the content of a non-empty target")
+
+    dg = sub.add_parser("digest", help="a digest of a volume's content (equal digests: equal trees)")
+    dg.add_argument("volume")
+
+    inv = sub.add_parser("inventory", help="this host's inventory snapshot, or every host's with --all-hosts")
+    inv.add_argument("--all-hosts", action="store_true", help="ask every agent (vol.all.inventory)")
+    inv.add_argument("--window", type=float, default=2.0, help="seconds to gather replies with --all-hosts")
+
+    fl = sub.add_parser("fleet", help="every host's volumes and last backups, from the inventory bucket")
+    fl.add_argument("--unprotected", type=float, metavar="HOURS",
+                    help="only volumes without a backup in the last HOURS (exit 3 if there are any)")
 
     r = sub.add_parser("restore", help="restore a backup into a volume")
     r.add_argument("backup_id")
@@ -128,12 +153,25 @@ def _request(a: argparse.Namespace, p: argparse.ArgumentParser) -> tuple[str, di
         case "rm":
             op, body = "remove", {"name": a.name, "force": a.force, "backup_first": a.backup_first}
         case "backup":
-            body = {"volume": a.volume, "compression": a.compression, "stop_containers": a.stop_containers}
+            body = {"volume": a.volume, "compression": a.compression, "stop_containers": a.stop_containers,
+                    "store": a.store}
             if a.keep is not None:
                 body["keep"] = a.keep
             op = "backup"
         case "backups":
-            op, body = "backups", ({"volume": a.volume} if a.volume else {})
+            op, body = "backups", {k: v for k, v in (("volume", a.volume), ("made_here", a.made_here or a.all_hosts))
+                                   if v}
+        case "migrate":
+            body = {"volume": a.volume, "to": a.to, "remove_source": a.remove_source, "overwrite": a.overwrite}
+            if a.target:
+                body["target"] = a.target
+            op = "migrate"
+        case "digest":
+            op, body = "digest", {"volume": a.volume}
+        case "inventory":
+            op, body = "inventory", {}
+        case "fleet":
+            op, body = "fleet", {}
         case "restore":
             op, body = "restore", {"backup_id": a.backup_id, "volume": a.volume, "overwrite": a.overwrite}
         case "clone":
@@ -192,6 +230,50 @@ def _size(n: int) -> str:
     return f"{size:.1f} {unit}"
 
 
+def _backups_table(backups: list[dict[str, Any]]) -> str:
+    rows = [[b["backup_id"], b["host"], b["store"], b["created_at"][:19], _size(b["size"]), _size(b["stored_size"]),
+             b["trigger"] + (f" ({b['container']})" if b.get("container") else "")] for b in backups]
+    return _table(rows, ["BACKUP ID", "HOST", "STORE", "CREATED", "SIZE", "STORED", "TRIGGER"])
+
+
+def _inventory_text(s: dict[str, Any]) -> str:
+    e = s["engine"]
+    head = (f"host {s['host']}  agent {s['agent_version']}  docker {e['version']} (API {e['api_version']}, "
+            f"{e['storage_driver']})  drivers: {', '.join(s['plugins']) or '-'}  taken {s['taken_at'][:19]}"
+            f"  sizes {(s.get('sizes_at') or 'not measured')[:19]}")
+    rows = [[v["name"], v["driver"], "-" if v.get("size") is None else _size(v["size"]),
+             ",".join(f"{u['container']}({u['state']})" for u in v["used_by"]) or "-",
+             (v["last_backup"] or {}).get("created_at", "never")[:19]] for v in s["volumes"]]
+    return head + "\n" + _table(rows, ["NAME", "DRIVER", "SIZE", "USED BY", "LAST BACKUP"])
+
+
+async def _fleet(a: argparse.Namespace, client: AgentClient) -> int:
+    snapshots = await client.inventories()
+    rows = unprotected(snapshots, a.unprotected) if a.unprotected is not None else fleet_rows(snapshots)
+    if a.json:
+        print(msgspec.json.encode(snapshots if a.unprotected is None else [
+            {"host": r.host, "volume": r.volume.name if r.volume else None, "stale": r.stale,
+             "last_backup": r.volume.last_backup if r.volume else None} for r in rows]).decode())
+    else:
+        table = []
+        for r in rows:
+            host_age = f"STALE {r.host_age}" if r.stale else r.host_age
+            if r.volume is None:
+                table.append([r.host, host_age, "-", "-", "-"])
+                continue
+            users = ",".join(f"{u.container}({u.state})" for u in r.volume.used_by) or "-"
+            last = "never" if r.last_backup_age is None else \
+                f"{human_age(r.last_backup_age)} ago ({r.volume.last_backup.store})"  # type: ignore[union-attr]
+            table.append([r.host, host_age, r.volume.name, users, last])
+        print(_table(table, ["HOST", "AGE", "VOLUME", "USED BY", "LAST BACKUP"]))
+        stale = sorted({r.host for r in rows if r.stale})
+        print(f"{len(snapshots)} host(s) in the inventory" + (f"; stale: {', '.join(stale)}" if stale else ""),
+              file=sys.stderr)
+    if a.unprotected is not None and rows:
+        return 3
+    return 0
+
+
 LONG_OPS = {"backup": "backup", "restore": "restore"}
 
 
@@ -227,9 +309,15 @@ def _human(op: str, result: dict[str, Any]) -> str:
             return (f"{result['backup_id']}  {_size(result['size'])} -> {_size(result['stored_size'])} "
                     f"{result['compression']} in {result['duration_s']:.1f} s\n{result['location']}")
         case "backups":
-            rows = [[b["backup_id"], b["volume"], b["created_at"][:19], _size(b["size"]), _size(b["stored_size"]),
-                     b["trigger"]] for b in result["backups"]]
-            return _table(rows, ["BACKUP ID", "VOLUME", "CREATED", "SIZE", "STORED", "TRIGGER"])
+            return _backups_table(result["backups"])
+        case "migrate":
+            return (f"{result['volume']} -> {result['to']}:{result['target']}  {_size(result['size'])} verified "
+                    f"(sha256 {result['sha256'][:12]}) in {result['duration_s']:.1f} s; backup {result['backup_id']}"
+                    + ("; source removed" if result["source_removed"] else ""))
+        case "digest":
+            return f"{result['sha256']}  {result['entries']} entries, {_size(result['bytes'])}"
+        case "inventory":
+            return _inventory_text(result)
         case "restore" | "clone":
             target = result.get("volume") or result.get("target")
             return f"{target}: {_size(result['size'])} in {result['duration_s']:.1f} s"
@@ -252,14 +340,16 @@ async def _run(a: argparse.Namespace, op: str, body: dict[str, Any]) -> int:
         print(f"volumectl: cannot connect to NATS at {a.nats}: {exc or type(exc).__name__}", file=sys.stderr)
         return 1
     try:
-        if op == "list" and a.all_hosts:
-            return _print_fleet(a, await client.gather("list", body, window=a.window))
+        if op == "fleet":
+            return await _fleet(a, client)
+        if op in ("list", "backups", "inventory") and getattr(a, "all_hosts", False):
+            return _print_fleet(a, op, await client.gather(op, body, window=a.window))
         progress = None
         if op in LONG_OPS and not a.json and sys.stderr.isatty():
             body.setdefault("id", uuid.uuid4().hex)
             progress = asyncio.create_task(_show_progress(client, a.host, LONG_OPS[op], body["id"]))
         try:
-            long = op in ("backup", "restore", "clone") or body.get("backup_first")
+            long = op in ("backup", "restore", "clone", "migrate", "digest") or body.get("backup_first")
             timeout = a.timeout if a.timeout is not None else (3600.0 if long else 30.0)
             reply = await client.request(a.host, op, body, timeout=timeout)
         except NoAgent as exc:
@@ -286,15 +376,20 @@ def _print_reply(a: argparse.Namespace, reply: Reply) -> int:
     return 0
 
 
-def _print_fleet(a: argparse.Namespace, replies: list[Reply]) -> int:
+def _print_fleet(a: argparse.Namespace, op: str, replies: list[Reply]) -> int:
     if a.json:
         print(msgspec.json.encode(replies).decode())
-    else:
+    elif op == "list":
         rows = []
         for r in replies:
             if r.ok and r.result is not None:
                 rows += _show_volumes(r.result["volumes"], r.host)
         print(_table(rows, ["HOST", "NAME", "DRIVER", "USED BY", "LABELS"]))
+    elif op == "backups":
+        backups = [b for r in replies if r.ok and r.result is not None for b in r.result["backups"]]
+        print(_backups_table(sorted(backups, key=lambda b: b["created_at"], reverse=True)))
+    else:
+        print("\n\n".join(_inventory_text(r.result) for r in replies if r.ok and r.result is not None))
     answered = [r.host for r in replies]
     print(f"{len(answered)} host(s) answered: {', '.join(answered) or 'none'}", file=sys.stderr)
     failed = [r for r in replies if r.error is not None]

@@ -16,6 +16,7 @@ import hashlib
 import os
 import tarfile
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 
@@ -38,9 +39,14 @@ def _name(member: tarfile.TarInfo) -> str:
     return name.rstrip("/") or "."
 
 
+def _raw(name: str) -> bytes:
+    """A name as the bytes it was (tarfile keeps undecodable bytes as surrogates)."""
+    return name.encode("utf-8", "surrogateescape")
+
+
 def tree_digest(fileobj: object) -> tuple[str, int, int]:
     """Blocking: (sha256, entries, content bytes) of the tar stream read from `fileobj`."""
-    entries: list[list[object]] = []
+    entries: list[list[Any]] = []
     files: dict[str, tuple[int, str, int]] = {}
     total = 0
     with tarfile.open(fileobj=fileobj, mode="r|") as tar:  # type: ignore[call-overload]
@@ -65,7 +71,11 @@ def tree_digest(fileobj: object) -> tuple[str, int, int]:
                 entries.append([name, "l", m.uid, m.gid, m.linkname])
             else:
                 entries.append([name, m.type.decode(), m.mode & 0o7777, m.uid, m.gid, m.devmajor, m.devminor])
-    entries.sort(key=lambda e: str(e[0]))
+    for e in entries:
+        e[0] = _raw(e[0])
+        if e[1] == "l":
+            e[4] = _raw(e[4])
+    entries.sort(key=lambda e: e[0])
     return hashlib.sha256(_ENCODE.encode(entries)).hexdigest(), len(entries), total
 
 

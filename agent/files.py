@@ -12,6 +12,7 @@ from contracts import ContainerRef
 
 from .archive import ContainerDir, HostDir, helper_container
 from .docker import Engine
+from .errors import NotFound
 
 __all__ = ["DataPath", "volume_files"]
 
@@ -38,7 +39,10 @@ async def volume_files(
         return
     for u in users:
         if u.state == "running":
-            c = await engine.container_inspect(u.id)
+            try:
+                c = await engine.container_inspect(u.id)
+            except NotFound:
+                continue  # removed since it was listed
             dest = next((m["Destination"] for m in c.get("Mounts") or [] if m.get("Name") == v["Name"]), None)
             if dest:
                 yield ContainerDir(engine, u.id, dest, helper=False)
