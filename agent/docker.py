@@ -5,6 +5,7 @@ aiodocker's exceptions are translated into `agent.errors` here and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -147,7 +148,9 @@ class DockerEngine:
                 async with docker_errors("the event stream"):
                     raise failure
         finally:
-            await stream.stop()  # type: ignore[no-untyped-call]
+            # stop() awaits the finished task and so raises its failure again: already reported above.
+            with contextlib.suppress(Exception):
+                await stream.stop()  # type: ignore[no-untyped-call]
 
     async def volume_inspect(self, name: str) -> dict[str, Any]:
         try:

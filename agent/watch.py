@@ -162,6 +162,8 @@ class DockerWatch:
                 log.warning("events.ended", reason="Docker closed the event stream (daemon restart?)")
             except AgentError as exc:
                 log.warning("events.failed", error=exc.message)
+            except Exception:  # the watch must outlive anything: log it and subscribe again
+                log.exception("events.crashed")
             self.connected.clear()
             if time.monotonic() - started > 10:
                 delay = 0.5

@@ -224,3 +224,56 @@ class Agent:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+@dataclass
+class NatsCluster:
+    """Three JetStream nats-servers clustered on loopback."""
+
+    root: Path
+    size: int = 3
+    ports: list[int] = field(default_factory=list)
+    cluster_ports: list[int] = field(default_factory=list)
+    procs: list[subprocess.Popen[bytes] | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.ports = [free_port() for _ in range(self.size)]
+        self.cluster_ports = [free_port() for _ in range(self.size)]
+        self.procs = [None] * self.size
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"nats://127.0.0.1:{p}" for p in self.ports]
+
+    def start(self) -> NatsCluster:
+        for i in range(self.size):
+            self.start_node(i)
+        return self
+
+    def start_node(self, i: int) -> None:
+        d = self.root / f"n{i}"
+        d.mkdir(parents=True, exist_ok=True)
+        routes = ",".join(f"nats://127.0.0.1:{p}" for p in self.cluster_ports)
+        with open(d / "nats.log", "ab") as log:
+            self.procs[i] = subprocess.Popen(
+                [venv_bin("nats-server"), "-a", "127.0.0.1", "-p", str(self.ports[i]), "-n", f"n{i}", "-js",
+                 "-sd", str(d), "--cluster_name", "c", "--cluster", f"nats://127.0.0.1:{self.cluster_ports[i]}",
+                 "--routes", routes],
+                stdout=log, stderr=log,
+            )
+        port = self.ports[i]
+        wait_for(lambda: socket.create_connection(("127.0.0.1", port), 1).close() is None, 15, f"nats node {i}",
+                 self.procs[i])
+
+    def kill_node(self, i: int) -> None:
+        proc, self.procs[i] = self.procs[i], None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(15)
+
+    def stop(self) -> None:
+        for i in range(self.size):
+            proc, self.procs[i] = self.procs[i], None
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(15)
