@@ -5,9 +5,11 @@ A backup is its object `<backup_id>` in the bucket `<prefix>_backups` and its re
 checked: a backup is in the catalog exactly when its record exists, as in the local store.
 
 The bytes go through a spool file under the data dir: the backup pipeline writes it (hashing as it goes,
-as for the local store), then nats-py uploads it in chunks as large as the server accepts (its default
-128 KiB chunk costs one round trip each). A restore downloads into a spool file with `writeinto` (without
-it nats-py joins the chunks in memory, quadratically) and checks the recorded sha256 before extracting.
+as for the local store), then it is uploaded in chunks as large as the server accepts, with a window of
+acks in flight (nats-py's `put` uses 128 KiB chunks and waits a round trip for each). A restore downloads
+into a spool file through a pull consumer, a few chunks per round trip (nats-py's `get` is about three
+times slower here), and checks the recorded sha256 before anything is extracted. Objects stay readable
+by nats-py and the `nats` CLI: the same chunk subjects, meta message and digest.
 """
 
 from __future__ import annotations
@@ -16,19 +18,23 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
+import json
 import os
+from collections import deque
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 import nats.js.errors
 import structlog
-from nats.js.api import ObjectMeta, ObjectMetaOptions
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ObjectInfo, ObjectMetaOptions, PubAck
 
 from contracts import BackupRecord, Compression
 
 from .bus import Bus, nats_errors
-from .errors import Corrupt, NotFound
+from .errors import Corrupt, NotFound, Unavailable
 from .store import PARTIAL, StoreWriter, store_errors, suffix_of
 
 __all__ = ["NatsStore"]
@@ -36,6 +42,12 @@ __all__ = ["NatsStore"]
 log = structlog.get_logger(__name__)
 
 MAX_CHUNK = 8 << 20
+# Chunks per fetch: 8 MiB in flight at 1 MiB chunks, well under nats-py's 64 MiB pending limit per subscription.
+FETCH_BATCH = 8
+FETCH_TIMEOUT_S = 30.0
+# Chunk acks in flight while uploading: 16 MiB at 1 MiB chunks.
+PUT_WINDOW = 16
+ACK_TIMEOUT_S = 30.0
 _DECODE = msgspec.json.Decoder(BackupRecord)
 
 
@@ -79,13 +91,10 @@ class NatsStore:
 
     async def _upload(self, path: Path, record: BackupRecord) -> None:
         obj = await self.bus.backups_obj()
-        chunk = max(64 << 10, min(MAX_CHUNK, self.bus.nc.max_payload - 1024))
-        meta = ObjectMeta(name=record.backup_id, description=f"volume {record.volume} on {record.host}",
-                          options=ObjectMetaOptions(max_chunk_size=chunk))
         try:
             async with nats_errors(f"uploading backup {record.backup_id} to the shared store"):
-                with open(path, "rb") as f:  # noqa: ASYNC230 - nats-py reads it in a thread
-                    info = await obj.put(record.backup_id, f, meta=meta)
+                await self._put(path, record)
+                info = await obj.get_info(record.backup_id)
                 digest = _hex_digest(info.digest)
                 if info.size != record.stored_size or digest != record.sha256:
                     raise Corrupt(f"The shared store holds {info.size} bytes with sha256 {digest[:12]}… for "
@@ -94,6 +103,54 @@ class NatsStore:
         except BaseException:
             with contextlib.suppress(Exception):  # best effort: the object without a record is unlisted anyway
                 await asyncio.shield(obj.delete(record.backup_id))
+            raise
+
+    async def _put(self, path: Path, record: BackupRecord) -> None:
+        """What nats-py's `put` does (chunks, then the meta message), with a window of acks in flight.
+
+        nats-py waits for each chunk's ack before sending the next: one round trip per chunk. Here the
+        chunks go out in order with up to PUT_WINDOW acks pending, and the acks' stream sequences are checked
+        to be in order, so the stream holds the chunks exactly as the file has them.
+        """
+        js, bucket = self.bus.js, self.bus.backups_bucket
+        chunk = max(64 << 10, min(MAX_CHUNK, self.bus.nc.max_payload - 1024))
+        nuid = self.bus.nc._nuid.next().decode()  # as nats-py names chunk subjects
+        chunks_subject = f"$O.{bucket}.C.{nuid}"
+        h, total, count, last_seq = hashlib.sha256(), 0, 0, 0
+        window: deque[asyncio.Future[PubAck]] = deque()
+
+        async def settle(n: int) -> None:
+            nonlocal last_seq
+            while len(window) > n:
+                ack = await asyncio.wait_for(window.popleft(), ACK_TIMEOUT_S)
+                if ack.seq <= last_seq:
+                    raise Unavailable("The shared store acknowledged chunks out of order; nothing was kept.")
+                last_seq = ack.seq
+
+        try:
+            with open(path, "rb") as f:  # noqa: ASYNC230 - read in a thread below
+                while data := await asyncio.to_thread(f.read, chunk):
+                    h.update(data)
+                    total += len(data)
+                    count += 1
+                    window.append(await js.publish_async(chunks_subject, data))
+                    await settle(PUT_WINDOW)
+            await settle(0)
+            if total != record.stored_size or h.hexdigest() != record.sha256:
+                raise Corrupt(f"The spool file of backup {record.backup_id} changed while it was uploaded.")
+            info = ObjectInfo(
+                name=record.backup_id, bucket=bucket, nuid=nuid, size=total, chunks=count,
+                mtime=datetime.now(UTC).isoformat(), digest=f"SHA-256={base64.urlsafe_b64encode(h.digest()).decode()}",
+                description=f"volume {record.volume} on {record.host}",
+                options=ObjectMetaOptions(max_chunk_size=chunk),
+            )
+            meta_subject = f"$O.{bucket}.M.{base64.urlsafe_b64encode(record.backup_id.encode()).decode()}"
+            await js.publish(meta_subject, json.dumps(info.as_dict()).encode(), headers={"Nats-Rollup": "sub"})
+        except BaseException:
+            for fut in window:
+                fut.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(js.purge_stream(f"OBJ_{bucket}", subject=chunks_subject))
             raise
 
     async def abort(self, writer: StoreWriter) -> None:
@@ -136,17 +193,8 @@ class NatsStore:
         path = self.spool / f".{record.backup_id}.{os.urandom(3).hex()}.fetch{PARTIAL}"
         try:
             self.spool.mkdir(parents=True, exist_ok=True)
-            obj = await self.bus.backups_obj()
             async with nats_errors(f"downloading backup {record.backup_id} from the shared store"):
-                with open(path, "wb") as f:  # noqa: ASYNC230 - nats-py writes it in a thread
-                    try:
-                        await obj.get(record.backup_id, writeinto=f)
-                    except nats.js.errors.ObjectNotFoundError:
-                        raise Corrupt(f"The data of backup {record.backup_id!r} is missing from the shared "
-                                      "store; nothing was written to the volume.") from None
-                    except nats.js.errors.DigestMismatchError:
-                        raise Corrupt(f"Backup {record.backup_id!r} is corrupt in the shared store (digest "
-                                      "mismatch); nothing was written to the volume.") from None
+                await self._download(record, path)
         except OSError as exc:
             path.unlink(missing_ok=True)
             raise store_errors(exc, self.spool) from exc
@@ -157,6 +205,44 @@ class NatsStore:
             yield path
         finally:
             path.unlink(missing_ok=True)
+
+    async def _download(self, record: BackupRecord, path: Path) -> None:
+        """The object's chunks into `path`, through a pull consumer fetching a few chunks per round trip.
+
+        nats-py's `get` reads through an ordered push consumer: 12 s for 768 MiB here, against 4.5 s this way.
+        The object's digest is checked as nats-py would.
+        """
+        obj = await self.bus.backups_obj()
+        missing = Corrupt(f"The data of backup {record.backup_id!r} is missing from the shared store; nothing "
+                          "was written to the volume.")
+        try:
+            info = await obj.get_info(record.backup_id)
+        except nats.js.errors.NotFoundError:
+            raise missing from None
+        if not info.nuid or _hex_digest(info.digest) != record.sha256 or (info.size or 0) != record.stored_size:
+            raise Corrupt(f"The shared store's copy of backup {record.backup_id!r} is not the one recorded; "
+                          "nothing was written to the volume.")
+        h, got, n = hashlib.sha256(), 0, 0
+        with open(path, "wb") as f:  # noqa: ASYNC230 - written in a thread below
+            if info.chunks:
+                sub = await self.bus.js.pull_subscribe(
+                    f"$O.{self.bus.backups_bucket}.C.{info.nuid}", stream=f"OBJ_{self.bus.backups_bucket}",
+                    config=ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL,
+                                          inactive_threshold=60.0),
+                )
+                try:
+                    while got < info.chunks:
+                        for msg in await sub.fetch(min(FETCH_BATCH, info.chunks - got), timeout=FETCH_TIMEOUT_S):
+                            await asyncio.to_thread(f.write, msg.data)
+                            h.update(msg.data)
+                            got += 1
+                            n += len(msg.data)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+        if n != record.stored_size or h.hexdigest() != record.sha256:
+            raise Corrupt(f"Backup {record.backup_id!r} came out of the shared store as {n} bytes with another "
+                          "sha256 than recorded; nothing was written to the volume.")
 
     async def forget(self, backup_id: str) -> None:
         await self.get(backup_id)

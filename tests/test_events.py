@@ -4,6 +4,8 @@ and the shared (nats) store."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
 import os
 import signal
 import time
@@ -208,6 +210,11 @@ async def test_the_shared_store_backs_up_restores_lists_and_forgets(host: Host) 
     rec = await host.ok("backup", {"volume": "shared1", "store": "nats"})
     assert rec["store"] == "nats" and rec["location"] == f"nats://vol_backups/{rec['backup_id']}"
     assert not list((host.agent.data_dir / "spool").glob("*")), "the spool file was left behind"
+    # The object is a standard one: nats-py's own reader gets the recorded bytes.
+    got = io.BytesIO()
+    obj = await host.client.nc.jetstream().object_store("vol_backups")
+    await obj.get(rec["backup_id"], writeinto=got)
+    assert hashlib.sha256(got.getvalue()).hexdigest() == rec["sha256"]
     listed = await own_backups(host, "shared1")
     assert [b["backup_id"] for b in listed] == [rec["backup_id"]]
     out = await host.ok("restore", {"backup_id": rec["backup_id"], "volume": "shared1-copy"})
