@@ -2,7 +2,8 @@
 
 A snapshot is rebuilt in full (two Engine calls) rather than patched from events: a missed or repeated
 event can never leave it wrong, and a resync after Docker comes back is just another rebuild. Changes are
-debounced: a burst of events makes one snapshot, published within a second of the first. Sizes come from
+debounced: a burst of events makes one snapshot, published within a second of the first, and never more
+than one a second. Sizes come from
 Docker's `/system/df`, which walks every volume, so they are computed on a slower cadence and the snapshot
 says when (`sizes_at`).
 """
@@ -38,6 +39,7 @@ __all__ = ["Inventory", "InventorySink"]
 log = structlog.get_logger(__name__)
 
 DEBOUNCE_S = 0.25
+MIN_INTERVAL_S = 1.0
 RETRY_S = 5.0
 _CONTAINER_ACTIONS = frozenset({"create", "destroy", "start", "die", "rename", "pause", "unpause"})
 
@@ -173,6 +175,8 @@ class Inventory:
                 await asyncio.sleep(DEBOUNCE_S)  # let a burst of events settle into one snapshot
             self._dirty.clear()
             started = time.perf_counter()
+            # A host where containers come and go all the time: still at most one snapshot a second.
+            next_at = time.monotonic() + MIN_INTERVAL_S
             try:
                 data = self.encode(await self.snapshot())
                 await self.sink.inventory(data)
@@ -184,6 +188,7 @@ class Inventory:
             self.published += 1
             log.debug("inventory.published", seq=self.seq, bytes=len(data),
                       ms=round((time.perf_counter() - started) * 1000, 1))
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
     async def _sizes_loop(self) -> None:
         while True:

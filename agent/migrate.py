@@ -75,12 +75,16 @@ class Migrations:
                 record = await self.backups.backup_locked(BackupRequest(volume=req.volume, store="nats"))
                 backup_id = record.backup_id
                 step = "restore"
-                source_digest, restored = await asyncio.gather(
-                    self.digests.digest(DigestRequest(volume=req.volume)),
-                    self._ask(req.to, "restore", {"id": restore_id, "backup_id": backup_id, "volume": target,
-                                                  "overwrite": req.overwrite}),
-                )
-                step = "verify"
+                # The source's digest is computed while the target restores; it is not needed before.
+                digesting = asyncio.create_task(self.digests.digest(DigestRequest(volume=req.volume)))
+                try:
+                    restored = await self._ask(req.to, "restore", {"id": restore_id, "backup_id": backup_id,
+                                                                   "volume": target, "overwrite": req.overwrite})
+                    step = "verify"
+                    source_digest = await digesting
+                finally:
+                    digesting.cancel()
+                    await asyncio.gather(digesting, return_exceptions=True)
                 target_digest = await self._ask(req.to, "digest", {"volume": target})
                 if target_digest["sha256"] != source_digest.sha256:
                     undone = await self._undo_target(req.to, target, created=bool(restored["created_volume"]))
