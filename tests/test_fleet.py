@@ -34,20 +34,21 @@ def cluster(stack_dir: Path) -> Iterator[NatsCluster]:
     c.stop()
 
 
-@pytest.fixture(scope="module")
-def docker_a(stack_dir: Path) -> Iterator[Dockerd]:
-    d = Dockerd(stack_dir / "dka").start()
+def _host_docker(root: Path) -> Iterator[Dockerd]:
+    d = Dockerd(root).start()
     d.import_busybox()
     yield d
     d.stop()
+
+
+@pytest.fixture(scope="module")
+def docker_a(stack_dir: Path) -> Iterator[Dockerd]:
+    yield from _host_docker(stack_dir / "dka")
 
 
 @pytest.fixture(scope="module")
 def docker_b(stack_dir: Path) -> Iterator[Dockerd]:
-    d = Dockerd(stack_dir / "dkb").start()
-    d.import_busybox()
-    yield d
-    d.stop()
+    yield from _host_docker(stack_dir / "dkb")
 
 
 def _agent(host: str, d: Dockerd, cluster: NatsCluster, root: Path) -> Agent:
