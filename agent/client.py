@@ -17,6 +17,7 @@ from contracts import InventorySnapshot, Reply, Subjects
 __all__ = ["AgentClient", "NoAgent"]
 
 _DECODE = msgspec.json.Decoder(Reply)
+COMMAND_RETRY_PAUSES_S = (0.5, 1.0, 2.0, 4.0)
 _SNAPSHOT = msgspec.json.Decoder(InventorySnapshot)
 
 
@@ -85,8 +86,17 @@ class AgentClient:
             as_dict = msgspec.json.decode(data)
             as_dict.setdefault("id", cmd_id)
             data = msgspec.json.encode(as_dict)
-        await self.nc.jetstream().publish(self.subjects.cmd(host, op), data, headers={"Nats-Msg-Id": cmd_id})
-        return cmd_id
+        js = self.nc.jetstream()
+        for pause in (*COMMAND_RETRY_PAUSES_S, None):
+            try:
+                await js.publish(self.subjects.cmd(host, op), data, headers={"Nats-Msg-Id": cmd_id})
+                return cmd_id
+            except nats.js.errors.NoStreamResponseError:
+                # The stream is electing a leader (a node went down): the same Nats-Msg-Id makes a retry safe.
+                if pause is None:
+                    raise
+                await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
 
     async def gather(
         self, op: str, body: msgspec.Struct | dict[str, Any] | None = None, window: float = 2.0

@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ObjectInfo, Ob
 from contracts import BackupRecord, Compression
 
 from .bus import Bus, nats_errors
-from .errors import Corrupt, NotFound, Unavailable
+from .errors import Corrupt, NotFound, Timeout, Unavailable
 from .store import PARTIAL, StoreWriter, store_errors, suffix_of
 
 __all__ = ["NatsStore"]
@@ -48,6 +48,8 @@ FETCH_TIMEOUT_S = 30.0
 # Chunk acks in flight while uploading: 16 MiB at 1 MiB chunks.
 PUT_WINDOW = 16
 ACK_TIMEOUT_S = 30.0
+# Pauses between attempts of an upload or download that NATS failed transiently (a leader election).
+RETRY_PAUSES_S = (0.5, 1.0, 2.0, 4.0)
 _DECODE = msgspec.json.Decoder(BackupRecord)
 
 
@@ -90,16 +92,24 @@ class NatsStore:
             writer.final.unlink(missing_ok=True)
 
     async def _upload(self, path: Path, record: BackupRecord) -> None:
+        """The object, checked as the store holds it, then its record: each step retried on a transient failure."""
         obj = await self.bus.backups_obj()
+        what = f"uploading backup {record.backup_id} to the shared store"
+
+        async def check() -> None:
+            info = await obj.get_info(record.backup_id)
+            digest = _hex_digest(info.digest)
+            if info.size != record.stored_size or digest != record.sha256:
+                raise Corrupt(f"The shared store holds {info.size} bytes with sha256 {digest[:12]}… for "
+                              f"backup {record.backup_id}, not the {record.stored_size} written; not kept.")
+
+        async def catalog() -> None:
+            await self.bus.catalog_kv().put(catalog_key(record.backup_id), msgspec.json.encode(record))
+
         try:
-            async with nats_errors(f"uploading backup {record.backup_id} to the shared store"):
-                await self._put(path, record)
-                info = await obj.get_info(record.backup_id)
-                digest = _hex_digest(info.digest)
-                if info.size != record.stored_size or digest != record.sha256:
-                    raise Corrupt(f"The shared store holds {info.size} bytes with sha256 {digest[:12]}… for "
-                                  f"backup {record.backup_id}, not the {record.stored_size} written; not kept.")
-                await self.bus.catalog_kv().put(catalog_key(record.backup_id), msgspec.json.encode(record))
+            await _retrying(what, lambda: self._put(path, record))
+            await _retrying(what, check)
+            await _retrying(f"recording backup {record.backup_id} in the shared catalog", catalog)
         except BaseException:
             with contextlib.suppress(Exception):  # best effort: the object without a record is unlisted anyway
                 await asyncio.shield(obj.delete(record.backup_id))
@@ -193,8 +203,8 @@ class NatsStore:
         path = self.spool / f".{record.backup_id}.{os.urandom(3).hex()}.fetch{PARTIAL}"
         try:
             self.spool.mkdir(parents=True, exist_ok=True)
-            async with nats_errors(f"downloading backup {record.backup_id} from the shared store"):
-                await self._download(record, path)
+            await _retrying(f"downloading backup {record.backup_id} from the shared store",
+                            lambda: self._download(record, path))
         except OSError as exc:
             path.unlink(missing_ok=True)
             raise store_errors(exc, self.spool) from exc
@@ -266,6 +276,25 @@ class NatsStore:
             return n
 
         return await asyncio.to_thread(clean)
+
+
+async def _retrying(what: str, attempt: Callable[[], Awaitable[None]]) -> None:
+    """Run `attempt`, again after a pause when NATS fails transiently.
+
+    A cluster that lost a node elects new stream leaders within seconds; meanwhile publishes get "no response
+    from stream" and API calls time out. Each attempt must start clean (uploads purge their chunks on failure,
+    downloads rewrite the spool file).
+    """
+    for n in range(1, len(RETRY_PAUSES_S) + 2):
+        try:
+            async with nats_errors(what):
+                await attempt()
+            return
+        except (Timeout, Unavailable) as exc:
+            if n > len(RETRY_PAUSES_S):
+                raise
+            log.warning("objstore.retry", what=what, attempt=n, error=exc.message)
+            await asyncio.sleep(RETRY_PAUSES_S[n - 1])
 
 
 def _hex_digest(digest: str | None) -> str:
