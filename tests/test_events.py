@@ -17,6 +17,7 @@ import msgspec
 import pytest
 
 from agent.client import AgentClient
+from contracts import InventorySnapshot
 
 from .conftest import Host
 from .stack import BUSYBOX_IMAGE, Dockerd
@@ -66,9 +67,14 @@ def run_labelled(d: Dockerd, name: str, volumes: list[str], *extra: str) -> None
 
 async def test_a_volume_made_outside_the_agent_is_published_and_shows_in_the_inventory(host: Host) -> None:
     sub = await subscribe(host.client, f"vol.evt.{host.id}.volume.>")
+    inv = await subscribe(host.client, f"vol.inv.{host.id}")
     host.docker.docker("volume", "create", "outside1")
     evt = msgspec.json.decode((await sub.next_msg(timeout=5)).data)
     assert evt["kind"] == "volume.created" and evt["volume"] == "outside1" and "cmd_id" not in evt
+    published = msgspec.json.decode((await inv.next_msg(timeout=3)).data, type=InventorySnapshot)
+    assert "outside1" in [v.name for v in published.volumes]
+    assert published.sizes_at is not None  # sizes were computed at start, on their own cadence
+    await inv.unsubscribe()
 
     async def listed() -> Any:
         s = await snapshot_of(host.client, host.id)

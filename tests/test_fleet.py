@@ -114,6 +114,12 @@ async def test_both_inventories_are_in_the_bucket_and_every_agent_answers_fleet_
 
     sa, sb = await eventually(both, 10, "both hosts' volumes in the KV inventory")
     assert sa.engine.api_version and sb.engine.api_version
+
+    async def heartbeat() -> Any:  # nothing changes on B: its next snapshot comes from the 5 s heartbeat
+        s = await snapshot_of(a.client, B)
+        return s if s and s.seq > sb.seq else None
+
+    assert (await eventually(heartbeat, 8, "B's heartbeat snapshot")).volumes == sb.volumes
     for op in ("list", "inventory", "backups"):
         replies = await a.client.gather(op, {"made_here": True} if op == "backups" else {}, window=2)
         assert {r.host for r in replies} >= {A, B} and all(r.ok for r in replies), op
