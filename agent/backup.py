@@ -234,7 +234,6 @@ class Backups:
             c = await self.engine.container_inspect(cid)
         except NotFound:
             return None  # removed since it was listed: nothing to run a hook in
-
         value = (c.get("Config", {}).get("Labels") or {}).get(label)
         if not value:
             return None

@@ -134,7 +134,8 @@ class DockerEngine:
 
         Raises `Unavailable` when the stream cannot be opened or breaks, and returns when it just ends.
         """
-        stream = DockerEvents(self.client)  # type: ignore[no-untyped-call]  # a fresh one per subscription: aiodocker's keeps its finished task
+        # A fresh DockerEvents per subscription: aiodocker's own keeps its finished task and will not restart.
+        stream = DockerEvents(self.client)  # type: ignore[no-untyped-call]
         params: dict[str, Any] = {"filters": json.dumps(filters)}
         if since is not None:
             params["since"] = since
