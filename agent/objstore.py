@@ -42,11 +42,11 @@ __all__ = ["NatsStore"]
 log = structlog.get_logger(__name__)
 
 MAX_CHUNK = 8 << 20
-# Chunks per fetch: 8 MiB in flight at 1 MiB chunks, well under nats-py's 64 MiB pending limit per subscription.
-FETCH_BATCH = 8
+# Bytes per fetch (8 chunks of 1 MiB): well under nats-py's 64 MiB pending limit of a subscription.
+FETCH_BYTES = 8 << 20
 FETCH_TIMEOUT_S = 30.0
-# Chunk acks in flight while uploading: 16 MiB at 1 MiB chunks.
-PUT_WINDOW = 16
+# Bytes of chunks whose acks may be pending while uploading (16 chunks of 1 MiB).
+PUT_WINDOW_BYTES = 16 << 20
 ACK_TIMEOUT_S = 30.0
 # Pauses between attempts of an upload or download that NATS failed transiently (a leader election).
 RETRY_PAUSES_S = (0.5, 1.0, 2.0, 4.0)
@@ -119,8 +119,8 @@ class NatsStore:
         """What nats-py's `put` does (chunks, then the meta message), with a window of acks in flight.
 
         nats-py waits for each chunk's ack before sending the next: one round trip per chunk. Here the
-        chunks go out in order with up to PUT_WINDOW acks pending, and the acks' stream sequences are checked
-        to be in order, so the stream holds the chunks exactly as the file has them.
+        chunks go out in order with up to PUT_WINDOW_BYTES of them unacknowledged, and the acks' stream
+        sequences are checked to be in order, so the stream holds the chunks exactly as the file has them.
         """
         js, bucket = self.bus.js, self.bus.backups_bucket
         chunk = max(64 << 10, min(MAX_CHUNK, self.bus.nc.max_payload - 1024))
@@ -144,7 +144,7 @@ class NatsStore:
                     total += len(data)
                     count += 1
                     window.append(await js.publish_async(chunks_subject, data))
-                    await settle(PUT_WINDOW)
+                    await settle(max(1, PUT_WINDOW_BYTES // chunk))
             await settle(0)
             if total != record.stored_size or h.hexdigest() != record.sha256:
                 raise Corrupt(f"The spool file of backup {record.backup_id} changed while it was uploaded.")
@@ -240,9 +240,11 @@ class NatsStore:
                     config=ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL,
                                           inactive_threshold=60.0),
                 )
+                # About FETCH_BYTES a round trip, whatever the chunk size the uploader chose.
+                batch = max(1, FETCH_BYTES // max(1, (info.size or 0) // info.chunks))
                 try:
                     while got < info.chunks:
-                        for msg in await sub.fetch(min(FETCH_BATCH, info.chunks - got), timeout=FETCH_TIMEOUT_S):
+                        for msg in await sub.fetch(min(batch, info.chunks - got), timeout=FETCH_TIMEOUT_S):
                             await asyncio.to_thread(f.write, msg.data)
                             h.update(msg.data)
                             got += 1

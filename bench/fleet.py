@@ -119,11 +119,12 @@ async def main() -> None:
     p.add_argument("--volumes", type=int, default=2000)
     p.add_argument("--mib", type=int, default=768)
     p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--max-payload", default=None, help='the nats-server max_payload, e.g. 8MB (default: 1 MiB)')
     a = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="vfl", dir="/var/tmp") as tmp:
         d = Dockerd(Path(tmp, "dk")).start()
         d.import_busybox()
-        n = NatsServer(Path(tmp, "nats")).start()
+        n = NatsServer(Path(tmp, "nats"), max_payload=a.max_payload).start()
         agent = Agent(HOST, d.url, n.url, Path(tmp, "agent")).start()
         client = await AgentClient.connect([n.url])
         try:
@@ -144,7 +145,7 @@ async def main() -> None:
           f"max {max_over:.0f} ms (target < 1000)")
     print(f"inventory of {a.volumes} volumes: build+encode median {build_med:.1f} ms, max {build_max:.1f} ms "
           f"(target < 200); {size / 1024:.0f} KiB")
-    print(f"{a.mib} MiB of random bytes (zstd), seconds and MiB/s:")
+    print(f"{a.mib} MiB of random bytes (zstd), nats-server max_payload {a.max_payload or '1MB'}; seconds, MiB/s:")
     for store, b, r in rows:
         print(f"  {store:6} backup {b:6.2f} ({a.mib / b:5.0f} MiB/s)   restore {r:6.2f} ({a.mib / r:5.0f} MiB/s)")
 

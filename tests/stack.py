@@ -141,6 +141,8 @@ class NatsServer:
     root: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    max_payload: str | None = None
+    """e.g. "8MB" (the server's default is 1 MiB; only a config file can change it)."""
 
     @property
     def url(self) -> str:
@@ -148,9 +150,14 @@ class NatsServer:
 
     def start(self) -> NatsServer:
         self.root.mkdir(parents=True, exist_ok=True)
+        config: list[str] = []
+        if self.max_payload:
+            (self.root / "nats.conf").write_text(f"max_payload: {self.max_payload}\n")
+            config = ["-c", str(self.root / "nats.conf")]
         with open(self.root / "nats.log", "ab") as log:
             self.proc = subprocess.Popen(
-                [venv_bin("nats-server"), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.root)],
+                [venv_bin("nats-server"), *config, "-a", "127.0.0.1", "-p", str(self.port), "-js",
+                 "-sd", str(self.root)],
                 stdout=log, stderr=log,
             )
         wait_for(lambda: socket.create_connection(("127.0.0.1", self.port), 1).close() is None, 15,
