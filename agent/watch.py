@@ -223,4 +223,7 @@ class VolumeNews:
             return
         _, cmd_id = self.causes.take(kind, name) if kind in ("volume.created", "volume.removed") else (False, None)
         with structlog.contextvars.bound_contextvars(cmd_id=cmd_id):
-            await self.events.event(kind, name, container=container)
+            try:
+                await self.events.event(kind, name, container=container)
+            except AgentError as exc:  # NATS away: the inventory carries the state once it is back
+                log.warning("events.not_published", kind=kind, volume=name, error=exc.message)

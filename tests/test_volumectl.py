@@ -89,3 +89,24 @@ def test_backup_backups_restore_clone_forget_from_the_command_line(host: Host) -
     assert ctl(host, "forget", backup_id).returncode == 0
     out = ctl(host, "rm", "cli-twin", "--backup-first")
     assert out.returncode == 0 and "final backup cli-twin." in out.stdout
+
+
+def test_shared_backups_digest_inventory_and_fleet_reads(host: Host) -> None:
+    assert ctl(host, "create", "ctl-shared").returncode == 0
+    (mountpoint(host.docker, "ctl-shared") / "f").write_text("x")
+    out = ctl(host, "--json", "backup", "ctl-shared", "--store", "nats")
+    assert out.returncode == 0, out.stderr
+    backup_id = json.loads(out.stdout)["result"]["backup_id"]
+    out = ctl(host, "backups", "--all-hosts", "--window", "1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].split()[:3] == ["BACKUP", "ID", "HOST"]
+    assert sum(backup_id in line for line in out.stdout.splitlines()) == 1  # listed once, by its origin
+    assert "host(s) answered" in out.stderr and host.id in out.stderr
+    out = ctl(host, "digest", "ctl-shared")
+    assert out.returncode == 0 and len(out.stdout.split()[0]) == 64 and "entries" in out.stdout
+    out = ctl(host, "inventory")
+    assert out.returncode == 0 and out.stdout.startswith(f"host {host.id}")
+    assert "ctl-shared" in out.stdout
+    out = ctl(host, "migrate", "ctl-shared", "--to", host.id)
+    assert out.returncode == 1 and "invalid: " in out.stderr and "clone" in out.stderr
+    assert ctl(host, "forget", backup_id).returncode == 0
