@@ -114,8 +114,6 @@ class DockerWatch:
         self.cursor = cursor
         self.handlers = handlers
         self._task: asyncio.Task[None] | None = None
-        self.connected = asyncio.Event()
-        self.subscriptions = 0
 
     async def start(self) -> None:
         """Resync once, then follow the stream in the background."""
@@ -151,9 +149,7 @@ class DockerWatch:
             first = False
             started = time.monotonic()
             try:
-                self.subscriptions += 1
                 log.info("events.subscribed", since=self.cursor.since())
-                self.connected.set()
                 async for evt in self.engine.events(self.cursor.since(), FILTERS):
                     if not self.cursor.is_new(evt):
                         continue
@@ -164,7 +160,6 @@ class DockerWatch:
                 log.warning("events.failed", error=exc.message)
             except Exception:  # the watch must outlive anything: log it and subscribe again
                 log.exception("events.crashed")
-            self.connected.clear()
             if time.monotonic() - started > 10:
                 delay = 0.5
             await asyncio.sleep(delay)
