@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from contracts import BackupRecord, CloneRequest, CloneResult, RestoreRequest, R
 
 from .archive import CHUNK, ContainerDir, Counted, HostDir, Procs, decompressor, feed, read_chunks, tar_totals
 from .backup import Progress
-from .errors import AgentError, Conflict, Corrupt, InUse, NotFound
+from .errors import AgentError, Conflict, InUse, NotFound
 from .files import DataPath, volume_files
 from .store import Stores
 from .volumes import Volumes
@@ -41,8 +40,7 @@ class Restores:
         async with self.volumes.locks.hold(req.volume):
             await events.event("restore.started", req.volume, backup_id=record.backup_id)
             try:
-                async with store.fetch(record) as path:
-                    await _verify(record, path)
+                async with store.fetch(record) as path:  # verified: the bytes recorded, or `corrupt`
                     v, created = await self._target(
                         req.volume,
                         driver=req.driver or record.volume_driver,
@@ -202,28 +200,6 @@ class Restores:
             await self._recreate(v)  # after the helper container that mounted it is gone
         except AgentError:
             log.exception("restore.undo_failed", volume=v["Name"])
-
-
-async def _verify(record: BackupRecord, path: Path) -> None:
-    """The stored bytes are the ones recorded, or `corrupt`: checked before anything is written."""
-
-    def digest() -> tuple[int, str]:
-        h, n = hashlib.sha256(), 0
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                h.update(chunk)
-                n += len(chunk)
-        return n, h.hexdigest()
-
-    try:
-        size, sha = await asyncio.to_thread(digest)
-    except FileNotFoundError:
-        raise Corrupt(f"The file of backup {record.backup_id!r} is missing from {path}.") from None
-    if size != record.stored_size or sha != record.sha256:
-        raise Corrupt(
-            f"Backup {record.backup_id!r} is corrupt: {size} bytes with sha256 {sha[:12]}…, recorded "
-            f"{record.stored_size} bytes with {record.sha256[:12]}…; nothing was written to the volume."
-        )
 
 
 async def _file_chunks(f: Any, progress: Progress) -> AsyncIterator[bytes]:

@@ -26,7 +26,7 @@ import structlog
 
 from contracts import BackupRecord, Compression
 
-from .errors import AgentError, NotFound, Unavailable
+from .errors import AgentError, Corrupt, NotFound, Unavailable
 
 __all__ = ["BackupStore", "LocalStore", "StoreWriter", "Stores", "new_backup_id", "suffix_of"]
 
@@ -153,7 +153,8 @@ class BackupStore(Protocol):
     async def catalog(self, volume: str | None = None) -> list[BackupRecord]: ...
     async def get(self, backup_id: str) -> BackupRecord: ...
     def fetch(self, record: BackupRecord) -> AbstractAsyncContextManager[Path]:
-        """The backup's stored bytes as a local file, for as long as the context lasts."""
+        """The backup's stored bytes as a local file, for as long as the context lasts, checked against the
+        record's size and sha256 (`corrupt` if they differ) before the caller writes anything."""
         ...
     async def forget(self, backup_id: str) -> None: ...
     async def cleanup(self) -> int: ...
@@ -244,7 +245,9 @@ class LocalStore:
 
     @asynccontextmanager
     async def fetch(self, record: BackupRecord) -> AsyncIterator[Path]:
-        yield Path(record.location)
+        path = Path(record.location)
+        await _verify_file(record, path)
+        yield path
 
     async def forget(self, backup_id: str) -> None:
         record = await self.get(backup_id)
@@ -280,6 +283,28 @@ class LocalStore:
         if n:
             log.info("store.cleaned", leftovers=n, root=str(self.root))
         return n
+
+
+async def _verify_file(record: BackupRecord, path: Path) -> None:
+    """The file holds the bytes recorded, or `corrupt`."""
+
+    def digest() -> tuple[int, str]:
+        h, n = hashlib.sha256(), 0
+        with open(path, "rb") as f:
+            while chunk := f.read(FOLLOW_CHUNK):
+                h.update(chunk)
+                n += len(chunk)
+        return n, h.hexdigest()
+
+    try:
+        size, sha = await asyncio.to_thread(digest)
+    except FileNotFoundError:
+        raise Corrupt(f"The file of backup {record.backup_id!r} is missing from {path}.") from None
+    if size != record.stored_size or sha != record.sha256:
+        raise Corrupt(
+            f"Backup {record.backup_id!r} is corrupt: {size} bytes with sha256 {sha[:12]}…, recorded "
+            f"{record.stored_size} bytes with {record.sha256[:12]}…; nothing was written to the volume."
+        )
 
 
 class Stores:
