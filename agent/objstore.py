@@ -35,7 +35,7 @@ from contracts import BackupRecord, Compression
 
 from .bus import Bus, nats_errors
 from .errors import Corrupt, NotFound, Timeout, Unavailable
-from .store import PARTIAL, StoreWriter, store_errors, suffix_of
+from .store import PARTIAL, StoreWriter, newest_first, store_errors, suffix_of
 
 __all__ = ["NatsStore"]
 
@@ -186,7 +186,7 @@ class NatsStore:
                         records.append(r)
             finally:
                 await watcher.stop()  # type: ignore[no-untyped-call]
-        return sorted(records, key=lambda r: (r.created_at, r.backup_id), reverse=True)
+        return newest_first(records)
 
     async def get(self, backup_id: str) -> BackupRecord:
         async with nats_errors("reading the shared backup catalog"):

@@ -21,6 +21,7 @@ from contracts import BackupRequest
 from .backup import Backups
 from .errors import AgentError, Invalid
 from .tasks import Tasks
+from .volumes import named_volumes
 from .watch import Cursor
 
 __all__ = ["LABEL", "OnStop", "options_from_labels"]
@@ -71,7 +72,7 @@ class OnStop:
 
     async def on_resync(self) -> None:
         for c in await self.volumes.engine.containers({"label": [f"{LABEL}=true"]}):
-            self._mounts[c["Id"]] = _named_volumes(c.get("Mounts") or [])
+            self._mounts[c["Id"]] = named_volumes(c.get("Mounts"))
 
     async def on_docker_event(self, evt: dict[str, Any]) -> None:
         if evt.get("Type") != "container":
@@ -84,7 +85,7 @@ class OnStop:
         if action in ("create", "start"):
             with contextlib.suppress(AgentError):
                 c = await self.volumes.engine.container_inspect(cid)
-                self._mounts[cid] = _named_volumes(c.get("Mounts") or [])
+                self._mounts[cid] = named_volumes(c.get("Mounts"))
             return
         if action == "destroy":
             self._mounts.pop(cid, None)
@@ -102,7 +103,7 @@ class OnStop:
         mounted = self._mounts.get(cid)
         if mounted is None:
             try:
-                mounted = _named_volumes((await self.volumes.engine.container_inspect(cid)).get("Mounts") or [])
+                mounted = named_volumes((await self.volumes.engine.container_inspect(cid)).get("Mounts"))
             except AgentError as exc:
                 await self._failed("", name, f"Container {name!r} stopped, but its volumes could not be read: "
                                    f"{exc.message}")
@@ -140,10 +141,6 @@ class OnStop:
         log.warning("onstop.not_backed_up", container=container, error=message)
         with contextlib.suppress(AgentError):
             await self.volumes.events.event("backup.failed", volume, error=message, container=container)
-
-
-def _named_volumes(mounts: list[dict[str, Any]]) -> list[str]:
-    return [m["Name"] for m in mounts if m.get("Type") == "volume" and m.get("Name")]
 
 
 def _cancelling() -> bool:

@@ -9,7 +9,7 @@ import structlog
 from contracts import ShareRequest, ShareResult
 
 from .errors import AgentError, NotFound
-from .volumes import Volumes
+from .volumes import Volumes, named_volumes
 
 __all__ = ["share"]
 
@@ -37,7 +37,7 @@ async def share(volumes: Volumes, req: ShareRequest) -> ShareResult:
         except NotFound as exc:
             raise NotFound(f"Container {vf.container!r} (volumes_from) does not exist on this host.") from exc
         volumes_from.append(f"{vf.container}:{'ro' if vf.readonly else 'rw'}")
-        shared += [m["Name"] for m in source.get("Mounts") or [] if m.get("Type") == "volume"]
+        shared += named_volumes(source.get("Mounts"))
 
     names = [m.volume for m in req.mounts]
     async with volumes.locks.hold_all(names):

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +28,7 @@ from contracts import BackupRecord, Compression
 
 from .errors import AgentError, Corrupt, NotFound, Unavailable
 
-__all__ = ["BackupStore", "LocalStore", "StoreWriter", "Stores", "new_backup_id", "suffix_of"]
+__all__ = ["BackupStore", "LocalStore", "StoreWriter", "Stores", "new_backup_id", "newest_first", "suffix_of"]
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +49,11 @@ def new_backup_id(volume: str, now: datetime | None = None) -> str:
     """`<volume>.<UTC time>.<random>`: sorts by time within a volume."""
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%fZ")
     return f"{volume}.{stamp}.{uuid.uuid4().hex[:6]}"
+
+
+def newest_first(records: Iterable[BackupRecord]) -> list[BackupRecord]:
+    """The order every catalog is given in."""
+    return sorted(records, key=lambda r: (r.created_at, r.backup_id), reverse=True)
 
 
 def _backup_id_of(data_file: str) -> str | None:
@@ -230,7 +235,7 @@ class LocalStore:
                     records.append(_DECODE.decode(path.read_bytes()))
                 except (OSError, msgspec.DecodeError):
                     log.warning("store.unreadable_record", path=str(path))
-            return sorted(records, key=lambda r: (r.created_at, r.backup_id), reverse=True)
+            return newest_first(records)
 
         return await asyncio.to_thread(scan)
 
@@ -331,7 +336,7 @@ class Stores:
     async def catalog(self, volume: str | None = None, host: str | None = None) -> list[BackupRecord]:
         """Newest first, from every store; only `host`'s own backups when given."""
         records = [r for s in self.by_name.values() for r in await s.catalog(volume) if host in (None, r.host)]
-        return sorted(records, key=lambda r: (r.created_at, r.backup_id), reverse=True)
+        return newest_first(records)
 
     async def cleanup(self) -> None:
         for s in self.by_name.values():

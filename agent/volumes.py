@@ -26,7 +26,7 @@ from .docker import Engine
 from .errors import Conflict, InUse, NotFound
 from .locks import KeyedLocks
 
-__all__ = ["EventSink", "Volumes", "container_refs", "in_use", "volume_record"]
+__all__ = ["EventSink", "Volumes", "container_refs", "in_use", "named_volumes", "volume_record"]
 
 log = structlog.get_logger(__name__)
 
@@ -40,14 +40,18 @@ class EventSink(Protocol):
     ) -> None: ...
 
 
+def named_volumes(mounts: list[dict[str, Any]] | None) -> list[str]:
+    """The named volumes among a container's mounts (not binds, not tmpfs)."""
+    return [m["Name"] for m in mounts or [] if m.get("Type") == "volume" and m.get("Name")]
+
+
 def container_refs(containers: list[dict[str, Any]]) -> dict[str, list[ContainerRef]]:
     """Index Engine container summaries by the named volumes they mount."""
     by_volume: dict[str, list[ContainerRef]] = defaultdict(list)
     for c in containers:
         ref = ContainerRef(container=_container_name(c), id=c["Id"], state=c.get("State") or "unknown")
-        for m in c.get("Mounts") or []:
-            if m.get("Type") == "volume" and m.get("Name"):
-                by_volume[m["Name"]].append(ref)
+        for name in named_volumes(c.get("Mounts")):
+            by_volume[name].append(ref)
     return by_volume
 
 
