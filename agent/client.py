@@ -86,17 +86,16 @@ class AgentClient:
             as_dict = msgspec.json.decode(data)
             as_dict.setdefault("id", cmd_id)
             data = msgspec.json.encode(as_dict)
-        js = self.nc.jetstream()
-        for pause in (*COMMAND_RETRY_PAUSES_S, None):
+        js, subject = self.nc.jetstream(), self.subjects.cmd(host, op)
+        for pause in COMMAND_RETRY_PAUSES_S:
             try:
-                await js.publish(self.subjects.cmd(host, op), data, headers={"Nats-Msg-Id": cmd_id})
+                await js.publish(subject, data, headers={"Nats-Msg-Id": cmd_id})
                 return cmd_id
             except nats.js.errors.NoStreamResponseError:
                 # The stream is electing a leader (a node went down): the same Nats-Msg-Id makes a retry safe.
-                if pause is None:
-                    raise
                 await asyncio.sleep(pause)
-        raise AssertionError("unreachable")
+        await js.publish(subject, data, headers={"Nats-Msg-Id": cmd_id})
+        return cmd_id
 
     async def gather(
         self, op: str, body: msgspec.Struct | dict[str, Any] | None = None, window: float = 2.0

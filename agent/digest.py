@@ -32,8 +32,7 @@ __all__ = ["Digests", "tree_digest"]
 _ENCODE = msgspec.json.Encoder()
 
 
-def _name(member: tarfile.TarInfo) -> str:
-    name = member.name
+def _name(name: str) -> str:
     while name.startswith("./"):
         name = name[2:]
     return name.rstrip("/") or "."
@@ -51,7 +50,7 @@ def tree_digest(fileobj: object) -> tuple[str, int, int]:
     total = 0
     with tarfile.open(fileobj=fileobj, mode="r|") as tar:  # type: ignore[call-overload]
         for m in tar:
-            name = _name(m)
+            name = _name(m.name)
             if m.isreg():
                 h = hashlib.sha256()
                 f = tar.extractfile(m)
@@ -63,7 +62,7 @@ def tree_digest(fileobj: object) -> tuple[str, int, int]:
                 entries.append([name, "f", m.mode & 0o7777, m.uid, m.gid, *files[name]])
             elif m.islnk():
                 # Tar writes a file's first name in full and the others as links to it: count them all as files.
-                size, sha, mtime = files.get(_name(tarfile.TarInfo(m.linkname)), (0, "", 0))
+                size, sha, mtime = files.get(_name(m.linkname), (0, "", 0))
                 entries.append([name, "f", m.mode & 0o7777, m.uid, m.gid, size, sha, mtime])
             elif m.isdir():
                 entries.append([name, "d", m.mode & 0o7777, m.uid, m.gid])

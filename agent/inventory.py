@@ -3,9 +3,8 @@
 A snapshot is rebuilt in full (two Engine calls) rather than patched from events: a missed or repeated
 event can never leave it wrong, and a resync after Docker comes back is just another rebuild. Changes are
 debounced: a burst of events makes one snapshot, published within a second of the first, and never more
-than one a second. Sizes come from
-Docker's `/system/df`, which walks every volume, so they are computed on a slower cadence and the snapshot
-says when (`sizes_at`).
+than one a second. Sizes come from Docker's `/system/df`, which walks every volume, so they are computed
+on a slower cadence and the snapshot says when (`sizes_at`).
 """
 
 from __future__ import annotations
@@ -67,7 +66,6 @@ class Inventory:
         self.heartbeat_s = heartbeat_s
         self.sizes_every_s = sizes_every_s
         self.seq = 0
-        self.published = 0
         self._engine_info = EngineInfo(version="", api_version="", storage_driver="")
         self._plugins: list[str] = []
         self._last_backup: dict[str, LastBackup] = {}
@@ -185,7 +183,6 @@ class Inventory:
                 await asyncio.sleep(RETRY_S)
                 self._dirty.set()
                 continue
-            self.published += 1
             log.debug("inventory.published", seq=self.seq, bytes=len(data),
                       ms=round((time.perf_counter() - started) * 1000, 1))
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))

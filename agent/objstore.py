@@ -8,8 +8,8 @@ The bytes go through a spool file under the data dir: the backup pipeline writes
 as for the local store), then it is uploaded in chunks as large as the server accepts, with a window of
 acks in flight (nats-py's `put` uses 128 KiB chunks and waits a round trip for each). A restore downloads
 into a spool file through a pull consumer, a few chunks per round trip (nats-py's `get` is about three
-times slower here), and checks the recorded sha256 before anything is extracted. Objects stay readable
-by nats-py and the `nats` CLI: the same chunk subjects, meta message and digest.
+times slower here), and checks the recorded sha256 before anything is extracted. Objects stay standard
+(the same chunk subjects, meta message and digest): nats-py's own `get` reads them.
 """
 
 from __future__ import annotations
@@ -287,16 +287,16 @@ async def _retrying(what: str, attempt: Callable[[], Awaitable[None]]) -> None:
     from stream" and API calls time out. Each attempt must start clean (uploads purge their chunks on failure,
     downloads rewrite the spool file).
     """
-    for n in range(1, len(RETRY_PAUSES_S) + 2):
+    for n, pause in enumerate((*RETRY_PAUSES_S, None), start=1):
         try:
             async with nats_errors(what):
                 await attempt()
             return
         except (Timeout, Unavailable) as exc:
-            if n > len(RETRY_PAUSES_S):
+            if pause is None:
                 raise
             log.warning("objstore.retry", what=what, attempt=n, error=exc.message)
-            await asyncio.sleep(RETRY_PAUSES_S[n - 1])
+            await asyncio.sleep(pause)
 
 
 def _hex_digest(digest: str | None) -> str:
