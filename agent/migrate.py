@@ -12,14 +12,13 @@ import hashlib
 import time
 from typing import Any, Protocol
 
-import msgspec
-import nats.errors
 import structlog
 
 from contracts import BackupRequest, DigestRequest, MigrateRequest, MigrateResult, Reply
 
 from .backup import Backups
 from .bus import Bus
+from .client import AgentClient, NoAgent
 from .digest import Digests
 from .errors import AgentError, Corrupt, Invalid, Unavailable
 from .volumes import in_use
@@ -131,18 +130,14 @@ class _PeerError(AgentError):
 
 
 class BusPeers:
-    """`Peers` over the agent's NATS connection."""
+    """`Peers` over the agent's NATS connection, through the same client volumectl uses."""
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
-        self._decode = msgspec.json.Decoder(Reply)
 
     async def request(self, host: str, op: str, body: dict[str, Any], timeout: float) -> Reply:  # noqa: ASYNC109
+        client = AgentClient(self.bus.nc, self.bus.subjects.prefix)
         try:
-            msg = await self.bus.nc.request(self.bus.subjects.req(host, op), msgspec.json.encode(body),
-                                            timeout=timeout)
-        except nats.errors.NoRespondersError:
-            raise Unavailable(f"no agent answers for host {host!r}") from None
-        except nats.errors.TimeoutError:
-            raise Unavailable(f"the agent of host {host!r} did not answer within {timeout:g} s") from None
-        return self._decode.decode(msg.data)
+            return await client.request(host, op, body, timeout=timeout)
+        except NoAgent as exc:
+            raise Unavailable(str(exc)) from exc
