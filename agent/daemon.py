@@ -12,28 +12,28 @@ from typing import TypeVar
 import structlog
 
 from . import __version__
-from .archive import remove_leftover_helpers
-from .backup import Backups
+from .backup.backups import Backups
+from .backup.digest import Digests
+from .backup.migrate import BusPeers, Migrations
+from .backup.nats_store import NatsStore
+from .backup.pipes import remove_leftover_helpers
+from .backup.restore import Restores
+from .backup.stores import LocalStore, Stores
 from .bus import Bus, KvOutcomes
 from .commands import Commands
 from .config import Settings, parse_args
-from .digest import Digests
 from .dispatch import Dispatcher, handlers
 from .docker import DockerEngine
 from .embedded import EmbeddedNats
 from .errors import AgentError
-from .inventory import Inventory
+from .events.inventory import Inventory
+from .events.onstop import OnStop
+from .events.watch import Cursor, DockerWatch, VolumeNews
 from .locks import KeyedLocks
 from .logging import configure
-from .migrate import BusPeers, Migrations
-from .objstore import NatsStore
-from .onstop import OnStop
 from .requests import RequestService
-from .restore import Restores
-from .store import LocalStore, Stores
 from .tasks import Tasks
 from .volumes import Volumes
-from .watch import Cursor, DockerWatch, VolumeNews
 
 __all__ = ["main", "serve"]
 

@@ -16,13 +16,13 @@ import structlog
 
 from contracts import OPS, BaseRequest, ErrorBody, Reply
 
-from .backup import Backups
-from .digest import Digests
+from .backup.backups import Backups
+from .backup.digest import Digests
+from .backup.migrate import Migrations
+from .backup.restore import Restores
 from .errors import AgentError, Conflict, Expired, Invalid
-from .inventory import Inventory
-from .migrate import Migrations
+from .events.inventory import Inventory
 from .outcomes import OutcomeStore, StoredOutcome
-from .restore import Restores
 from .share import share
 from .volumes import Volumes
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.client import AgentClient
 from tests.stack import BUSYBOX_IMAGE, Agent, Dockerd, NatsServer
+from volumectl.client import AgentClient
 
 
 def fill_random(root: Path, mib: int) -> None:

@@ -25,11 +25,11 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.client import AgentClient
+from agent.backup.stores import LocalStore, Stores
 from agent.docker import DockerEngine
-from agent.inventory import Inventory
-from agent.store import LocalStore, Stores
+from agent.events.inventory import Inventory
 from tests.stack import BUSYBOX_IMAGE, Agent, Dockerd, NatsServer
+from volumectl.client import AgentClient
 
 HOST = "bench"
 

@@ -21,8 +21,8 @@ import aiodocker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.client import AgentClient
 from tests.stack import Agent, Dockerd, NatsServer
+from volumectl.client import AgentClient
 
 
 def ms(xs: list[float]) -> str:

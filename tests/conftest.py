@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from agent.client import AgentClient
 from contracts import Reply
+from volumectl.client import AgentClient
 
 from .stack import Agent, Dockerd, NatsServer
 

@@ -8,15 +8,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from agent.backup import Backups
-from agent.digest import Digests
+from agent.backup.backups import Backups
+from agent.backup.digest import Digests
+from agent.backup.migrate import Migrations
+from agent.backup.restore import Restores
+from agent.backup.stores import LocalStore, Stores
 from agent.dispatch import handlers
 from agent.errors import InUse, NotFound
-from agent.inventory import Inventory
+from agent.events.inventory import Inventory
 from agent.locks import KeyedLocks
-from agent.migrate import Migrations
-from agent.restore import Restores
-from agent.store import LocalStore, Stores
 from agent.volumes import Volumes
 
 

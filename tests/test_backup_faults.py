@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from agent.client import AgentClient
+from volumectl.client import AgentClient
 
 from .conftest import Host
 from .stack import BUSYBOX_IMAGE, Dockerd

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from agent.bus import Bus, KvOutcomes
-from agent.client import AgentClient
 from agent.config import Settings
 from agent.dispatch import Dispatcher
 from agent.requests import RequestService
 from agent.tasks import Tasks
+from volumectl.client import AgentClient
 
 from .fakes import FakeEngine, fake_handlers
 from .stack import NatsServer

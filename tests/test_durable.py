@@ -11,8 +11,8 @@ import msgspec
 import nats.js.errors
 import pytest
 
-from agent.client import AgentClient, NoAgent
 from contracts import Reply
+from volumectl.client import AgentClient, NoAgent
 
 from .conftest import Host
 from .stack import Agent, Dockerd, NatsServer

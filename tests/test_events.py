@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 import msgspec
 import pytest
 
-from agent.client import AgentClient
 from contracts import InventorySnapshot
+from volumectl.client import AgentClient
 
 from .conftest import Host
 from .stack import BUSYBOX_IMAGE, Dockerd

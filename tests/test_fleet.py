@@ -15,7 +15,7 @@ import msgspec
 import pytest
 import pytest_asyncio
 
-from agent.client import AgentClient
+from volumectl.client import AgentClient
 
 from .conftest import Host
 from .stack import BUSYBOX_IMAGE, Agent, Dockerd, NatsCluster
@@ -140,7 +140,7 @@ async def test_volumectl_fleet_shows_every_host_and_the_unprotected_volumes(
     await eventually(settled, 10, "the snapshots after the backup")
 
     def ctl(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "agent.ctl", "--nats", ",".join(cluster.urls), *args],
+        return subprocess.run([sys.executable, "-m", "volumectl", "--nats", ",".join(cluster.urls), *args],
                               capture_output=True, text=True, timeout=60, check=False)
 
     out = ctl("fleet")

@@ -11,14 +11,14 @@ import msgspec
 import pytest
 import structlog
 
+from agent.backup.stores import LocalStore, Stores
 from agent.causes import Causes
 from agent.errors import Invalid
-from agent.fleet import fleet_rows, is_stale, unprotected
-from agent.inventory import Inventory
-from agent.onstop import options_from_labels
-from agent.store import LocalStore, Stores
-from agent.watch import Cursor
+from agent.events.inventory import Inventory
+from agent.events.onstop import options_from_labels
+from agent.events.watch import Cursor
 from contracts import BackupRecord, InventorySnapshot
+from volumectl.fleet import fleet_rows, is_stale, unprotected
 
 from .fakes import FakeEngine, RecordingSink
 

@@ -15,13 +15,13 @@ from typing import Any, Protocol
 import structlog
 
 from contracts import BackupRequest, DigestRequest, MigrateRequest, MigrateResult, Reply
+from volumectl.client import AgentClient, NoAgent
 
-from .backup import Backups
-from .bus import Bus
-from .client import AgentClient, NoAgent
+from ..bus import Bus
+from ..errors import AgentError, Corrupt, Invalid, Unavailable
+from ..volumes import in_use
+from .backups import Backups
 from .digest import Digests
-from .errors import AgentError, Corrupt, Invalid, Unavailable
-from .volumes import in_use
 
 __all__ = ["BusPeers", "Migrations", "Peers"]
 

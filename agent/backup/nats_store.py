@@ -33,9 +33,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ObjectInfo, Ob
 
 from contracts import BackupRecord, Compression
 
-from .bus import Bus, nats_errors
-from .errors import Corrupt, NotFound, Timeout, Unavailable
-from .store import PARTIAL, StoreWriter, newest_first, store_errors, suffix_of
+from ..bus import Bus, nats_errors
+from ..errors import Corrupt, NotFound, Timeout, Unavailable
+from .stores import PARTIAL, StoreWriter, newest_first, store_errors, suffix_of
 
 __all__ = ["NatsStore"]
 

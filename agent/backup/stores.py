@@ -26,7 +26,7 @@ import structlog
 
 from contracts import BackupRecord, Compression
 
-from .errors import AgentError, Corrupt, NotFound, Unavailable
+from ..errors import AgentError, Corrupt, NotFound, Unavailable
 
 __all__ = ["BackupStore", "LocalStore", "StoreWriter", "Stores", "new_backup_id", "newest_first", "suffix_of"]
 

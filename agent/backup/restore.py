@@ -12,12 +12,12 @@ import structlog
 
 from contracts import BackupRecord, CloneRequest, CloneResult, RestoreRequest, RestoreResult
 
-from .archive import CHUNK, ContainerDir, Counted, HostDir, Procs, decompressor, feed, read_chunks, tar_totals
-from .backup import Progress
-from .errors import AgentError, Conflict, InUse, NotFound
-from .files import DataPath, volume_files
-from .store import Stores
-from .volumes import Volumes
+from ..errors import AgentError, Conflict, InUse, NotFound
+from ..volumes import Volumes
+from .backups import Progress
+from .pipes import CHUNK, ContainerDir, Counted, HostDir, Procs, decompressor, feed, read_chunks, tar_totals
+from .stores import Stores
+from .volume_files import DataPath, volume_files
 
 __all__ = ["Restores"]
 

@@ -22,10 +22,10 @@ import msgspec
 
 from contracts import DigestRequest, DigestResult
 
-from .archive import CHUNK, HostDir, Procs
-from .errors import AgentError
-from .files import DataPath, volume_files
-from .volumes import Volumes
+from ..errors import AgentError
+from ..volumes import Volumes
+from .pipes import CHUNK, HostDir, Procs
+from .volume_files import DataPath, volume_files
 
 __all__ = ["Digests", "tree_digest"]
 

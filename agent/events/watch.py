@@ -18,11 +18,11 @@ from typing import Any, Protocol
 
 import structlog
 
-from .archive import HELPER_LABEL
-from .causes import Causes
-from .docker import Engine
-from .errors import AgentError
-from .volumes import EventSink
+from ..backup.pipes import HELPER_LABEL
+from ..causes import Causes
+from ..docker import Engine
+from ..errors import AgentError
+from ..volumes import EventSink
 
 __all__ = ["Cursor", "DockerWatch", "EventHandler", "VolumeNews"]
 

@@ -27,11 +27,11 @@ from contracts import (
     LastBackup,
 )
 
-from . import __version__
-from .docker import Engine
-from .errors import AgentError
-from .store import Stores
-from .volumes import container_refs
+from .. import __version__
+from ..backup.stores import Stores
+from ..docker import Engine
+from ..errors import AgentError
+from ..volumes import container_refs
 
 __all__ = ["Inventory", "InventorySink"]
 

@@ -10,9 +10,9 @@ from typing import Any, Literal
 
 from contracts import ContainerRef
 
-from .archive import ContainerDir, HostDir, helper_container
-from .docker import Engine
-from .errors import NotFound
+from ..docker import Engine
+from ..errors import NotFound
+from .pipes import ContainerDir, HostDir, helper_container
 
 __all__ = ["DataPath", "volume_files"]
 

@@ -27,8 +27,8 @@ import structlog
 
 from contracts import Compression
 
-from .docker import Engine
-from .errors import AgentError, NotFound
+from ..docker import Engine
+from ..errors import AgentError, NotFound
 
 __all__ = [
     "CHUNK",

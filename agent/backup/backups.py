@@ -26,11 +26,11 @@ from contracts import (
     RemoveResult,
 )
 
-from .archive import ContainerDir, Counted, HostDir, Procs, compressor, feed, tar_totals
-from .errors import AgentError, Conflict, NotFound
-from .files import DataPath, volume_files
-from .store import NO_SPACE, Stores, StoreWriter, new_backup_id, store_errors
-from .volumes import Volumes, in_use
+from ..errors import AgentError, Conflict, NotFound
+from ..volumes import Volumes, in_use
+from .pipes import ContainerDir, Counted, HostDir, Procs, compressor, feed, tar_totals
+from .stores import NO_SPACE, Stores, StoreWriter, new_backup_id, store_errors
+from .volume_files import DataPath, volume_files
 
 __all__ = ["POST_HOOK", "PRE_HOOK", "Backups", "Progress"]
 

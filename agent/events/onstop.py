@@ -18,10 +18,10 @@ import structlog
 
 from contracts import BackupRequest
 
-from .backup import Backups
-from .errors import AgentError, Invalid
-from .tasks import Tasks
-from .volumes import named_volumes
+from ..backup.backups import Backups
+from ..errors import AgentError, Invalid
+from ..tasks import Tasks
+from ..volumes import named_volumes
 from .watch import Cursor
 
 __all__ = ["LABEL", "OnStop", "options_from_labels"]
