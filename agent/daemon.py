@@ -14,33 +14,59 @@ import structlog
 from . import __version__
 from .backup.backups import Backups
 from .backup.digest import Digests
+from .backup.local_store import LocalStore
 from .backup.migrate import BusPeers, Migrations
 from .backup.nats_store import NatsStore
-from .backup.pipes import remove_leftover_helpers
 from .backup.restore import Restores
-from .backup.stores import LocalStore, Stores
+from .backup.stores import Stores
+from .backup.volume_files import remove_leftover_helpers
 from .bus import Bus, KvOutcomes
 from .commands import Commands
 from .config import Settings, parse_args
-from .dispatch import Dispatcher, handlers
+from .dispatch import Dispatcher, Handler
 from .docker import DockerEngine
 from .embedded import EmbeddedNats
 from .errors import AgentError
 from .events.inventory import Inventory
+from .events.news import VolumeNews
 from .events.onstop import OnStop
-from .events.watch import Cursor, DockerWatch, VolumeNews
+from .events.watch import Cursor, DockerWatch
 from .locks import KeyedLocks
 from .logging import configure
 from .requests import RequestService
+from .share import share
 from .tasks import Tasks
 from .volumes import Volumes
 
-__all__ = ["main", "serve"]
+__all__ = ["handlers", "main", "serve"]
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 BACKOFF_MAX_S = 30.0
+
+
+def handlers(
+    volumes: Volumes, backups: Backups, restores: Restores, inventory: Inventory, digests: Digests,
+    migrations: Migrations,
+) -> dict[str, Handler]:
+    """Each op of the contract, and the code that applies it."""
+    return {
+        "create": volumes.create,
+        "inspect": volumes.inspect,
+        "list": volumes.list,
+        "remove": backups.remove,
+        "prune": volumes.prune,
+        "share": lambda req: share(volumes, req),
+        "backup": backups.backup,
+        "backups": backups.backups,
+        "restore": restores.restore,
+        "clone": restores.clone,
+        "forget": backups.forget,
+        "inventory": inventory.snapshot,
+        "digest": digests.digest,
+        "migrate": migrations.migrate,
+    }
 
 
 async def _wait_for_docker(engine: DockerEngine) -> None:

@@ -9,24 +9,18 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 import structlog
 
 from contracts import OPS, BaseRequest, ErrorBody, Reply
 
-from .backup.backups import Backups
-from .backup.digest import Digests
-from .backup.migrate import Migrations
-from .backup.restore import Restores
 from .errors import AgentError, Conflict, Expired, Invalid
-from .events.inventory import Inventory
-from .outcomes import OutcomeStore, StoredOutcome
-from .share import share
-from .volumes import Volumes
+from .outcomes import StoredOutcome
+from .typing import OutcomeStore, ResultSink
 
-__all__ = ["Dispatcher", "Outcome", "ResultSink", "handlers"]
+__all__ = ["Dispatcher", "Handler", "Outcome"]
 
 log = structlog.get_logger(__name__)
 
@@ -36,12 +30,6 @@ TRANSIENT_CODES = frozenset({"unavailable", "timeout", "internal"})
 _DECODERS = {name: msgspec.json.Decoder(op.request) for name, op in OPS.items()}
 _ENCODER = msgspec.json.Encoder()
 _FINGERPRINT_ENCODER = msgspec.json.Encoder(order="sorted")
-
-
-class ResultSink(Protocol):
-    """Where every outcome is published (`<prefix>.res.<host>.<op>`)."""
-
-    async def result(self, op: str, reply: bytes, *, durable: bool) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -66,29 +54,6 @@ async def _tell(early: Responder | None, outcome: Outcome) -> None:
         await early(outcome)
     except Exception:  # the caller went away or NATS hiccupped: the outcome is still recorded
         log.warning("reply.failed", exc_info=True)
-
-
-def handlers(
-    volumes: Volumes, backups: Backups, restores: Restores, inventory: Inventory, digests: Digests,
-    migrations: Migrations,
-) -> dict[str, Handler]:
-    """Each op of the contract, and the code that applies it."""
-    return {
-        "create": volumes.create,
-        "inspect": volumes.inspect,
-        "list": volumes.list,
-        "remove": backups.remove,
-        "prune": volumes.prune,
-        "share": lambda req: share(volumes, req),
-        "backup": backups.backup,
-        "backups": backups.backups,
-        "restore": restores.restore,
-        "clone": restores.clone,
-        "forget": backups.forget,
-        "inventory": inventory.snapshot,
-        "digest": digests.digest,
-        "migrate": migrations.migrate,
-    }
 
 
 class Dispatcher:

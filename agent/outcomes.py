@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Protocol
 
 import msgspec
 
-__all__ = ["MemoryOutcomes", "OutcomeStore", "StoredOutcome", "outcome_key"]
+__all__ = ["MemoryOutcomes", "StoredOutcome", "outcome_key"]
 
 
 class StoredOutcome(msgspec.Struct, forbid_unknown_fields=True):
@@ -15,11 +14,6 @@ class StoredOutcome(msgspec.Struct, forbid_unknown_fields=True):
 
     fingerprint: str
     reply: msgspec.Raw
-
-
-class OutcomeStore(Protocol):
-    async def get(self, host: str, cmd_id: str) -> StoredOutcome | None: ...
-    async def put(self, host: str, cmd_id: str, outcome: StoredOutcome) -> None: ...
 
 
 def outcome_key(host: str, cmd_id: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
@@ -22,22 +22,13 @@ from contracts import (
 )
 
 from .causes import Causes
-from .docker import Engine
 from .errors import Conflict, InUse, NotFound
 from .locks import KeyedLocks
+from .typing import Engine, EventSink
 
-__all__ = ["EventSink", "Volumes", "container_refs", "in_use", "named_volumes", "volume_record"]
+__all__ = ["Volumes", "container_refs", "in_use", "named_volumes", "volume_record"]
 
 log = structlog.get_logger(__name__)
-
-
-class EventSink(Protocol):
-    """Where the agent says what happened (`volume.created`, ...)."""
-
-    async def event(
-        self, kind: str, volume: str, *, backup_id: str | None = None, bytes_done: int | None = None,
-        error: str | None = None, container: str | None = None,
-    ) -> None: ...
 
 
 def named_volumes(mounts: list[dict[str, Any]] | None) -> list[str]:

@@ -25,7 +25,8 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.backup.stores import LocalStore, Stores
+from agent.backup.local_store import LocalStore
+from agent.backup.stores import Stores
 from agent.docker import DockerEngine
 from agent.events.inventory import Inventory
 from tests.stack import BUSYBOX_IMAGE, Agent, Dockerd, NatsServer

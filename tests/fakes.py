@@ -10,10 +10,11 @@ from typing import Any
 
 from agent.backup.backups import Backups
 from agent.backup.digest import Digests
+from agent.backup.local_store import LocalStore
 from agent.backup.migrate import Migrations
 from agent.backup.restore import Restores
-from agent.backup.stores import LocalStore, Stores
-from agent.dispatch import handlers
+from agent.backup.stores import Stores
+from agent.daemon import handlers
 from agent.errors import InUse, NotFound
 from agent.events.inventory import Inventory
 from agent.locks import KeyedLocks

@@ -11,7 +11,8 @@ import msgspec
 import pytest
 import structlog
 
-from agent.backup.stores import LocalStore, Stores
+from agent.backup.local_store import LocalStore
+from agent.backup.stores import Stores
 from agent.causes import Causes
 from agent.errors import Invalid
 from agent.events.inventory import Inventory

@@ -19,8 +19,9 @@ import msgspec
 
 from contracts import Reply
 
+from . import render
 from .client import AgentClient, NoAgent
-from .fleet import fleet_rows, human_age, unprotected
+from .fleet import fleet_rows, unprotected
 
 __all__ = ["main"]
 
@@ -204,49 +205,6 @@ def _request(a: argparse.Namespace, p: argparse.ArgumentParser) -> tuple[str, di
     return op, body
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
-    return "\n".join("   ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)).rstrip()
-                     for r in [header, *rows])
-
-
-def _show_volumes(volumes: list[dict[str, Any]], host: str | None = None) -> list[list[str]]:
-    rows = []
-    for v in volumes:
-        users = ",".join(f"{u['container']}({u['state']})" for u in v["used_by"]) or "-"
-        labels = ",".join(f"{k}={val}" for k, val in sorted(v["labels"].items())) or "-"
-        rows.append(([host] if host else []) + [v["name"], v["driver"], users, labels])
-    return rows
-
-
-def _size(n: int) -> str:
-    if n < 1024:
-        return f"{n} B"
-    size = float(n)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        size /= 1024
-        if size < 1024 or unit == "TiB":
-            break
-    return f"{size:.1f} {unit}"
-
-
-def _backups_table(backups: list[dict[str, Any]]) -> str:
-    rows = [[b["backup_id"], b["host"], b["store"], b["created_at"][:19], _size(b["size"]), _size(b["stored_size"]),
-             b["trigger"] + (f" ({b['container']})" if b.get("container") else "")] for b in backups]
-    return _table(rows, ["BACKUP ID", "HOST", "STORE", "CREATED", "SIZE", "STORED", "TRIGGER"])
-
-
-def _inventory_text(s: dict[str, Any]) -> str:
-    e = s["engine"]
-    head = (f"host {s['host']}  agent {s['agent_version']}  docker {e['version']} (API {e['api_version']}, "
-            f"{e['storage_driver']})  drivers: {', '.join(s['plugins']) or '-'}  taken {s['taken_at'][:19]}"
-            f"  sizes {(s.get('sizes_at') or 'not measured')[:19]}")
-    rows = [[v["name"], v["driver"], "-" if v.get("size") is None else _size(v["size"]),
-             ",".join(f"{u['container']}({u['state']})" for u in v["used_by"]) or "-",
-             (v["last_backup"] or {}).get("created_at", "never")[:19]] for v in s["volumes"]]
-    return head + "\n" + _table(rows, ["NAME", "DRIVER", "SIZE", "USED BY", "LAST BACKUP"])
-
-
 async def _fleet(a: argparse.Namespace, client: AgentClient) -> int:
     snapshots = await client.inventories()
     rows = unprotected(snapshots, a.unprotected) if a.unprotected is not None else fleet_rows(snapshots)
@@ -255,17 +213,7 @@ async def _fleet(a: argparse.Namespace, client: AgentClient) -> int:
             {"host": r.host, "volume": r.volume.name if r.volume else None, "stale": r.stale,
              "last_backup": r.volume.last_backup if r.volume else None} for r in rows]).decode())
     else:
-        table = []
-        for r in rows:
-            host_age = f"STALE {r.host_age}" if r.stale else r.host_age
-            if r.volume is None:
-                table.append([r.host, host_age, "-", "-", "-"])
-                continue
-            users = ",".join(f"{u.container}({u.state})" for u in r.volume.used_by) or "-"
-            last = "never" if r.last_backup_age is None else \
-                f"{human_age(r.last_backup_age)} ago ({r.volume.last_backup.store})"  # type: ignore[union-attr]
-            table.append([r.host, host_age, r.volume.name, users, last])
-        print(_table(table, ["HOST", "AGE", "VOLUME", "USED BY", "LAST BACKUP"]))
+        print(render.fleet_table(rows))
         stale = sorted({r.host for r in rows if r.stale})
         print(f"{len(snapshots)} host(s) in the inventory" + (f"; stale: {', '.join(stale)}" if stale else ""),
               file=sys.stderr)
@@ -284,52 +232,11 @@ async def _show_progress(client: AgentClient, host: str, kind: str, cmd_id: str)
         async for msg in sub.messages:
             evt = msgspec.json.decode(msg.data)
             if evt.get("cmd_id") == cmd_id:
-                print(f"\r{kind} {evt['volume']}: {_size(evt.get('bytes_done') or 0)} ...", end="", file=sys.stderr,
-                      flush=True)
+                done = render.size(evt.get("bytes_done") or 0)
+                print(f"\r{kind} {evt['volume']}: {done} ...", end="", file=sys.stderr, flush=True)
     finally:
         with contextlib.suppress(Exception):  # the display is best effort; the reply is what counts
             await sub.unsubscribe()
-
-
-def _human(op: str, result: dict[str, Any]) -> str:
-    match op:
-        case "list":
-            return _table(_show_volumes(result["volumes"]), ["NAME", "DRIVER", "USED BY", "LABELS"])
-        case "inspect" | "create":
-            lines = [f"{k}: {result[k]}" for k in ("name", "driver", "mountpoint", "scope", "created_at")]
-            lines.append("labels: " + (", ".join(f"{k}={v}" for k, v in result["labels"].items()) or "-"))
-            lines.append("options: " + (", ".join(f"{k}={v}" for k, v in result["options"].items()) or "-"))
-            lines.append("used by: " + (", ".join(f"{u['container']} ({u['state']})"
-                                                  for u in result["used_by"]) or "-"))
-            return "\n".join(lines)
-        case "remove":
-            backup = result.get("backup")
-            return str(result["name"]) + (f" (final backup {backup['backup_id']})" if backup else "")
-        case "backup":
-            return (f"{result['backup_id']}  {_size(result['size'])} -> {_size(result['stored_size'])} "
-                    f"{result['compression']} in {result['duration_s']:.1f} s\n{result['location']}")
-        case "backups":
-            return _backups_table(result["backups"])
-        case "migrate":
-            return (f"{result['volume']} -> {result['to']}:{result['target']}  {_size(result['size'])} verified "
-                    f"(sha256 {result['sha256'][:12]}) in {result['duration_s']:.1f} s; backup {result['backup_id']}"
-                    + ("; source removed" if result["source_removed"] else ""))
-        case "digest":
-            return f"{result['sha256']}  {result['entries']} entries, {_size(result['bytes'])}"
-        case "inventory":
-            return _inventory_text(result)
-        case "restore" | "clone":
-            target = result.get("volume") or result.get("target")
-            return f"{target}: {_size(result['size'])} in {result['duration_s']:.1f} s"
-        case "forget":
-            return str(result["backup_id"])
-        case "prune":
-            verb = "would remove" if result["dry_run"] else "removed"
-            return "\n".join([f"{verb} {len(result['volumes'])} volume(s)", *result["volumes"]])
-        case "share":
-            return f"{result['container']} {result['id'][:12]} {result['state']} volumes: " + (
-                ", ".join(result["volumes"]) or "-")
-    return msgspec.json.encode(result).decode()
 
 
 async def _run(a: argparse.Namespace, op: str, body: dict[str, Any]) -> int:
@@ -369,7 +276,7 @@ def _print_reply(a: argparse.Namespace, reply: Reply) -> int:
     if a.json:
         print(msgspec.json.encode(reply).decode())
     elif reply.ok and reply.result is not None:
-        print(_human(reply.op, reply.result))
+        print(render.human(reply.op, reply.result))
     if reply.error is not None:
         print(f"volumectl: {reply.error.code}: {reply.error.message}", file=sys.stderr)
         return 1
@@ -383,13 +290,13 @@ def _print_fleet(a: argparse.Namespace, op: str, replies: list[Reply]) -> int:
         rows = []
         for r in replies:
             if r.ok and r.result is not None:
-                rows += _show_volumes(r.result["volumes"], r.host)
-        print(_table(rows, ["HOST", "NAME", "DRIVER", "USED BY", "LABELS"]))
+                rows += render.show_volumes(r.result["volumes"], r.host)
+        print(render.table(rows, ["HOST", "NAME", "DRIVER", "USED BY", "LABELS"]))
     elif op == "backups":
         backups = [b for r in replies if r.ok and r.result is not None for b in r.result["backups"]]
-        print(_backups_table(sorted(backups, key=lambda b: b["created_at"], reverse=True)))
+        print(render.backups_table(sorted(backups, key=lambda b: b["created_at"], reverse=True)))
     else:
-        print("\n\n".join(_inventory_text(r.result) for r in replies if r.ok and r.result is not None))
+        print("\n\n".join(render.inventory_text(r.result) for r in replies if r.ok and r.result is not None))
     answered = [r.host for r in replies]
     print(f"{len(answered)} host(s) answered: {', '.join(answered) or 'none'}", file=sys.stderr)
     failed = [r for r in replies if r.error is not None]

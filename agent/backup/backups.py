@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,19 +25,17 @@ from contracts import (
     RemoveResult,
 )
 
-from ..errors import AgentError, Conflict, NotFound
+from ..errors import AgentError
 from ..volumes import Volumes, in_use
-from .pipes import ContainerDir, Counted, HostDir, Procs, compressor, feed, tar_totals
+from .hooks import POST_HOOK, PRE_HOOK, restart, run_hooks, stop_running
+from .pipes import Counted, Procs, compressor, feed, tar_totals
+from .progress import Progress
 from .stores import NO_SPACE, Stores, StoreWriter, new_backup_id, store_errors
-from .volume_files import DataPath, volume_files
+from .volume_files import ContainerDir, DataPath, HostDir, volume_files
 
-__all__ = ["POST_HOOK", "PRE_HOOK", "Backups", "Progress"]
+__all__ = ["Backups"]
 
 log = structlog.get_logger(__name__)
-
-PRE_HOOK = "volume-agent.backup.exec-pre"
-POST_HOOK = "volume-agent.backup.exec-post"
-PROGRESS_EVERY_S = 1.0
 
 
 async def _wait(procs: Procs, writer: StoreWriter) -> list[str]:
@@ -49,33 +46,6 @@ async def _wait(procs: Procs, writer: StoreWriter) -> list[str]:
         if NO_SPACE in exc.message:
             raise store_errors(OSError(errno.ENOSPC, NO_SPACE), writer.path.parent) from exc
         raise
-
-
-class Progress:
-    """Bytes done, published as `<op>.progress` events every second while the work runs."""
-
-    def __init__(self, volumes: Volumes, kind: str, volume: str, backup_id: str | None) -> None:
-        self.volumes, self.kind, self.volume, self.backup_id = volumes, kind, volume, backup_id
-        self.done = 0
-
-    def add(self, n: int) -> None:
-        self.done += n
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[Progress]:
-        async def tick() -> None:
-            while True:
-                await asyncio.sleep(PROGRESS_EVERY_S)
-                with contextlib.suppress(AgentError):
-                    await self.volumes.events.event(
-                        f"{self.kind}.progress", self.volume, backup_id=self.backup_id, bytes_done=self.done
-                    )
-
-        ticker = asyncio.create_task(tick())
-        try:
-            yield self
-        finally:
-            ticker.cancel()
 
 
 class Backups:
@@ -131,9 +101,9 @@ class Backups:
             await events.event("backup.started", req.volume, backup_id=backup_id, container=container)
             stopped: list[ContainerRef] = []
             try:
-                await self._hooks(users, PRE_HOOK, must_succeed=True)
+                await run_hooks(self.engine, users, PRE_HOOK, must_succeed=True)
                 if req.stop_containers:
-                    stopped = await self._stop(users)
+                    stopped = await stop_running(self.engine, self.volumes.causes, users)
                 writer = await store.begin(backup_id, req.volume, req.compression)
                 try:
                     progress = Progress(self.volumes, "backup", req.volume, backup_id)
@@ -159,9 +129,9 @@ class Backups:
                                    container=container)
                 raise
             finally:
-                await asyncio.shield(self._restart(stopped))
-                await asyncio.shield(self._hooks([u for u in users if u.state == "running"], POST_HOOK,
-                                                 must_succeed=False))
+                await asyncio.shield(restart(self.engine, stopped))
+                await asyncio.shield(run_hooks(self.engine, [u for u in users if u.state == "running"], POST_HOOK,
+                                                must_succeed=False))
             self.on_backup(record)
             await events.event("backup.completed", req.volume, backup_id=backup_id, bytes_done=size,
                                container=container)
@@ -211,57 +181,6 @@ class Backups:
                 done.set()
                 await asyncio.shield(following)
             return size
-
-    async def _hooks(self, users: list[ContainerRef], label: str, *, must_succeed: bool) -> None:
-        """Run the hook command each running user sets on itself (an image's labels do not count)."""
-        for u in users:
-            if u.state != "running":
-                continue
-            cmd = await self._own_label(u.id, label)
-            if cmd is None:
-                continue
-            code, out = await self.engine.container_exec(u.id, ["sh", "-c", cmd])
-            log.info("backup.hook", container=u.container, hook=label, exit_code=code)
-            if code != 0:
-                msg = f"The {label.rsplit('.', 1)[-1]} hook in container {u.container!r} failed (exit {code})"
-                msg += f": {out[-300:]}" if out else ""
-                if must_succeed:
-                    raise Conflict(msg + "; nothing was backed up.")
-                log.warning("backup.post_hook_failed", container=u.container, message=msg)
-
-    async def _own_label(self, cid: str, label: str) -> str | None:
-        try:
-            c = await self.engine.container_inspect(cid)
-        except NotFound:
-            return None  # removed since it was listed: nothing to run a hook in
-        value = (c.get("Config", {}).get("Labels") or {}).get(label)
-        if not value:
-            return None
-        image = await self.engine.image_inspect(c.get("Image") or c["Config"]["Image"])
-        if (image.get("Config", {}).get("Labels") or {}).get(label) == value:
-            log.warning("backup.hook_from_image_ignored", container=cid[:12], hook=label)
-            return None
-        return str(value)
-
-    async def _stop(self, users: list[ContainerRef]) -> list[ContainerRef]:
-        stopped = []
-        try:
-            for u in users:
-                if u.state == "running":
-                    self.volumes.causes.note("stop", u.id)  # its stop is ours: no on-stop backup
-                    await self.engine.container_stop(u.id)
-                    stopped.append(u)
-        except BaseException:
-            await asyncio.shield(self._restart(stopped))
-            raise
-        return stopped
-
-    async def _restart(self, stopped: list[ContainerRef]) -> None:
-        for u in stopped:
-            try:
-                await self.engine.container_start(u.id)
-            except AgentError:
-                log.exception("backup.restart_failed", container=u.container)
 
     async def _keep(self, volume: str, keep: int, store_name: str) -> None:
         """Keep the newest `keep` backups this host made of `volume` in that store (never another host's)."""

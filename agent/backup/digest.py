@@ -24,8 +24,8 @@ from contracts import DigestRequest, DigestResult
 
 from ..errors import AgentError
 from ..volumes import Volumes
-from .pipes import CHUNK, HostDir, Procs
-from .volume_files import DataPath, volume_files
+from .pipes import CHUNK, Procs
+from .volume_files import DataPath, HostDir, volume_files
 
 __all__ = ["Digests", "tree_digest"]
 

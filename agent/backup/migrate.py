@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
@@ -19,6 +19,7 @@ from volumectl.client import AgentClient, NoAgent
 
 from ..bus import Bus
 from ..errors import AgentError, Corrupt, Invalid, Unavailable
+from ..typing import Peers
 from ..volumes import in_use
 from .backups import Backups
 from .digest import Digests
@@ -29,12 +30,6 @@ log = structlog.get_logger(__name__)
 
 PEER_TIMEOUT_S = 3600.0
 _ERRORS: dict[str, type[AgentError]] = {cls.code: cls for cls in AgentError.__subclasses__()}
-
-
-class Peers(Protocol):
-    """Requests to other hosts' agents."""
-
-    async def request(self, host: str, op: str, body: dict[str, Any], timeout: float) -> Reply: ...  # noqa: ASYNC109
 
 
 def _step_error(step: str, host: str, code: str, message: str, backup_id: str | None) -> AgentError:

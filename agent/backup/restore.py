@@ -14,10 +14,10 @@ from contracts import BackupRecord, CloneRequest, CloneResult, RestoreRequest, R
 
 from ..errors import AgentError, Conflict, InUse, NotFound
 from ..volumes import Volumes
-from .backups import Progress
-from .pipes import CHUNK, ContainerDir, Counted, HostDir, Procs, decompressor, feed, read_chunks, tar_totals
+from .pipes import CHUNK, Counted, Procs, decompressor, feed, read_chunks, tar_totals
+from .progress import Progress
 from .stores import Stores
-from .volume_files import DataPath, volume_files
+from .volume_files import ContainerDir, DataPath, HostDir, volume_files
 
 __all__ = ["Restores"]
 

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 import structlog
@@ -29,8 +29,8 @@ from contracts import (
 
 from .. import __version__
 from ..backup.stores import Stores
-from ..docker import Engine
 from ..errors import AgentError
+from ..typing import Engine, InventorySink
 from ..volumes import container_refs
 
 __all__ = ["Inventory", "InventorySink"]
@@ -41,10 +41,6 @@ DEBOUNCE_S = 0.25
 MIN_INTERVAL_S = 1.0
 RETRY_S = 5.0
 _CONTAINER_ACTIONS = frozenset({"create", "destroy", "start", "die", "rename", "pause", "unpause"})
-
-
-class InventorySink(Protocol):
-    async def inventory(self, snapshot: bytes) -> None: ...
 
 
 def _last(record: BackupRecord) -> LastBackup:

@@ -14,30 +14,20 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
-from ..backup.pipes import HELPER_LABEL
-from ..causes import Causes
-from ..docker import Engine
 from ..errors import AgentError
-from ..volumes import EventSink
+from ..typing import Engine, EventHandler
 
-__all__ = ["Cursor", "DockerWatch", "EventHandler", "VolumeNews"]
+__all__ = ["Cursor", "DockerWatch"]
 
 log = structlog.get_logger(__name__)
 
 FILTERS = {"type": ["container", "volume"]}
 BACKOFF_MAX_S = 5.0
 SAVE_EVERY_S = 1.0
-_VOLUME_KINDS = {"create": "volume.created", "destroy": "volume.removed", "mount": "volume.mounted",
-                 "unmount": "volume.unmounted"}
-
-
-class EventHandler(Protocol):
-    async def on_docker_event(self, evt: dict[str, Any]) -> None: ...
-    async def on_resync(self) -> None: ...
 
 
 def _since(ns: int) -> str:
@@ -182,43 +172,3 @@ class DockerWatch:
                 await h.on_docker_event(evt)
             except Exception:  # logged; the next event is handled all the same
                 log.exception("events.handler_failed", handler=type(h).__name__, action=evt.get("Action"))
-
-
-class VolumeNews:
-    """Publishes `volume.created|removed|mounted|unmounted` from Docker's events, whoever caused them.
-
-    An event the agent caused carries the command's id. The agent's helper containers are left out.
-    """
-
-    def __init__(self, events: EventSink, causes: Causes) -> None:
-        self.events = events
-        self.causes = causes
-        self._helpers: set[str] = set()
-
-    async def on_resync(self) -> None:
-        return None
-
-    async def on_docker_event(self, evt: dict[str, Any]) -> None:
-        actor = evt.get("Actor") or {}
-        attrs = actor.get("Attributes") or {}
-        action = str(evt.get("Action") or "")
-        if evt.get("Type") == "container":
-            if HELPER_LABEL in attrs:
-                if action == "create":
-                    self._helpers.add(actor.get("ID", ""))
-                elif action == "destroy":
-                    self._helpers.discard(actor.get("ID", ""))
-            return
-        kind = _VOLUME_KINDS.get(action)
-        if evt.get("Type") != "volume" or kind is None:
-            return
-        name = str(actor.get("ID") or "")
-        container = attrs.get("container")
-        if container in self._helpers:
-            return
-        _, cmd_id = self.causes.take(kind, name) if kind in ("volume.created", "volume.removed") else (False, None)
-        with structlog.contextvars.bound_contextvars(cmd_id=cmd_id):
-            try:
-                await self.events.event(kind, name, container=container)
-            except AgentError as exc:  # NATS away: the inventory carries the state once it is back
-                log.warning("events.not_published", kind=kind, volume=name, error=exc.message)

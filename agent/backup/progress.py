@@ -1,0 +1,41 @@
+"""Bytes done, published as `<op>.progress` events while a backup or restore runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from ..errors import AgentError
+from ..volumes import Volumes
+
+__all__ = ["Progress"]
+
+PROGRESS_EVERY_S = 1.0
+
+
+class Progress:
+    """Bytes done, published as `<op>.progress` events every second while the work runs."""
+
+    def __init__(self, volumes: Volumes, kind: str, volume: str, backup_id: str | None) -> None:
+        self.volumes, self.kind, self.volume, self.backup_id = volumes, kind, volume, backup_id
+        self.done = 0
+
+    def add(self, n: int) -> None:
+        self.done += n
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Progress]:
+        async def tick() -> None:
+            while True:
+                await asyncio.sleep(PROGRESS_EVERY_S)
+                with contextlib.suppress(AgentError):
+                    await self.volumes.events.event(
+                        f"{self.kind}.progress", self.volume, backup_id=self.backup_id, bytes_done=self.done
+                    )
+
+        ticker = asyncio.create_task(tick())
+        try:
+            yield self
+        finally:
+            ticker.cancel()
