@@ -23,11 +23,11 @@ from nats.js.api import KeyValueConfig, ObjectStoreConfig, StreamConfig
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from contracts import Subjects, VolumeEvent
+from contracts import Subjects, VolumeEvent, outcome_key
 
 from .config import NatsAuth, Settings
 from .errors import Timeout, Unavailable
-from .outcomes import StoredOutcome, outcome_key
+from .outcomes import StoredOutcome
 
 __all__ = ["Bus", "KvOutcomes", "nats_errors"]
 
@@ -85,7 +85,7 @@ class Bus:
         self._catalog_kv: KeyValue | None = None
         self._backups_obj: ObjectStore | None = None
         self._closing = False
-        self.backups_bucket = self.subjects.bucket_name("backups")
+        self.backups_bucket = self.subjects.backups_bucket
 
     @property
     def nc(self) -> Client:
@@ -152,24 +152,24 @@ class Bus:
     async def _ensure_jetstream(self) -> None:
         s, replicas = self.subjects, self.settings.replicas
         streams = [
-            StreamConfig(name=s.stream_name("cmd"), subjects=[f"{s.prefix}.cmd.>"], max_age=CMD_MAX_AGE_S,
+            StreamConfig(name=s.cmd_stream, subjects=[f"{s.prefix}.cmd.>"], max_age=CMD_MAX_AGE_S,
                          duplicate_window=CMD_DUPLICATE_WINDOW_S, num_replicas=replicas),
-            StreamConfig(name=s.stream_name("res"), subjects=[f"{s.prefix}.res.>"], max_age=RES_MAX_AGE_S,
+            StreamConfig(name=s.res_stream, subjects=[f"{s.prefix}.res.>"], max_age=RES_MAX_AGE_S,
                          num_replicas=replicas),
-            StreamConfig(name=s.stream_name("evt"), subjects=[f"{s.prefix}.evt.>"], max_age=EVT_MAX_AGE_S,
+            StreamConfig(name=s.evt_stream, subjects=[f"{s.prefix}.evt.>"], max_age=EVT_MAX_AGE_S,
                          num_replicas=replicas),
         ]
         try:
             for cfg in streams:
                 await self._ensure_stream(cfg)
             self._outcomes_kv = await self.js.create_key_value(
-                KeyValueConfig(bucket=s.bucket_name("outcomes"), ttl=OUTCOME_TTL_S, replicas=replicas)
+                KeyValueConfig(bucket=s.outcomes_bucket, ttl=OUTCOME_TTL_S, replicas=replicas)
             )
             self._inventory_kv = await self.js.create_key_value(
-                KeyValueConfig(bucket=s.bucket_name("inventory"), history=1, replicas=replicas)
+                KeyValueConfig(bucket=s.inventory_bucket, history=1, replicas=replicas)
             )
             self._catalog_kv = await self.js.create_key_value(
-                KeyValueConfig(bucket=s.bucket_name("backup_catalog"), history=1,
+                KeyValueConfig(bucket=s.catalog_bucket, history=1,
                                replicas=self.settings.backup_replicas or replicas)
             )
         except nats.errors.NoRespondersError as exc:

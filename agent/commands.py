@@ -43,7 +43,7 @@ class Commands:
         self.dispatcher = dispatcher
         self.tasks = tasks
         self.max_ack_pending = max_ack_pending
-        self.durable = f"agent_{bus.host}"
+        self.durable = bus.subjects.consumer(bus.host)
         self._prefix = bus.subjects.cmd(bus.host, "")
         self._loop: asyncio.Task[None] | None = None
         self._sub: nats.js.JetStreamContext.PullSubscription | None = None
@@ -51,7 +51,7 @@ class Commands:
     async def start(self) -> None:
         if self._loop is not None:
             return
-        stream = self.bus.subjects.stream_name("cmd")
+        stream = self.bus.subjects.cmd_stream
         config = ConsumerConfig(
             durable_name=self.durable,
             filter_subject=f"{self._prefix}>",

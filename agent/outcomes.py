@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import msgspec
 
-__all__ = ["MemoryOutcomes", "StoredOutcome", "outcome_key"]
+from contracts import outcome_key
+
+__all__ = ["MemoryOutcomes", "StoredOutcome"]
 
 
 class StoredOutcome(msgspec.Struct, forbid_unknown_fields=True):
@@ -14,11 +14,6 @@ class StoredOutcome(msgspec.Struct, forbid_unknown_fields=True):
 
     fingerprint: str
     reply: msgspec.Raw
-
-
-def outcome_key(host: str, cmd_id: str) -> str:
-    """A KV key for any id (ids may hold characters keys may not)."""
-    return f"{host}.{hashlib.sha256(cmd_id.encode()).hexdigest()}"
 
 
 class MemoryOutcomes:

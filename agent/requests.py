@@ -10,7 +10,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service
 
-from contracts import CONTRACT_VERSION, ERROR_STATUS, FLEET_OPS, OPS
+from contracts import CONTRACT_VERSION, ERROR_STATUS, FLEET_OPS, OPS, SERVICE_NAME
 
 from . import __version__
 from .bus import Bus
@@ -21,7 +21,6 @@ __all__ = ["RequestService"]
 
 log = structlog.get_logger(__name__)
 
-SERVICE_NAME = "volume-agent"
 
 
 class RequestService:

@@ -6,7 +6,7 @@ from typing import Any
 
 import structlog
 
-from contracts import ShareRequest, ShareResult
+from contracts import ShareRequest, ShareResult, labels
 
 from .errors import AgentError, NotFound
 from .volumes import Volumes, named_volumes
@@ -15,8 +15,6 @@ __all__ = ["share"]
 
 log = structlog.get_logger(__name__)
 
-# Marks what the agent made, so an operator can tell it from hand-made containers.
-CREATED_BY_LABEL = "volume-agent.created-by"
 
 
 async def share(volumes: Volumes, req: ShareRequest) -> ShareResult:
@@ -54,7 +52,7 @@ async def share(volumes: Volumes, req: ShareRequest) -> ShareResult:
             config: dict[str, Any] = {
                 "Image": spec.image,
                 "Env": [f"{k}={v}" for k, v in spec.env.items()],
-                "Labels": {CREATED_BY_LABEL: "share"},
+                "Labels": {labels.CREATED_BY: "share"},
                 "HostConfig": {
                     "VolumesFrom": volumes_from,
                     "Mounts": [

@@ -3,6 +3,7 @@
 Importable alone (it needs only msgspec). `schema.json` beside this file is the same API as JSON Schema.
 """
 
+from . import labels
 from .backups import (
     BACKUP_ID_PATTERN,
     BackupRecord,
@@ -17,14 +18,16 @@ from .backups import (
     RestoreRequest,
     RestoreResult,
     StoreName,
+    Trigger,
 )
+from .digest import DigestRequest, DigestResult
 from .envelope import ERROR_CODES, ERROR_STATUS, BaseRequest, CommandId, ErrorBody, ErrorCode, Reply
 from .events import EVENT_KINDS, EventKind, VolumeEvent
 from .inventory import EngineInfo, InventoryRequest, InventorySnapshot, InventoryVolume, LastBackup
-from .migrate import DigestRequest, DigestResult, HostId, MigrateRequest, MigrateResult, MigrateStep
-from .ops import FLEET_OPS, OPS, Op
+from .migrate import HostId, MigrateRequest, MigrateResult, MigrateStep
+from .ops import FLEET_OPS, OPS, Op, result_as
 from .share import ContainerSpec, Mount, ShareRequest, ShareResult, VolumesFrom
-from .subjects import DEFAULT_PREFIX, HOST_ID_PATTERN, Subjects, valid_host_id
+from .subjects import DEFAULT_PREFIX, HOST_ID_PATTERN, SERVICE_NAME, Subjects, catalog_key, outcome_key, valid_host_id
 from .volumes import (
     VOLUME_NAME_PATTERN,
     ContainerRef,
@@ -41,7 +44,7 @@ from .volumes import (
     VolumeRecord,
 )
 
-CONTRACT_VERSION = "1.2.0"
+CONTRACT_VERSION = "1.3.0"
 """Semantic version of the bus API: a breaking change bumps the major."""
 
 __all__ = [
@@ -54,6 +57,7 @@ __all__ = [
     "FLEET_OPS",
     "HOST_ID_PATTERN",
     "OPS",
+    "SERVICE_NAME",
     "VOLUME_NAME_PATTERN",
     "BackupRecord",
     "BackupRequest",
@@ -100,9 +104,14 @@ __all__ = [
     "ShareResult",
     "StoreName",
     "Subjects",
+    "Trigger",
     "VolumeEvent",
     "VolumeName",
     "VolumeRecord",
     "VolumesFrom",
+    "catalog_key",
+    "labels",
+    "outcome_key",
+    "result_as",
     "valid_host_id",
 ]

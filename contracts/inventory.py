@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import msgspec
 
+from .backups import StoreName, Trigger
 from .envelope import BaseRequest
 from .volumes import ContainerRef
 
@@ -22,9 +23,9 @@ class LastBackup(msgspec.Struct, forbid_unknown_fields=True):
 
     backup_id: str
     created_at: str
-    store: str
+    store: StoreName
     size: int
-    trigger: str
+    trigger: Trigger
 
 
 class InventoryVolume(msgspec.Struct, forbid_unknown_fields=True):

@@ -1,4 +1,4 @@
-"""Moving a volume between hosts, and the content digest that proves a copy exact."""
+"""Moving a volume between hosts (verified with the content digest of `contracts.digest`)."""
 
 from __future__ import annotations
 
@@ -10,24 +10,10 @@ from .envelope import BaseRequest
 from .names import VolumeName
 from .subjects import HOST_ID_PATTERN
 
-__all__ = ["DigestRequest", "DigestResult", "HostId", "MigrateRequest", "MigrateResult", "MigrateStep"]
+__all__ = ["HostId", "MigrateRequest", "MigrateResult", "MigrateStep"]
 
 HostId = Annotated[str, msgspec.Meta(pattern=HOST_ID_PATTERN, description="An agent's host id.")]
 MigrateStep = Literal["check", "backup", "restore", "verify", "remove"]
-
-
-class DigestRequest(BaseRequest):
-    """A digest of a volume's content: equal digests mean equal trees."""
-
-    volume: VolumeName
-
-
-class DigestResult(msgspec.Struct, forbid_unknown_fields=True):
-    volume: str
-    sha256: str
-    """Over every entry sorted by path: type, mode, owner, mtime (whole seconds), size, content, link target."""
-    entries: int
-    bytes: int
 
 
 class MigrateRequest(BaseRequest):

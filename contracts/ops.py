@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import msgspec
 
@@ -18,9 +19,10 @@ from .backups import (
     RestoreRequest,
     RestoreResult,
 )
-from .envelope import BaseRequest
+from .digest import DigestRequest, DigestResult
+from .envelope import BaseRequest, Reply
 from .inventory import InventoryRequest, InventorySnapshot
-from .migrate import DigestRequest, DigestResult, MigrateRequest, MigrateResult
+from .migrate import MigrateRequest, MigrateResult
 from .share import ShareRequest, ShareResult
 from .volumes import (
     CreateRequest,
@@ -34,7 +36,9 @@ from .volumes import (
     VolumeRecord,
 )
 
-__all__ = ["FLEET_OPS", "OPS", "Op"]
+__all__ = ["FLEET_OPS", "OPS", "Op", "result_as"]
+
+T = TypeVar("T", bound=msgspec.Struct)
 
 
 @dataclass(frozen=True)
@@ -68,3 +72,21 @@ OPS: dict[str, Op] = {
 
 # Read-only ops that every agent answers on `<prefix>.all.<op>`.
 FLEET_OPS: tuple[str, ...] = ("list", "inventory", "backups")
+
+
+def result_as(reply: Reply, result_type: type[T]) -> T:
+    """A successful reply's `result`, decoded and validated as its op's result type (`OPS[op].result`).
+
+    `ValueError` for an error reply, a reply of an op with another result type, or a result that does not
+    match the type.
+    """
+    if reply.error is not None or reply.result is None:
+        why = f"{reply.error.code}: {reply.error.message}" if reply.error else "no result"
+        raise ValueError(f"The {reply.op} reply from {reply.host} carries no result ({why}).")
+    op = OPS.get(reply.op)
+    if op is not None and op.result is not result_type:
+        raise ValueError(f"A {reply.op} reply holds a {op.result.__name__}, not a {result_type.__name__}.")
+    try:
+        return msgspec.convert(reply.result, result_type)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"The {reply.op} reply from {reply.host} has an invalid result: {exc}.") from None

@@ -121,7 +121,7 @@ class AgentClient:
     async def inventories(self) -> list[InventorySnapshot]:
         """Every host's last inventory snapshot, from the KV bucket (hosts that are down included)."""
         try:
-            kv = await self.nc.jetstream().key_value(self.subjects.bucket_name("inventory"))
+            kv = await self.nc.jetstream().key_value(self.subjects.inventory_bucket)
         except nats.js.errors.BucketNotFoundError:
             return []
         snapshots = []

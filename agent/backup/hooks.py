@@ -6,7 +6,7 @@ import asyncio
 
 import structlog
 
-from contracts import ContainerRef
+from contracts import ContainerRef, labels
 
 from ..causes import Causes
 from ..errors import AgentError, Conflict, NotFound
@@ -16,8 +16,8 @@ __all__ = ["POST_HOOK", "PRE_HOOK", "restart", "run_hooks", "stop_running"]
 
 log = structlog.get_logger(__name__)
 
-PRE_HOOK = "volume-agent.backup.exec-pre"
-POST_HOOK = "volume-agent.backup.exec-post"
+PRE_HOOK = labels.EXEC_PRE
+POST_HOOK = labels.EXEC_POST
 
 
 async def run_hooks(engine: Engine, users: list[ContainerRef], label: str, *, must_succeed: bool) -> None:

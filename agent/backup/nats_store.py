@@ -31,7 +31,7 @@ import nats.js.errors
 import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ObjectInfo, ObjectMetaOptions, PubAck
 
-from contracts import BackupRecord, Compression
+from contracts import BackupRecord, Compression, catalog_key
 
 from ..bus import Bus, nats_errors
 from ..errors import Corrupt, NotFound, Timeout, Unavailable
@@ -51,11 +51,6 @@ ACK_TIMEOUT_S = 30.0
 # Pauses between attempts of an upload or download that NATS failed transiently (a leader election).
 RETRY_PAUSES_S = (0.5, 1.0, 2.0, 4.0)
 _DECODE = msgspec.json.Decoder(BackupRecord)
-
-
-def catalog_key(backup_id: str) -> str:
-    """KV keys are NATS subject tokens; a volume name may hold `..`, so the id is encoded."""
-    return base64.urlsafe_b64encode(backup_id.encode()).decode()
 
 
 class NatsStore:

@@ -26,14 +26,13 @@ from typing import Any, Literal
 
 import structlog
 
-from contracts import ContainerRef
+from contracts import ContainerRef, labels
 
 from ..errors import AgentError, NotFound
 from ..typing import Engine
 from .pipes import TAR_CREATE, TAR_EXTRACT
 
 __all__ = [
-    "HELPER_LABEL",
     "ContainerDir",
     "DataPath",
     "HostDir",
@@ -48,7 +47,6 @@ log = structlog.get_logger(__name__)
 
 DataPath = Literal["auto", "archive"]
 HELPER_IMAGE = ("volume-agent/scratch", "1")
-HELPER_LABEL = "volume-agent.helper"
 HELPER_MOUNT = "/data"
 
 
@@ -185,7 +183,7 @@ async def helper_container(engine: Engine, volume: str) -> AsyncIterator[Contain
     image = await ensure_helper_image(engine)
     cid = await engine.container_create(
         f"volume-agent-helper-{os.urandom(4).hex()}",
-        {"Image": image, "Labels": {HELPER_LABEL: volume}, "NetworkDisabled": True,
+        {"Image": image, "Labels": {labels.HELPER: volume}, "NetworkDisabled": True,
          "HostConfig": {"Mounts": [{"Type": "volume", "Source": volume, "Target": HELPER_MOUNT}]}},
     )
     try:
@@ -199,7 +197,7 @@ async def helper_container(engine: Engine, volume: str) -> AsyncIterator[Contain
 
 async def remove_leftover_helpers(engine: Engine) -> None:
     """Helpers a crash left behind."""
-    for c in await engine.containers({"label": [HELPER_LABEL]}):
+    for c in await engine.containers({"label": [labels.HELPER]}):
         with contextlib.suppress(AgentError):
             await engine.container_remove(c["Id"])
 

@@ -6,7 +6,8 @@ from typing import Any
 
 import structlog
 
-from ..backup.volume_files import HELPER_LABEL
+from contracts import labels
+
 from ..causes import Causes
 from ..errors import AgentError
 from ..typing import EventSink
@@ -38,7 +39,7 @@ class VolumeNews:
         attrs = actor.get("Attributes") or {}
         action = str(evt.get("Action") or "")
         if evt.get("Type") == "container":
-            if HELPER_LABEL in attrs:
+            if labels.HELPER in attrs:
                 if action == "create":
                     self._helpers.add(actor.get("ID", ""))
                 elif action == "destroy":

@@ -17,6 +17,7 @@ import msgspec
 import structlog
 
 from contracts import BackupRequest
+from contracts.labels import ON_STOP, ON_STOP_COMPRESSION, ON_STOP_KEEP, ON_STOP_STORE, ON_STOP_VOLUMES
 
 from ..backup.backups import Backups
 from ..errors import AgentError, Invalid
@@ -24,27 +25,21 @@ from ..tasks import Tasks
 from ..volumes import named_volumes
 from .watch import Cursor
 
-__all__ = ["LABEL", "OnStop", "options_from_labels"]
+__all__ = ["OnStop", "options_from_labels"]
 
 log = structlog.get_logger(__name__)
 
-LABEL = "volume-agent.backup.on-stop"
-VOLUMES_LABEL = "volume-agent.backup.volumes"
-_OPTION_LABELS = {
-    "keep": "volume-agent.backup.keep",
-    "compression": "volume-agent.backup.compression",
-    "store": "volume-agent.backup.store",
-}
+_OPTION_LABELS = {"keep": ON_STOP_KEEP, "compression": ON_STOP_COMPRESSION, "store": ON_STOP_STORE}
 
 
 def options_from_labels(labels: dict[str, str], mounted: list[str]) -> tuple[list[str], dict[str, Any]]:
     """The volumes to back up and the backup options a container's labels ask for; `Invalid` if wrong."""
     volumes = mounted
-    if (subset := labels.get(VOLUMES_LABEL)) is not None:
+    if (subset := labels.get(ON_STOP_VOLUMES)) is not None:
         wanted = [v.strip() for v in subset.split(",") if v.strip()]
         missing = sorted(set(wanted) - set(mounted))
         if missing:
-            raise Invalid(f"Label {VOLUMES_LABEL} names volumes the container does not mount: "
+            raise Invalid(f"Label {ON_STOP_VOLUMES} names volumes the container does not mount: "
                           f"{', '.join(missing)}.")
         volumes = [v for v in mounted if v in wanted]
     options: dict[str, Any] = {}
@@ -71,7 +66,7 @@ class OnStop:
         self._mounts: dict[str, list[str]] = {}
 
     async def on_resync(self) -> None:
-        for c in await self.volumes.engine.containers({"label": [f"{LABEL}=true"]}):
+        for c in await self.volumes.engine.containers({"label": [f"{ON_STOP}=true"]}):
             self._mounts[c["Id"]] = named_volumes(c.get("Mounts"))
 
     async def on_docker_event(self, evt: dict[str, Any]) -> None:
@@ -80,7 +75,7 @@ class OnStop:
         actor = evt.get("Actor") or {}
         attrs: dict[str, str] = actor.get("Attributes") or {}
         cid, action = str(actor.get("ID") or evt.get("id") or ""), evt.get("Action")
-        if attrs.get(LABEL) != "true":
+        if attrs.get(ON_STOP) != "true":
             return
         if action in ("create", "start"):
             with contextlib.suppress(AgentError):
