@@ -26,7 +26,7 @@ from nats.js.object_store import ObjectStore
 from contracts import Subjects, VolumeEvent, outcome_key
 
 from .config import NatsAuth, Settings
-from .errors import Timeout, Unavailable
+from .errors import Internal, Timeout, Unavailable
 from .outcomes import StoredOutcome
 
 __all__ = ["Bus", "KvOutcomes", "nats_errors"]
@@ -288,7 +288,12 @@ class KvOutcomes:
                 entry = await self.bus.outcomes_kv.get(outcome_key(host, cmd_id))
             except nats.js.errors.KeyNotFoundError:
                 return None
-        return self._decoder.decode(entry.value) if entry.value else None
+        if not entry.value:
+            return None
+        try:
+            return self._decoder.decode(entry.value)
+        except msgspec.DecodeError as exc:
+            raise Internal(f"The recorded outcome of command {cmd_id!r} cannot be read: {exc}.") from exc
 
     async def put(self, host: str, cmd_id: str, outcome: StoredOutcome) -> None:
         async with nats_errors("recording an outcome"):

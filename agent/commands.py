@@ -110,7 +110,7 @@ class Commands:
             keepalive.cancel()
         try:
             async with nats_errors("acknowledging a command"):
-                if outcome.transient and msg.metadata.num_delivered < TRANSIENT_RETRIES:
+                if outcome.retry and msg.metadata.num_delivered < TRANSIENT_RETRIES:
                     await msg.nak(delay=TRANSIENT_DELAY_S)
                 else:
                     await msg.ack()

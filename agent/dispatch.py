@@ -16,16 +16,13 @@ import structlog
 
 from contracts import OPS, BaseRequest, ErrorBody, Reply
 
-from .errors import AgentError, Conflict, Expired, Invalid
+from .errors import AgentError, Conflict, Expired, Internal, Invalid, Transient, Unavailable, is_final
 from .outcomes import StoredOutcome
 from .typing import OutcomeStore, ResultSink
 
 __all__ = ["Dispatcher", "Handler", "Outcome"]
 
 log = structlog.get_logger(__name__)
-
-# Errors that say nothing final about the command: a retry with the same id is applied again.
-TRANSIENT_CODES = frozenset({"unavailable", "timeout", "internal"})
 
 _DECODERS = {name: msgspec.json.Decoder(op.request) for name, op in OPS.items()}
 _ENCODER = msgspec.json.Encoder()
@@ -34,12 +31,14 @@ _FINGERPRINT_ENCODER = msgspec.json.Encoder(order="sorted")
 
 @dataclass(frozen=True)
 class Outcome:
+    """A command's encoded reply, and what to do with it, decided by the error's type."""
+
     reply: bytes
     error: ErrorBody | None = None
-
-    @property
-    def transient(self) -> bool:
-        return self.error is not None and self.error.code in TRANSIENT_CODES
+    final: bool = True
+    """Recorded under the command's id: a success or a final failure (not a transient one, not a bug)."""
+    retry: bool = False
+    """A transient failure (`errors.Transient`): a durable command is delivered again."""
 
 
 Handler = Callable[[Any], Awaitable[msgspec.Struct]]
@@ -81,9 +80,21 @@ class Dispatcher:
         replies then, the durable path acks only after this returns. Never raises but for cancellation.
         """
         try:
+            return await self._execute(op, data, fallback_id, early)
+        except Exception:  # a bug below: still one answer, never an escaped exception
+            cmd_id = fallback_id or _new_id()
+            log.exception("command.crashed", cmd_id=cmd_id, op=op)
+            outcome = self._crashed(op, cmd_id)
+            await _tell(early, outcome)
+            return outcome
+
+    async def _execute(
+        self, op: str, data: bytes, fallback_id: str | None, early: Responder | None
+    ) -> Outcome:
+        try:
             req = self.decode(op, data)
         except Invalid as exc:
-            outcome = self._error(op, fallback_id or _new_id(), exc.body())
+            outcome = self._error(op, fallback_id or _new_id(), exc)
             await _tell(early, outcome)
             await asyncio.shield(self._publish(op, outcome, durable=True))
             return outcome
@@ -129,11 +140,8 @@ class Dispatcher:
             cmd_id = self.decode(op, data).id or _new_id()
         except Invalid:
             cmd_id = _new_id()
-        err = ErrorBody(
-            code="unavailable",
-            message=f"The agent stopped before {op} finished; its outcome is unknown. Retry with the same id.",
-        )
-        return self._error(op, cmd_id, err)
+        return self._error(op, cmd_id, Unavailable(
+            f"The agent stopped before {op} finished; its outcome is unknown. Retry with the same id."))
 
     def decode(self, op: str, data: bytes) -> BaseRequest:
         """The typed request, or `Invalid` with a sentence saying what is wrong."""
@@ -161,7 +169,7 @@ class Dispatcher:
             try:
                 stored = await self.outcomes.get(self.host, cmd_id)
             except AgentError as exc:
-                return self._error(op, cmd_id, exc.body()), False
+                return self._error(op, cmd_id, exc), False
             if stored is not None and stored.fingerprint != fingerprint:
                 return self._reused(op, cmd_id), False
             if stored is not None:
@@ -177,11 +185,10 @@ class Dispatcher:
             result = await self._handlers[op](req)
         except AgentError as exc:
             log.info("command.failed", code=exc.code, message=exc.message)
-            return self._error(op, cmd_id, exc.body())
+            return self._error(op, cmd_id, exc)
         except Exception:
             log.exception("command.crashed")
-            err = AgentError(f"The agent failed unexpectedly on {op}; its log has the details under id {cmd_id}.")
-            return self._error(op, cmd_id, err.body())
+            return self._crashed(op, cmd_id)
         log.info("command.done", duration_ms=round((time.perf_counter() - started) * 1000, 2))
         reply = Reply(id=cmd_id, host=self.host, op=op, ok=True, result=msgspec.to_builtins(result))
         return Outcome(_ENCODER.encode(reply))
@@ -190,7 +197,7 @@ class Dispatcher:
         await asyncio.gather(self._store(cmd_id, fingerprint, outcome), self._publish(op, outcome, durable=True))
 
     async def _store(self, cmd_id: str, fingerprint: str, outcome: Outcome) -> None:
-        if outcome.transient:
+        if not outcome.final:
             return
         try:
             await self.outcomes.put(self.host, cmd_id, StoredOutcome(fingerprint, msgspec.Raw(outcome.reply)))
@@ -204,12 +211,16 @@ class Dispatcher:
             log.exception("outcome.not_published")
 
     def _reused(self, op: str, cmd_id: str) -> Outcome:
-        err = Conflict(f"Command id {cmd_id!r} was already used for a different command.")
-        return self._error(op, cmd_id, err.body())
+        return self._error(op, cmd_id, Conflict(f"Command id {cmd_id!r} was already used for a different command."))
 
-    def _error(self, op: str, cmd_id: str, error: ErrorBody) -> Outcome:
+    def _crashed(self, op: str, cmd_id: str) -> Outcome:
+        return self._error(op, cmd_id, Internal(
+            f"The agent failed unexpectedly on {op}; its log has the details under id {cmd_id}."))
+
+    def _error(self, op: str, cmd_id: str, exc: AgentError) -> Outcome:
+        error = exc.body()
         reply = Reply(id=cmd_id, host=self.host, op=op, ok=False, error=error)
-        return Outcome(_ENCODER.encode(reply), error)
+        return Outcome(_ENCODER.encode(reply), error, final=is_final(exc), retry=isinstance(exc, Transient))
 
 
 def _new_id() -> str:

@@ -15,7 +15,7 @@ import aiodocker
 import aiohttp
 from aiodocker.events import DockerEvents
 
-from .errors import AgentError, Conflict, InUse, Invalid, NotFound, Timeout, Unavailable
+from .errors import AgentError, Conflict, Internal, InUse, Invalid, NotFound, Timeout, Unavailable
 
 __all__ = ["DockerEngine", "docker_errors"]
 
@@ -54,7 +54,7 @@ def _translate(exc: aiodocker.DockerError, what: str) -> AgentError:
         return Invalid(f"Docker refused {what}: {msg}.")
     if exc.status == 503:
         return Unavailable(f"Docker Engine is not ready: {msg}.")
-    return AgentError(f"Docker failed on {what} (HTTP {exc.status}): {msg}.")
+    return Internal(f"Docker failed on {what} (HTTP {exc.status}): {msg}.")
 
 
 class DockerEngine:

@@ -1,16 +1,21 @@
 """The agent's one error hierarchy; each error carries its wire code.
 
-    AgentError               internal
+    AgentError               (abstract; its code is `internal`)
+    ├── Internal             internal      a bug: the command id leads to the traceback in the log
     ├── Invalid              invalid       bad input: decoding, validation, unknown op, too large
-    ├── NotFound             not_found     no such volume, container or image
+    ├── NotFound             not_found     no such volume, container, image or backup
     ├── Conflict             conflict      the name exists with another spec; an id reused for another command
     ├── InUse                in_use        a container uses the volume
     ├── Expired              expired       the command's deadline passed before it was applied
-    ├── Unavailable          unavailable   Docker or NATS cannot be reached
-    ├── Timeout              timeout       the operation did not finish in time
-    └── Corrupt              corrupt       a backup's bytes do not match their recorded sha256
+    ├── Corrupt              corrupt       a backup's bytes do not match their recorded sha256
+    └── Transient            (abstract)    a retry may succeed: durable commands are redelivered
+        ├── Unavailable      unavailable   Docker, NATS or storage cannot be reached or used right now
+        │   └── ToolFailed   unavailable   tar, zstd or gzip failed: a volume or store could not be read or written
+        └── Timeout          timeout       the operation did not finish in time
 
-Foreign exceptions (aiodocker, nats) are translated where they enter, in `agent/docker.py` and `agent/bus.py`.
+Retries are decided by type (`isinstance(exc, Transient)`), never by code. Foreign exceptions (aiodocker,
+nats, OSError) are translated where they enter: `agent/docker.py`, `agent/bus.py`, `store_errors`.
+Errors that come back from a peer agent are mapped to the same classes by `from_wire`.
 The message is always a sentence for a person; tracebacks go to the log.
 """
 
@@ -24,10 +29,15 @@ __all__ = [
     "Corrupt",
     "Expired",
     "InUse",
+    "Internal",
     "Invalid",
     "NotFound",
     "Timeout",
+    "ToolFailed",
+    "Transient",
     "Unavailable",
+    "from_wire",
+    "is_final",
 ]
 
 
@@ -42,6 +52,12 @@ class AgentError(Exception):
 
     def body(self) -> ErrorBody:
         return ErrorBody(code=self.code, message=self.message)
+
+
+class Internal(AgentError):
+    """A bug. Never recorded as a command's outcome (a retry with the same id runs again), never redelivered."""
+
+    code = "internal"
 
 
 class Invalid(AgentError):
@@ -64,13 +80,43 @@ class Expired(AgentError):
     code = "expired"
 
 
-class Unavailable(AgentError):
+class Corrupt(AgentError):
+    code = "corrupt"
+
+
+class Transient(AgentError):
+    """A failure that says nothing final about the command: not recorded, and durable commands are retried."""
+
+
+class Unavailable(Transient):
     code = "unavailable"
 
 
-class Timeout(AgentError):
+class Timeout(Transient):
     code = "timeout"
 
 
-class Corrupt(AgentError):
-    code = "corrupt"
+class ToolFailed(Unavailable):
+    """A data-path process exited non-zero; says which tool, its exit status and its last stderr line."""
+
+    def __init__(self, tool: str, status: int, stderr_tail: str, doing: str = "") -> None:
+        how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
+        said = f": {stderr_tail}" if stderr_tail else " without a message"
+        super().__init__(f"{tool} {how}{doing and ' while ' + doing}{said}.".replace("..", "."))
+        self.tool, self.status, self.stderr_tail = tool, status, stderr_tail
+
+
+_BY_CODE: dict[str, type[AgentError]] = {
+    cls.code: cls for cls in (Internal, Invalid, NotFound, Conflict, InUse, Expired, Corrupt, Unavailable, Timeout)
+}
+
+
+def from_wire(code: str, message: str) -> AgentError:
+    """The error class for a wire code (a peer agent's reply); an unknown code is `Internal`."""
+    return _BY_CODE.get(code, Internal)(message)
+
+
+def is_final(exc: AgentError) -> bool:
+    """Whether this failure is the command's outcome for good (recorded under its id): not a transient
+    failure, which a retry may overcome, and not a bug, which a fixed agent should get to run again."""
+    return not isinstance(exc, Transient | Internal) and type(exc) is not AgentError

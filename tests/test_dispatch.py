@@ -67,7 +67,7 @@ async def test_transient_failures_are_not_stored_so_a_retry_is_applied() -> None
     d, engine, _, outcomes = make()
     engine.fail_with = Unavailable("Docker Engine is unreachable.")
     out = await d.execute("create", b'{"name": "v1", "id": "k1"}')
-    assert out.transient and out.error is not None and out.error.code == "unavailable"
+    assert out.retry and not out.final and out.error is not None and out.error.code == "unavailable"
     assert outcomes.items == {}
     engine.fail_with = None
     assert (await d.execute("create", b'{"name": "v1", "id": "k1"}')).error is None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import threading
 import time
 from collections.abc import Callable
@@ -25,12 +24,12 @@ from contracts import (
     RemoveResult,
 )
 
-from ..errors import AgentError
+from ..errors import AgentError, Internal, ToolFailed
 from ..volumes import Volumes, in_use
 from .hooks import POST_HOOK, PRE_HOOK, restart, run_hooks, stop_running
 from .pipes import Counted, Procs, compressor, feed, tar_totals
 from .progress import Progress
-from .stores import NO_SPACE, Stores, StoreWriter, new_backup_id, store_errors
+from .stores import Stores, StoreWriter, new_backup_id
 from .volume_files import ContainerDir, DataPath, HostDir, volume_files
 
 __all__ = ["Backups"]
@@ -41,10 +40,9 @@ log = structlog.get_logger(__name__)
 async def _wait(procs: Procs, writer: StoreWriter) -> list[str]:
     """Wait for the pipeline; a full store is the store's error, not the compressor's."""
     try:
-        return await procs.wait()
-    except AgentError as exc:
-        if NO_SPACE in exc.message:
-            raise store_errors(OSError(errno.ENOSPC, NO_SPACE), writer.path.parent) from exc
+        return await procs.wait("writing the backup")
+    except ToolFailed:
+        await asyncio.to_thread(writer.check_space)  # raises the store's own error when it is full
         raise
 
 
@@ -166,7 +164,7 @@ class Backups:
                     await procs.chain(argvs, stdin=asyncio.subprocess.DEVNULL, stdout=writer.fd)
                     size = tar_totals((await _wait(procs, writer))[0])
                     if size is None:
-                        raise AgentError("tar did not report the size of the archive it wrote.")
+                        raise Internal("tar did not report the size of the archive it wrote.")
                 else:
                     assert comp is not None
                     counted = Counted(files.read())

@@ -22,7 +22,7 @@ import msgspec
 
 from contracts import DigestRequest, DigestResult
 
-from ..errors import AgentError
+from ..errors import Unavailable
 from ..volumes import Volumes
 from .pipes import CHUNK, Procs
 from .volume_files import DataPath, HostDir, volume_files
@@ -97,7 +97,7 @@ class Digests:
                     await procs.chain([files.create_argv()], stdin=asyncio.subprocess.DEVNULL, stdout=w)
                     os.close(w)
                     w = -1
-                    await procs.wait()
+                    await procs.wait("reading the volume for its digest")
                 else:
                     await _write_all(w, files.read())
                     os.close(w)
@@ -118,7 +118,7 @@ def _digest_fd(fd: int) -> tuple[str, int, int]:
         try:
             return tree_digest(f)
         except (tarfile.TarError, EOFError) as exc:
-            raise AgentError(f"The volume's tar stream could not be read for its digest: {exc}.") from exc
+            raise Unavailable(f"The volume's tar stream could not be read for its digest: {exc}.") from exc
 
 
 async def _write_all(fd: int, chunks: AsyncIterator[bytes]) -> None:

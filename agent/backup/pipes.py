@@ -9,12 +9,13 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import signal
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
 from contracts import Compression
 
-from ..errors import AgentError
+from ..errors import ToolFailed
 
 __all__ = [
     "CHUNK",
@@ -85,19 +86,21 @@ class Procs:
     def last(self) -> asyncio.subprocess.Process:
         return self.procs[-1][1]
 
-    async def wait(self) -> list[str]:
-        """Wait for all; raise with the failing program's own words. Returns each one's stderr."""
+    async def wait(self, doing: str = "") -> list[str]:
+        """Wait for all; returns each one's stderr. A failure raises `ToolFailed` for its cause: the first
+        process that failed of its own accord, not one whose reader died under it (broken pipe)."""
         errs = []
-        failed: list[str] = []
+        failed: list[tuple[str, int, str]] = []
         for argv, proc in self.procs:
             assert proc.stderr is not None
             err = (await proc.stderr.read()).decode(errors="replace").strip()
             code = await proc.wait()
             errs.append(err)
             if code != 0:
-                failed.append(f"{argv[0]} exited with {code}: {_tail(err) or 'no message'}")
+                failed.append((argv[0], code, _last_line(err)))
         if failed:
-            raise AgentError("; ".join(failed) + ".")
+            tool, code, line = next((f for f in failed if not _broken_pipe(*f)), failed[0])
+            raise ToolFailed(tool, code, line, doing)
         return errs
 
     def kill(self) -> None:
@@ -131,9 +134,14 @@ def big_pipe() -> tuple[int, int]:
     return r, w
 
 
-def _tail(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    return " / ".join(lines[-3:])[-500:]
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][-300:] if lines else ""
+
+
+def _broken_pipe(tool: str, code: int, line: str) -> bool:
+    """A victim: it wrote to a pipe whose reader had already failed (SIGPIPE, or its own report of EPIPE)."""
+    return code in (-signal.SIGPIPE, 128 + signal.SIGPIPE) or "broken pipe" in line.lower()
 
 
 def tar_totals(stderr: str) -> int | None:

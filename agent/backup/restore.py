@@ -141,7 +141,7 @@ class Restores:
                     if isinstance(files, HostDir):
                         argvs = [*([decomp] if decomp else []), files.extract_argv()]
                         await procs.chain(argvs, stdin=stored, stdout=asyncio.subprocess.DEVNULL)
-                        await procs.wait()
+                        await procs.wait("restoring into the volume")
                         progress.add(record.stored_size)
                         return
                     assert isinstance(files, ContainerDir)
@@ -151,7 +151,7 @@ class Restores:
                     await procs.chain([decomp], stdin=stored, stdout=asyncio.subprocess.PIPE)
                     assert procs.last.stdout is not None
                     await files.write(read_chunks(procs.last.stdout, progress.add))
-                    await procs.wait()
+                    await procs.wait("restoring into the volume")
             except BaseException:
                 await procs.reap()
                 raise
@@ -164,21 +164,21 @@ class Restores:
                 if isinstance(a, HostDir) and isinstance(b, HostDir):
                     await procs.chain([a.create_argv(), b.extract_argv()], stdin=asyncio.subprocess.DEVNULL,
                                       stdout=asyncio.subprocess.DEVNULL)
-                    return tar_totals((await procs.wait())[0]) or 0
+                    return tar_totals((await procs.wait("cloning the volume"))[0]) or 0
                 if isinstance(a, HostDir):
                     assert isinstance(b, ContainerDir)
                     await procs.chain([a.create_argv()], stdin=asyncio.subprocess.DEVNULL,
                                       stdout=asyncio.subprocess.PIPE)
                     assert procs.last.stdout is not None
                     await b.write(read_chunks(procs.last.stdout))
-                    return tar_totals((await procs.wait())[0]) or 0
+                    return tar_totals((await procs.wait("cloning the volume"))[0]) or 0
                 assert isinstance(a, ContainerDir)
                 counted = Counted(a.read())
                 if isinstance(b, HostDir):
                     await procs.chain([b.extract_argv()], stdin=asyncio.subprocess.PIPE,
                                       stdout=asyncio.subprocess.DEVNULL)
                     await feed(procs.first, counted)
-                    await procs.wait()
+                    await procs.wait("cloning the volume")
                 else:
                     await b.write(counted)
                 return counted.n

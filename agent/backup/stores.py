@@ -21,7 +21,7 @@ import structlog
 
 from contracts import BackupRecord, Compression
 
-from ..errors import AgentError, NotFound, Unavailable
+from ..errors import NotFound, Unavailable
 from ..typing import BackupStore
 
 __all__ = ["StoreWriter", "Stores", "new_backup_id", "newest_first", "suffix_of"]
@@ -127,10 +127,27 @@ class StoreWriter:
         os.close(self._fd)
         self._fd = -1
         if self.path.stat().st_size != self.written:
-            raise AgentError(f"The backup file {self.path} does not hold the bytes written to it.")
+            raise Unavailable(f"The backup file {self.path} does not hold the bytes written to it.")
         os.rename(self.path, self.final)
         if sync:
             fsync_dir(self.final.parent)
+
+    def check_space(self) -> None:
+        """After the process writing this file failed: raise the store's own error if the store is full.
+
+        The process saw the errno, we only see its words; writing a little more ourselves asks the file system
+        (the partial file is discarded anyway)."""
+        if self._fd < 0:
+            return
+        try:
+            at = os.fstat(self._fd).st_size
+            view = memoryview(bytes(PROBE_BYTES))
+            while view:  # a short write means "almost full": the next one says why
+                n = os.pwrite(self._fd, view, at)
+                view, at = view[n:], at + n
+        except OSError as exc:
+            if exc.errno in FULL:
+                raise store_errors(exc, self.path.parent) from exc
 
     def abort(self) -> None:
         if self._fd >= 0:
@@ -147,14 +164,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-NO_SPACE = os.strerror(errno.ENOSPC)
+FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+PROBE_BYTES = 64 << 10
 
 
-def store_errors(exc: OSError, where: Path) -> AgentError:
-    """A file system failure of the store, as a sentence."""
-    if exc.errno == errno.ENOSPC:
-        return Unavailable(f"The backup store at {where} is full (no space left on device); nothing was kept.")
-    return AgentError(f"The backup store at {where} failed: {exc.strerror or exc}.")
+def store_errors(exc: OSError, where: Path) -> Unavailable:
+    """A file system failure of the store, as a sentence; a full store (or quota) is recognised by errno."""
+    if exc.errno in FULL:
+        why = "over its quota" if exc.errno == errno.EDQUOT else "full (no space left on device)"
+        return Unavailable(f"The backup store at {where} is {why}; nothing was kept.")
+    return Unavailable(f"The backup store at {where} failed: {exc.strerror or exc}.")
 
 
 class Stores:
