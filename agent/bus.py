@@ -5,7 +5,6 @@ nats-py's exceptions are translated into `agent.errors` here.
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,6 +24,7 @@ from nats.js.object_store import ObjectStore
 
 from contracts import Subjects, VolumeEvent, outcome_key
 
+from .backoff import until_ok
 from .config import NatsAuth, Settings
 from .errors import Internal, Timeout, Unavailable
 from .outcomes import StoredOutcome
@@ -45,7 +45,6 @@ CMD_DUPLICATE_WINDOW_S = 3600.0
 CONNECT_TIMEOUT_S = 5
 # A lower ping interval finds a half-open connection (nats.py #671) within a minute.
 PING_INTERVAL_S = 15
-BACKOFF_MAX_S = 30.0
 # In-flight work has been drained before the connection is; what is left is flushing.
 DRAIN_TIMEOUT_S = 5
 
@@ -103,17 +102,17 @@ class Bus:
         """Connect and set up streams; retries with backoff until it works (boot order is not ours)."""
         if self._nc is not None:
             return
-        delay = 0.5
-        while True:
+
+        async def connect() -> None:
             try:
                 await self._connect()
                 await self._ensure_jetstream()
-                return
-            except Exception as exc:  # every failure here is retried; the reason goes to the log
+            except BaseException:
                 await self._close()
-                log.warning("nats.unreachable", urls=self.urls, error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX_S)
+                raise
+
+        # Every failure here is retried (a wrong URL, auth, JetStream off, ...); the reason goes to the log.
+        await until_ok(connect, "nats.unreachable", catch=(Exception,), urls=self.urls)
 
     async def _connect(self) -> None:
         a = self.settings.auth

@@ -20,7 +20,13 @@ DEFAULT_EMBEDDED_LISTEN = "127.0.0.1:4222"
 DEFAULT_MAX_BODY = 1024 * 1024
 # Enough to keep Docker busy on 2 cores without letting a flood of requests eat memory.
 DEFAULT_CONCURRENCY = 64
+# Every default time the operator can change, in one place (seconds).
 DEFAULT_GRACE_S = 30.0
+DEFAULT_DOCKER_TIMEOUT_S = 60.0
+"""A single Engine API call that takes longer than this is stuck, not slow."""
+DEFAULT_ACK_WAIT_S = 30.0
+DEFAULT_HEARTBEAT_S = 60.0
+DEFAULT_SIZES_EVERY_S = 900.0
 
 
 @dataclass(frozen=True)
@@ -47,9 +53,9 @@ class Settings:
     max_body: int = DEFAULT_MAX_BODY
     concurrency: int = DEFAULT_CONCURRENCY
     grace_s: float = DEFAULT_GRACE_S
-    docker_timeout_s: float = 60.0
+    docker_timeout_s: float = DEFAULT_DOCKER_TIMEOUT_S
     """A single Engine API call that takes longer is reported as `timeout`."""
-    ack_wait_s: float = 30.0
+    ack_wait_s: float = DEFAULT_ACK_WAIT_S
     """How long JetStream waits for a durable command's ack before redelivering it."""
     data_path: Literal["auto", "archive"] = "auto"
     """auto: a volume's host directory when the agent can see it, else the archive API; archive: always the API."""
@@ -57,9 +63,9 @@ class Settings:
     """JetStream replicas of the agent's streams and buckets (3 in a three-node cluster)."""
     backup_replicas: int = 0
     """Replicas of the shared backup store and its catalog (0: as --replicas)."""
-    heartbeat_s: float = 60.0
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S
     """The inventory is published at least this often."""
-    sizes_every_s: float = 900.0
+    sizes_every_s: float = DEFAULT_SIZES_EVERY_S
     """How often volume sizes are computed (Docker's /system/df walks every volume); 0: never."""
     auth: NatsAuth = field(default_factory=NatsAuth)
 
@@ -95,9 +101,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument("--concurrency", type=int, default=int(_env("CONCURRENCY") or DEFAULT_CONCURRENCY))
     p.add_argument("--grace", type=float, default=float(_env("GRACE") or DEFAULT_GRACE_S),
                    help="seconds in-flight operations get to finish on SIGTERM")
-    p.add_argument("--docker-timeout", type=float, default=float(_env("DOCKER_TIMEOUT") or 60.0),
+    p.add_argument("--docker-timeout", type=float, default=float(_env("DOCKER_TIMEOUT") or DEFAULT_DOCKER_TIMEOUT_S),
                    help="seconds one Docker Engine call may take")
-    p.add_argument("--ack-wait", type=float, default=float(_env("ACK_WAIT") or 30.0),
+    p.add_argument("--ack-wait", type=float, default=float(_env("ACK_WAIT") or DEFAULT_ACK_WAIT_S),
                    help="seconds before an unacknowledged durable command is redelivered")
     p.add_argument("--data-path", choices=["auto", "archive"], default=_env("DATA_PATH") or "auto",
                    help="how backups reach volume files: auto (host directory when visible) or archive (Engine API)")
@@ -105,9 +111,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
                    help="JetStream replicas for the agent's streams and buckets")
     p.add_argument("--backup-replicas", type=int, default=int(_env("BACKUP_REPLICAS") or 0),
                    help="replicas of the shared (nats) backup store; 0: as --replicas")
-    p.add_argument("--heartbeat", type=float, default=float(_env("HEARTBEAT") or 60.0),
+    p.add_argument("--heartbeat", type=float, default=float(_env("HEARTBEAT") or DEFAULT_HEARTBEAT_S),
                    help="seconds between inventory snapshots when nothing changes")
-    p.add_argument("--sizes-every", type=float, default=float(_env("SIZES_EVERY") or 900.0),
+    p.add_argument("--sizes-every", type=float, default=float(_env("SIZES_EVERY") or DEFAULT_SIZES_EVERY_S),
                    help="seconds between volume size computations (Docker's /system/df); 0: never")
     auth = p.add_argument_group("NATS authentication")
     for name in ("user", "password", "token", "nkey-seed", "creds", "tls-ca", "tls-cert", "tls-key"):

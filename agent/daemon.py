@@ -7,11 +7,12 @@ import signal
 import sys
 from collections.abc import Awaitable
 from contextlib import AsyncExitStack
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
 from . import __version__
+from .backoff import until_ok
 from .backup.backups import Backups
 from .backup.digest import Digests
 from .backup.local_store import LocalStore
@@ -43,7 +44,6 @@ __all__ = ["handlers", "main", "serve"]
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-BACKOFF_MAX_S = 30.0
 
 
 def handlers(
@@ -71,17 +71,13 @@ def handlers(
 
 async def _wait_for_docker(engine: DockerEngine) -> None:
     """An agent may start before Docker (boot order): say so, and retry with backoff."""
-    delay = 0.5
-    while True:
-        try:
-            await engine.ping()
-            v = await engine.version()
-            log.info("docker.connected", url=engine.url, version=v.get("Version"), api=v.get("ApiVersion"))
-            return
-        except AgentError as exc:
-            log.warning("docker.unreachable", url=engine.url, error=exc.message, retry_in_s=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX_S)
+
+    async def ping() -> dict[str, Any]:
+        await engine.ping()
+        return await engine.version()
+
+    v = await until_ok(ping, "docker.unreachable", url=engine.url)
+    log.info("docker.connected", url=engine.url, version=v.get("Version"), api=v.get("ApiVersion"))
 
 
 async def _unless_stopped(aw: Awaitable[T], stop: asyncio.Event) -> T:

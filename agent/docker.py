@@ -15,6 +15,7 @@ import aiodocker
 import aiohttp
 from aiodocker.events import DockerEvents
 
+from .config import DEFAULT_DOCKER_TIMEOUT_S
 from .errors import AgentError, Conflict, Internal, InUse, Invalid, NotFound, Timeout, Unavailable
 
 __all__ = ["DockerEngine", "docker_errors"]
@@ -23,8 +24,6 @@ __all__ = ["DockerEngine", "docker_errors"]
 _STATUS_UNREACHABLE = 900
 # Streamed archive chunks: big enough to keep the pipe busy, small enough to keep memory flat.
 ARCHIVE_CHUNK = 1 << 20
-# A single Engine API call that takes longer than this is stuck, not slow.
-DEFAULT_CALL_TIMEOUT_S = 60.0
 
 
 @asynccontextmanager
@@ -60,7 +59,7 @@ def _translate(exc: aiodocker.DockerError, what: str) -> AgentError:
 class DockerEngine:
     """`Engine` over aiodocker; one connection pool for the agent's life."""
 
-    def __init__(self, url: str, call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S) -> None:
+    def __init__(self, url: str, call_timeout_s: float = DEFAULT_DOCKER_TIMEOUT_S) -> None:
         self.url = url
         self.call_timeout_s = call_timeout_s
         self._client: aiodocker.Docker | None = None

@@ -33,8 +33,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ObjectInfo, Ob
 
 from contracts import BackupRecord, Compression, catalog_key
 
+from ..backoff import retrying
 from ..bus import Bus, nats_errors
-from ..errors import Corrupt, NotFound, Timeout, Unavailable
+from ..errors import Corrupt, NotFound, Unavailable
 from .stores import PARTIAL, StoreWriter, newest_first, store_errors, suffix_of
 
 __all__ = ["NatsStore"]
@@ -48,8 +49,6 @@ FETCH_TIMEOUT_S = 30.0
 # Bytes of chunks whose acks may be pending while uploading (16 chunks of 1 MiB).
 PUT_WINDOW_BYTES = 16 << 20
 ACK_TIMEOUT_S = 30.0
-# Pauses between attempts of an upload or download that NATS failed transiently (a leader election).
-RETRY_PAUSES_S = (0.5, 1.0, 2.0, 4.0)
 _DECODE = msgspec.json.Decoder(BackupRecord)
 
 
@@ -282,16 +281,12 @@ async def _retrying(what: str, attempt: Callable[[], Awaitable[None]]) -> None:
     from stream" and API calls time out. Each attempt must start clean (uploads purge their chunks on failure,
     downloads rewrite the spool file).
     """
-    for n, pause in enumerate((*RETRY_PAUSES_S, None), start=1):
-        try:
-            async with nats_errors(what):
-                await attempt()
-            return
-        except (Timeout, Unavailable) as exc:
-            if pause is None:
-                raise
-            log.warning("objstore.retry", what=what, attempt=n, error=exc.message)
-            await asyncio.sleep(pause)
+
+    async def translated() -> None:
+        async with nats_errors(what):
+            await attempt()
+
+    await retrying(what, translated)
 
 
 def _hex_digest(digest: str | None) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from ..backoff import Backoff, until_ok
 from ..errors import AgentError
 from ..typing import Engine, EventHandler
 
@@ -27,6 +28,8 @@ log = structlog.get_logger(__name__)
 
 FILTERS = {"type": ["container", "volume"]}
 BACKOFF_MAX_S = 5.0
+# A stream that lasted this long was healthy: the next failure starts the backoff afresh.
+STREAM_HEALTHY_S = 10.0
 SAVE_EVERY_S = 1.0
 
 
@@ -130,7 +133,7 @@ class DockerWatch:
                 log.exception("events.resync_failed", handler=type(h).__name__)
 
     async def _run(self) -> None:
-        delay = 0.5
+        backoff = Backoff(maximum=BACKOFF_MAX_S)
         first = True
         while True:
             if not first:
@@ -150,21 +153,12 @@ class DockerWatch:
                 log.warning("events.failed", error=exc.message)
             except Exception:  # the watch must outlive anything: log it and subscribe again
                 log.exception("events.crashed")
-            if time.monotonic() - started > 10:
-                delay = 0.5
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX_S)
+            if time.monotonic() - started > STREAM_HEALTHY_S:
+                backoff.reset()
+            await backoff.sleep()
 
     async def _wait_for_docker(self) -> None:
-        delay = 0.5
-        while True:
-            try:
-                await self.engine.ping()
-                return
-            except AgentError as exc:
-                log.info("events.waiting_for_docker", error=exc.message, retry_in_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX_S)
+        await until_ok(self.engine.ping, "events.waiting_for_docker", Backoff(maximum=BACKOFF_MAX_S))
 
     async def _handle(self, evt: dict[str, Any]) -> None:
         for h in self.handlers:
