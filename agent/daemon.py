@@ -7,6 +7,7 @@ import signal
 import sys
 from collections.abc import Awaitable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
@@ -20,8 +21,9 @@ from .backup.migrate import BusPeers, Migrations
 from .backup.nats_store import NatsStore
 from .backup.restore import Restores
 from .backup.stores import Stores
-from .backup.volume_files import remove_leftover_helpers
+from .backup.volume_files import DataPath, remove_leftover_helpers
 from .bus import Bus, KvOutcomes
+from .causes import Causes
 from .commands import Commands
 from .config import Settings, parse_args
 from .dispatch import Dispatcher, Handler
@@ -35,38 +37,68 @@ from .events.watch import Cursor, DockerWatch
 from .locks import KeyedLocks
 from .logging import configure
 from .requests import RequestService
-from .share import share
+from .share import Shares
 from .tasks import Tasks
+from .typing import Engine, EventSink, Peers
 from .volumes import Volumes
 
-__all__ = ["handlers", "main", "serve"]
+__all__ = ["Domain", "main", "serve"]
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
 
-def handlers(
-    volumes: Volumes, backups: Backups, restores: Restores, inventory: Inventory, digests: Digests,
-    migrations: Migrations,
-) -> dict[str, Handler]:
-    """Each op of the contract, and the code that applies it."""
-    return {
-        "create": volumes.create,
-        "inspect": volumes.inspect,
-        "list": volumes.list,
-        "remove": backups.remove,
-        "prune": volumes.prune,
-        "share": lambda req: share(volumes, req),
-        "backup": backups.backup,
-        "backups": backups.backups,
-        "restore": restores.restore,
-        "clone": restores.clone,
-        "forget": backups.forget,
-        "inventory": inventory.snapshot,
-        "digest": digests.digest,
-        "migrate": migrations.migrate,
-    }
+@dataclass(frozen=True)
+class Domain:
+    """One host's operations, each handed what it uses: the op -> handler table is built from these."""
+
+    engine: Engine
+    locks: KeyedLocks
+    causes: Causes
+    volumes: Volumes
+    backups: Backups
+    restores: Restores
+    digests: Digests
+    migrations: Migrations
+    shares: Shares
+    inventory: Inventory
+
+    @classmethod
+    def wire(
+        cls, engine: Engine, events: EventSink, stores: Stores, inventory: Inventory, peers: Peers, *, host: str,
+        data_path: DataPath,
+    ) -> Domain:
+        locks, causes = KeyedLocks(), Causes()
+        backups = Backups(engine, locks, causes, events, stores, host=host, data_path=data_path,
+                          on_backup=inventory.backed_up, on_forget=inventory.forgotten)
+        volumes = Volumes(engine, locks, causes, final_backup=backups.final)
+        digests = Digests(engine, data_path=data_path)
+        return cls(
+            engine=engine, locks=locks, causes=causes, volumes=volumes, backups=backups,
+            restores=Restores(engine, locks, causes, events, stores, data_path=data_path), digests=digests,
+            migrations=Migrations(engine, locks, volumes, backups, digests, peers, host=host),
+            shares=Shares(engine, locks, causes), inventory=inventory,
+        )
+
+    def handlers(self) -> dict[str, Handler]:
+        """Each op of the contract, and the code that applies it."""
+        return {
+            "create": self.volumes.create,
+            "inspect": self.volumes.inspect,
+            "list": self.volumes.list,
+            "remove": self.volumes.remove,
+            "prune": self.volumes.prune,
+            "share": self.shares.share,
+            "backup": self.backups.backup,
+            "backups": self.backups.backups,
+            "restore": self.restores.restore,
+            "clone": self.restores.clone,
+            "forget": self.backups.forget,
+            "inventory": self.inventory.snapshot,
+            "digest": self.digests.digest,
+            "migrate": self.migrations.migrate,
+        }
 
 
 async def _wait_for_docker(engine: DockerEngine) -> None:
@@ -112,20 +144,14 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         await _unless_stopped(bus.start(), stop)
 
         tasks = Tasks(settings.concurrency)
-        volumes = Volumes(engine, bus, KeyedLocks())
         stores = Stores(LocalStore(settings.data_dir / "backups"), NatsStore(bus, settings.data_dir / "spool"))
         await stores.cleanup()
         await remove_leftover_helpers(engine)
-        backups = Backups(volumes, stores, settings.host_id, settings.data_path)
-        digests = Digests(volumes, settings.data_path)
         inventory = Inventory(engine, stores, bus, settings.host_id, heartbeat_s=settings.heartbeat_s,
                               sizes_every_s=settings.sizes_every_s)
-        backups.on_backup, backups.on_forget = inventory.backed_up, inventory.forgotten
-        ops = handlers(
-            volumes, backups, Restores(volumes, stores, settings.data_path), inventory, digests,
-            Migrations(backups, digests, BusPeers(bus), settings.host_id),
-        )
-        dispatcher = Dispatcher(settings.host_id, ops, KvOutcomes(bus), bus, max_body=settings.max_body)
+        domain = Domain.wire(engine, bus, stores, inventory, BusPeers(bus), host=settings.host_id,
+                             data_path=settings.data_path)
+        dispatcher = Dispatcher(settings.host_id, domain.handlers(), KvOutcomes(bus), bus, max_body=settings.max_body)
         # Exit stack order (last in, first out): stop taking work and events, then drain, then close.
         cursor = Cursor(settings.data_dir / "events.cursor")
         stack.callback(cursor.save, force=True)  # after the drain: a stop still being backed up is replayed
@@ -139,8 +165,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         )
         stack.push_async_callback(commands.stop)
         await commands.start()
-        watch = DockerWatch(engine, cursor, [VolumeNews(bus, volumes.causes), inventory,
-                                             OnStop(backups, tasks, cursor)])
+        on_stop = OnStop(engine, domain.locks, domain.causes, bus, domain.backups, tasks, cursor)
+        watch = DockerWatch(engine, cursor, [VolumeNews(bus, domain.causes), inventory, on_stop])
         stack.push_async_callback(watch.stop)
         await watch.start()
         await inventory.start()

@@ -8,18 +8,33 @@ import structlog
 
 from contracts import ShareRequest, ShareResult, labels
 
+from .causes import Causes
 from .errors import AgentError, NotFound
-from .volumes import Volumes, named_volumes
+from .locks import KeyedLocks
+from .typing import Engine
+from .volumes import named_volumes
 
-__all__ = ["share"]
+__all__ = ["Shares"]
 
 log = structlog.get_logger(__name__)
 
 
 
-async def share(volumes: Volumes, req: ShareRequest) -> ShareResult:
-    """Create (and maybe start) the container; on any failure undo everything this call made."""
-    engine = volumes.engine
+class Shares:
+    """The `share` op: containers that take another's volumes (`--volumes-from`) or mount named volumes."""
+
+    def __init__(self, engine: Engine, locks: KeyedLocks, causes: Causes) -> None:
+        self.engine = engine
+        self.locks = locks
+        self.causes = causes
+
+    async def share(self, req: ShareRequest) -> ShareResult:
+        """Create (and maybe start) the container; on any failure undo everything this call made."""
+        return await _share(self, req)
+
+
+async def _share(shares: Shares, req: ShareRequest) -> ShareResult:
+    engine = shares.engine
     spec = req.container
     try:
         await engine.image_inspect(spec.image)
@@ -38,7 +53,7 @@ async def share(volumes: Volumes, req: ShareRequest) -> ShareResult:
         shared += named_volumes(source.get("Mounts"))
 
     names = [m.volume for m in req.mounts]
-    async with volumes.locks.hold_all(names):
+    async with shares.locks.hold_all(names):
         created: list[str] = []
         cid: str | None = None
         try:
@@ -46,7 +61,7 @@ async def share(volumes: Volumes, req: ShareRequest) -> ShareResult:
                 try:
                     await engine.volume_inspect(name)
                 except NotFound:
-                    volumes.causes.note("volume.created", name)
+                    shares.causes.note("volume.created", name)
                     await engine.volume_create({"Name": name, "Driver": "local"})
                     created.append(name)
             config: dict[str, Any] = {
@@ -68,7 +83,7 @@ async def share(volumes: Volumes, req: ShareRequest) -> ShareResult:
                 await engine.container_start(cid)
             state = (await engine.container_inspect(cid)).get("State", {}).get("Status", "unknown")
         except BaseException:
-            await _undo(volumes, cid, created)
+            await _undo(shares, cid, created)
             raise
     return ShareResult(
         container=spec.name.lstrip("/"),
@@ -79,13 +94,13 @@ async def share(volumes: Volumes, req: ShareRequest) -> ShareResult:
     )
 
 
-async def _undo(volumes: Volumes, cid: str | None, created: list[str]) -> None:
+async def _undo(shares: Shares, cid: str | None, created: list[str]) -> None:
     """Leave no partial state: the container and the volumes this call created go."""
     try:
         if cid is not None:
-            await volumes.engine.container_remove(cid)
+            await shares.engine.container_remove(cid)
         for name in created:
-            volumes.causes.note("volume.removed", name)
-            await volumes.engine.volume_remove(name, force=False)
+            shares.causes.note("volume.removed", name)
+            await shares.engine.volume_remove(name, force=False)
     except AgentError:
         log.exception("share.undo_failed", container=cid, volumes=created)

@@ -17,6 +17,8 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
+
 from contracts import BackupRecord, Compression, Reply
 
 if TYPE_CHECKING:
@@ -112,4 +114,4 @@ class EventHandler(Protocol):
 class Peers(Protocol):
     """Requests to other hosts' agents."""
 
-    async def request(self, host: str, op: str, body: dict[str, Any], timeout: float) -> Reply: ...  # noqa: ASYNC109
+    async def request(self, host: str, op: str, body: msgspec.Struct, timeout: float) -> Reply: ...  # noqa: ASYNC109

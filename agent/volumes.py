@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
 
 from contracts import (
+    BackupRecord,
     ContainerRef,
     CreateRequest,
     InspectRequest,
@@ -24,7 +25,7 @@ from contracts import (
 from .causes import Causes
 from .errors import Conflict, InUse, NotFound
 from .locks import KeyedLocks
-from .typing import Engine, EventSink
+from .typing import Engine
 
 __all__ = ["Volumes", "container_refs", "in_use", "named_volumes", "volume_record"]
 
@@ -71,18 +72,29 @@ def volume_record(v: Mapping[str, Any], used_by: list[ContainerRef]) -> VolumeRe
     )
 
 
-class Volumes:
-    """The volume operations; each one holds the lock of every volume it touches."""
+async def used_by(engine: Engine, name: str) -> list[ContainerRef]:
+    """The containers that mount the volume, with their state."""
+    return container_refs(await engine.containers({"volume": [name]})).get(name, [])
 
-    def __init__(self, engine: Engine, events: EventSink, locks: KeyedLocks, causes: Causes | None = None) -> None:
+
+FinalBackup = Callable[[str], Awaitable[BackupRecord]]
+"""Back up a volume whose lock the caller holds (`remove` with `backup_first`)."""
+
+
+class Volumes:
+    """The volume operations; each one holds the lock of every volume it touches.
+
+    `causes` notes what the agent does itself before Docker reports it (`volume.*` events carry the command).
+    """
+
+    def __init__(self, engine: Engine, locks: KeyedLocks, causes: Causes, *, final_backup: FinalBackup) -> None:
         self.engine = engine
-        self.events = events
         self.locks = locks
-        # Docker's event stream publishes `volume.*`; what the agent does itself is noted here first.
-        self.causes = causes or Causes()
+        self.causes = causes
+        self.final_backup = final_backup
 
     async def used_by(self, name: str) -> list[ContainerRef]:
-        return container_refs(await self.engine.containers({"volume": [name]})).get(name, [])
+        return await used_by(self.engine, name)
 
     async def create(self, req: CreateRequest) -> VolumeRecord:
         async with self.locks.hold(req.name):
@@ -119,9 +131,16 @@ class Volumes:
         return ListResult(volumes=sorted(records, key=lambda r: r.name))
 
     async def remove(self, req: RemoveRequest) -> RemoveResult:
+        """Remove the volume; with `backup_first`, a final backup first, and if that fails nothing is removed."""
+        record = None
         async with self.locks.hold(req.name):
+            if req.backup_first:
+                users = await self.used_by(req.name)
+                if users:
+                    raise in_use(req.name, users)
+                record = await self.final_backup(req.name)
             await self.remove_locked(req.name, force=req.force)
-        return RemoveResult(name=req.name, removed=True)
+        return RemoveResult(name=req.name, removed=True, backup=record)
 
     async def remove_locked(self, name: str, *, force: bool) -> None:
         """Remove a volume whose lock the caller holds."""

@@ -8,17 +8,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from agent.backup.backups import Backups
-from agent.backup.digest import Digests
 from agent.backup.local_store import LocalStore
-from agent.backup.migrate import Migrations
-from agent.backup.restore import Restores
 from agent.backup.stores import Stores
-from agent.daemon import handlers
+from agent.daemon import Domain
 from agent.errors import InUse, NotFound
 from agent.events.inventory import Inventory
-from agent.locks import KeyedLocks
-from agent.volumes import Volumes
 
 
 class FakeEngine:
@@ -103,12 +97,13 @@ class RecordingSink:
         self.events.append((kind, volume))
 
 
-def fake_handlers(engine: FakeEngine, sink: Any, store_root: Path | None = None) -> dict[str, Any]:
-    """The agent's handler table over a fake engine (backups in a throwaway local store)."""
-    volumes = Volumes(engine, sink, KeyedLocks())  # type: ignore[arg-type]
+def fake_domain(engine: FakeEngine, sink: Any, store_root: Path | None = None) -> Domain:
+    """The agent's operations over a fake engine (backups in a throwaway local store)."""
     stores = Stores(LocalStore(store_root or Path(tempfile.mkdtemp(prefix="va-store-"))))
-    backups = Backups(volumes, stores, "h1", "auto")
-    digests = Digests(volumes, "auto")
     inventory = Inventory(engine, stores, sink, "h1", heartbeat_s=60, sizes_every_s=0)  # type: ignore[arg-type]
-    return handlers(volumes, backups, Restores(volumes, stores, "auto"), inventory, digests,
-                    Migrations(backups, digests, sink, "h1"))
+    return Domain.wire(engine, sink, stores, inventory, sink, host="h1", data_path="auto")  # type: ignore[arg-type]
+
+
+def fake_handlers(engine: FakeEngine, sink: Any, store_root: Path | None = None) -> dict[str, Any]:
+    """The agent's handler table over a fake engine."""
+    return dict(fake_domain(engine, sink, store_root).handlers())

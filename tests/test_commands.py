@@ -10,9 +10,13 @@ import pytest
 
 from agent import commands
 from agent.commands import Commands
-from agent.dispatch import Outcome
+from agent.dispatch import Dispatcher, Outcome
+from agent.errors import Unavailable
+from agent.outcomes import MemoryOutcomes
 from agent.tasks import Tasks
-from contracts import ErrorBody, Subjects
+from contracts import Subjects
+
+from .fakes import FakeEngine, RecordingSink, fake_handlers
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -74,11 +78,35 @@ async def test_pull_loop_survives_failed_fetches_and_acks_the_outcome(monkeypatc
     loop.cancel()
 
 
+async def _outcome_of_create_failing_with(exc: Exception) -> Outcome:
+    """What the real dispatcher makes of a create whose Docker call raises `exc`."""
+    engine = FakeEngine()
+    engine.fail_with = exc
+    dispatcher = Dispatcher("h1", fake_handlers(engine, RecordingSink()), MemoryOutcomes(), RecordingSink(),
+                            max_body=4096)
+    return await dispatcher.execute("create", b'{"name": "v1"}', fallback_id="m1")
+
+
 async def test_transient_outcome_is_naked_for_a_retry_until_the_last_delivery(monkeypatch) -> None:
+    """Docker down (`Unavailable`): the command is delivered again, up to TRANSIENT_RETRIES deliveries."""
     monkeypatch.setattr(commands, "FETCH_RETRY_S", 0)
-    dispatcher = FakeDispatcher(Outcome(b"{}", ErrorBody(code="unavailable", message="Docker is down.")))
+    outcome = await _outcome_of_create_failing_with(Unavailable("Docker Engine is unreachable."))
+    assert outcome.error is not None and outcome.error.code == "unavailable" and outcome.retry
     early, last = FakeMsg("vol.cmd.h1.create", 1), FakeMsg("vol.cmd.h1.create", commands.TRANSIENT_RETRIES)
-    loop = asyncio.create_task(consumer(dispatcher)._pull(FakeSub([early, last])))  # type: ignore[arg-type]
+    loop = asyncio.create_task(consumer(FakeDispatcher(outcome))._pull(FakeSub([early, last])))  # type: ignore[arg-type]
     await asyncio.wait_for(asyncio.gather(early.naked.wait(), last.acked.wait()), 5)
     assert not early.acked.is_set()
+    loop.cancel()
+
+
+async def test_an_internal_failure_is_delivered_once(monkeypatch) -> None:
+    """A bug (`internal`) is final for this delivery: acked at once, never redelivered, and not recorded."""
+    monkeypatch.setattr(commands, "FETCH_RETRY_S", 0)
+    outcome = await _outcome_of_create_failing_with(RuntimeError("a bug"))
+    assert outcome.error is not None and outcome.error.code == "internal"
+    assert not outcome.retry and not outcome.final
+    first = FakeMsg("vol.cmd.h1.create", 1)
+    loop = asyncio.create_task(consumer(FakeDispatcher(outcome))._pull(FakeSub([first])))  # type: ignore[arg-type]
+    await asyncio.wait_for(first.acked.wait(), 5)
+    assert not first.naked.is_set()
     loop.cancel()

@@ -20,12 +20,13 @@ from contracts import (
     ContainerRef,
     ForgetRequest,
     ForgetResult,
-    RemoveRequest,
-    RemoveResult,
 )
 
+from ..causes import Causes
 from ..errors import AgentError, Internal, ToolFailed
-from ..volumes import Volumes, in_use
+from ..locks import KeyedLocks
+from ..typing import Engine, EventSink
+from ..volumes import used_by
 from .hooks import POST_HOOK, PRE_HOOK, restart, run_hooks, stop_running
 from .pipes import Counted, Procs, compressor, feed, tar_totals
 from .progress import Progress
@@ -47,21 +48,29 @@ async def _wait(procs: Procs, writer: StoreWriter) -> list[str]:
 
 
 class Backups:
-    """backup, backups, forget, and remove with `backup_first`."""
+    """backup, backups and forget; `on_backup`/`on_forget` are told of every backup made or deleted."""
 
-    def __init__(self, volumes: Volumes, stores: Stores, host: str, data_path: DataPath) -> None:
-        self.volumes = volumes
-        self.engine = volumes.engine
+    def __init__(
+        self, engine: Engine, locks: KeyedLocks, causes: Causes, events: EventSink, stores: Stores, *, host: str,
+        data_path: DataPath, on_backup: Callable[[BackupRecord], None], on_forget: Callable[[BackupRecord], None],
+    ) -> None:
+        self.engine = engine
+        self.locks = locks
+        self.causes = causes
+        self.events = events
         self.stores = stores
         self.host = host
         self.data_path = data_path
-        self.on_backup: Callable[[BackupRecord], None] = lambda record: None
-        """Told of every backup once it is complete (the inventory's `last_backup`)."""
-        self.on_forget: Callable[[BackupRecord], None] = lambda record: None
+        self.on_backup = on_backup
+        self.on_forget = on_forget
 
     async def backup(self, req: BackupRequest) -> BackupRecord:
-        async with self.volumes.locks.hold(req.volume):
+        async with self.locks.hold(req.volume):
             return await self.backup_locked(req)
+
+    async def final(self, volume: str) -> BackupRecord:
+        """The backup `remove` makes first with `backup_first` (the caller holds the lock)."""
+        return await self.backup_locked(BackupRequest(volume=volume))
 
     async def backups(self, req: BackupsRequest) -> BackupsResult:
         records = await self.stores.catalog(req.volume, self.host if req.made_here else None)
@@ -73,38 +82,26 @@ class Backups:
         self.on_forget(record)
         return ForgetResult(backup_id=req.backup_id, forgotten=True)
 
-    async def remove(self, req: RemoveRequest) -> RemoveResult:
-        """`remove`, with a final backup first when asked; a failed backup removes nothing."""
-        if not req.backup_first:
-            return await self.volumes.remove(req)
-        async with self.volumes.locks.hold(req.name):
-            users = await self.volumes.used_by(req.name)
-            if users:
-                raise in_use(req.name, users)
-            record = await self.backup_locked(BackupRequest(volume=req.name))
-            await self.volumes.remove_locked(req.name, force=req.force)
-        return RemoveResult(name=req.name, removed=True, backup=record)
-
     async def backup_locked(
         self, req: BackupRequest, *, trigger: str = "request", container: str | None = None
     ) -> BackupRecord:
         """Back up `req.volume`; the caller holds its lock."""
         v = await self.engine.volume_inspect(req.volume)
-        users = await self.volumes.used_by(req.volume)
+        users = await used_by(self.engine, req.volume)
         store = self.stores[req.store]
         backup_id = new_backup_id(req.volume)
         started, created_at = time.monotonic(), datetime.now(UTC).isoformat()
-        events = self.volumes.events
+        events = self.events
         with structlog.contextvars.bound_contextvars(backup_id=backup_id):
             await events.event("backup.started", req.volume, backup_id=backup_id, container=container)
             stopped: list[ContainerRef] = []
             try:
                 await run_hooks(self.engine, users, PRE_HOOK, must_succeed=True)
                 if req.stop_containers:
-                    stopped = await stop_running(self.engine, self.volumes.causes, users)
+                    stopped = await stop_running(self.engine, self.causes, users)
                 writer = await store.begin(backup_id, req.volume, req.compression)
                 try:
-                    progress = Progress(self.volumes, "backup", req.volume, backup_id)
+                    progress = Progress(self.events, "backup", req.volume, backup_id)
                     async with progress.running():
                         still_running = [u for u in users if u not in stopped]
                         size = await self._write(v, still_running, req.compression, writer, progress)

@@ -23,7 +23,8 @@ import msgspec
 from contracts import DigestRequest, DigestResult
 
 from ..errors import Unavailable
-from ..volumes import Volumes
+from ..typing import Engine
+from ..volumes import used_by
 from .pipes import CHUNK, Procs
 from .volume_files import DataPath, HostDir, volume_files
 
@@ -81,18 +82,18 @@ def tree_digest(fileobj: object) -> tuple[str, int, int]:
 class Digests:
     """The `digest` op."""
 
-    def __init__(self, volumes: Volumes, data_path: DataPath) -> None:
-        self.volumes = volumes
+    def __init__(self, engine: Engine, *, data_path: DataPath) -> None:
+        self.engine = engine
         self.data_path = data_path
 
     async def digest(self, req: DigestRequest) -> DigestResult:
-        v = await self.volumes.engine.volume_inspect(req.volume)
-        users = await self.volumes.used_by(req.volume)
+        v = await self.engine.volume_inspect(req.volume)
+        users = await used_by(self.engine, req.volume)
         r, w = os.pipe()
         reader = asyncio.create_task(asyncio.to_thread(_digest_fd, r))
         procs = Procs()
         try:
-            async with volume_files(self.volumes.engine, v, users, self.data_path) as files:
+            async with volume_files(self.engine, v, users, self.data_path) as files:
                 if isinstance(files, HostDir):
                     await procs.chain([files.create_argv()], stdin=asyncio.subprocess.DEVNULL, stdout=w)
                     os.close(w)

@@ -10,41 +10,70 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from typing import Any
+from typing import TypeVar
 
+import msgspec
 import structlog
 
-from contracts import BackupRequest, DigestRequest, MigrateRequest, MigrateResult, Reply
+from contracts import (
+    BackupRequest,
+    DigestRequest,
+    DigestResult,
+    MigrateRequest,
+    MigrateResult,
+    RemoveRequest,
+    RemoveResult,
+    Reply,
+    RestoreRequest,
+    RestoreResult,
+    result_as,
+)
 from volumectl.client import AgentClient, NoAgent
 
 from ..bus import Bus
-from ..errors import AgentError, Corrupt, Invalid, Unavailable
-from ..typing import Peers
-from ..volumes import in_use
+from ..errors import AgentError, Corrupt, Invalid, Unavailable, from_wire
+from ..locks import KeyedLocks
+from ..typing import Engine, Peers
+from ..volumes import Volumes, in_use
 from .backups import Backups
 from .digest import Digests
 
-__all__ = ["BusPeers", "Migrations", "Peers"]
+__all__ = ["BusPeers", "Migrations"]
 
 log = structlog.get_logger(__name__)
 
 PEER_TIMEOUT_S = 3600.0
-_ERRORS: dict[str, type[AgentError]] = {cls.code: cls for cls in AgentError.__subclasses__()}
+"""A peer's restore of a large volume takes as long as it takes; an hour is stuck."""
+
+R = TypeVar("R", bound=msgspec.Struct)
 
 
-def _step_error(step: str, host: str, code: str, message: str, backup_id: str | None) -> AgentError:
+class _AtPeer(Exception):
+    """A peer agent answered with an error: which host, and the error as the agent's own class."""
+
+    def __init__(self, host: str, error: AgentError) -> None:
+        super().__init__(error.message)
+        self.host, self.error = host, error
+
+
+def _step_error(step: str, host: str, exc: AgentError, backup_id: str | None) -> AgentError:
+    """The same kind of error, saying at which step and on which host it happened, and what is left."""
     kept = f" The source is intact; backup {backup_id} stays in the shared store." if backup_id else \
         " The source is intact."
-    cls = _ERRORS.get(code, AgentError)
-    return cls(f"migrate failed at step {step} on host {host}: {message.rstrip('.')}.{kept}")
+    return from_wire(exc.code, f"migrate failed at step {step} on host {host}: {exc.message.rstrip('.')}.{kept}")
 
 
 class Migrations:
     """The `migrate` op, run on the source host."""
 
-    def __init__(self, backups: Backups, digests: Digests, peers: Peers, host: str) -> None:
+    def __init__(
+        self, engine: Engine, locks: KeyedLocks, volumes: Volumes, backups: Backups, digests: Digests,
+        peers: Peers, *, host: str,
+    ) -> None:
+        self.engine = engine
+        self.locks = locks
+        self.volumes = volumes
         self.backups = backups
-        self.volumes = backups.volumes
         self.digests = digests
         self.peers = peers
         self.host = host
@@ -57,10 +86,10 @@ class Migrations:
         cmd_id = structlog.contextvars.get_contextvars().get("cmd_id") or ""
         restore_id = f"migrate-{hashlib.sha256(cmd_id.encode()).hexdigest()[:32]}" if cmd_id else None
         started = time.monotonic()
-        async with self.volumes.locks.hold(req.volume):
+        async with self.locks.hold(req.volume):
             step, backup_id = "check", None
             try:
-                await self.volumes.engine.volume_inspect(req.volume)
+                await self.engine.volume_inspect(req.volume)
                 users = await self.volumes.used_by(req.volume)
                 running = [u for u in users if u.state == "running"]
                 if running or (req.remove_source and users):
@@ -72,30 +101,30 @@ class Migrations:
                 # The source's digest is computed while the target restores; it is not needed before.
                 digesting = asyncio.create_task(self.digests.digest(DigestRequest(volume=req.volume)))
                 try:
-                    restored = await self._ask(req.to, "restore", {"id": restore_id, "backup_id": backup_id,
-                                                                   "volume": target, "overwrite": req.overwrite})
+                    restored = await self._ask(req.to, "restore", RestoreRequest(
+                        id=restore_id, backup_id=backup_id, volume=target, overwrite=req.overwrite), RestoreResult)
                     step = "verify"
                     source_digest = await digesting
                 finally:
                     digesting.cancel()
                     await asyncio.gather(digesting, return_exceptions=True)
-                target_digest = await self._ask(req.to, "digest", {"volume": target})
-                if target_digest["sha256"] != source_digest.sha256:
-                    undone = await self._undo_target(req.to, target, created=bool(restored["created_volume"]))
+                target_digest = await self._ask(req.to, "digest", DigestRequest(volume=target), DigestResult)
+                if target_digest.sha256 != source_digest.sha256:
+                    undone = await self._undo_target(req.to, target, created=restored.created_volume)
                     raise Corrupt(f"the content of {target!r} on {req.to} differs from the source "
-                                  f"({target_digest['entries']} entries vs {source_digest.entries}){undone}")
+                                  f"({target_digest.entries} entries vs {source_digest.entries}){undone}")
                 step = "remove"
                 if req.remove_source:
                     await self.volumes.remove_locked(req.volume, force=False)
+            except _AtPeer as exc:
+                raise _step_error(step, exc.host, exc.error, backup_id) from exc
             except AgentError as exc:
                 where = self.host if step in ("check", "backup", "remove") else req.to
-                if isinstance(exc, _PeerError):
-                    where = exc.host
-                raise _step_error(step, where, exc.code, exc.message, backup_id) from exc
+                raise _step_error(step, where, exc, backup_id) from exc
         log.info("migrate.done", to=req.to, target=target, backup_id=backup_id)
         return MigrateResult(
             volume=req.volume, to=req.to, target=target, backup_id=record.backup_id, size=record.size,
-            sha256=source_digest.sha256, created_volume=bool(restored["created_volume"]),
+            sha256=source_digest.sha256, created_volume=restored.created_volume,
             source_removed=req.remove_source, duration_s=round(time.monotonic() - started, 3),
         )
 
@@ -104,24 +133,21 @@ class Migrations:
         if not created:
             return f"; {target!r} there holds the restored, unverified content"
         try:
-            await self._ask(host, "remove", {"name": target})
+            await self._ask(host, "remove", RemoveRequest(name=target), RemoveResult)
+        except _AtPeer as exc:
+            return f"; removing {target!r} there failed too: {exc.error.message.rstrip('.')}"
         except AgentError as exc:
             return f"; removing {target!r} there failed too: {exc.message.rstrip('.')}"
         return f"; {target!r} was removed there again"
 
-    async def _ask(self, host: str, op: str, body: dict[str, Any]) -> dict[str, Any]:
-        reply = await self.peers.request(host, op, {k: v for k, v in body.items() if v is not None}, PEER_TIMEOUT_S)
+    async def _ask(self, host: str, op: str, body: msgspec.Struct, result_type: type[R]) -> R:
+        reply = await self.peers.request(host, op, body, PEER_TIMEOUT_S)
         if reply.error is not None:
-            raise _PeerError(host, reply.error.code, reply.error.message)
-        assert reply.result is not None
-        return reply.result
-
-
-class _PeerError(AgentError):
-    def __init__(self, host: str, code: str, message: str) -> None:
-        super().__init__(message)
-        self.host = host
-        self.code = code  # type: ignore[assignment]
+            raise _AtPeer(host, from_wire(reply.error.code, reply.error.message))
+        try:
+            return result_as(reply, result_type)
+        except ValueError as exc:
+            raise _AtPeer(host, from_wire("internal", str(exc))) from exc
 
 
 class BusPeers:
@@ -130,7 +156,7 @@ class BusPeers:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
 
-    async def request(self, host: str, op: str, body: dict[str, Any], timeout: float) -> Reply:  # noqa: ASYNC109
+    async def request(self, host: str, op: str, body: msgspec.Struct, timeout: float) -> Reply:  # noqa: ASYNC109
         client = AgentClient(self.bus.nc, self.bus.subjects.prefix)
         try:
             return await client.request(host, op, body, timeout=timeout)

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from ..errors import AgentError
-from ..volumes import Volumes
+from ..typing import EventSink
 
 __all__ = ["Progress"]
 
@@ -17,8 +17,8 @@ PROGRESS_EVERY_S = 1.0
 class Progress:
     """Bytes done, published as `<op>.progress` events every second while the work runs."""
 
-    def __init__(self, volumes: Volumes, kind: str, volume: str, backup_id: str | None) -> None:
-        self.volumes, self.kind, self.volume, self.backup_id = volumes, kind, volume, backup_id
+    def __init__(self, events: EventSink, kind: str, volume: str, backup_id: str | None) -> None:
+        self.events, self.kind, self.volume, self.backup_id = events, kind, volume, backup_id
         self.done = 0
 
     def add(self, n: int) -> None:
@@ -30,7 +30,7 @@ class Progress:
             while True:
                 await asyncio.sleep(PROGRESS_EVERY_S)
                 with contextlib.suppress(AgentError):
-                    await self.volumes.events.event(
+                    await self.events.event(
                         f"{self.kind}.progress", self.volume, backup_id=self.backup_id, bytes_done=self.done
                     )
 

@@ -12,8 +12,11 @@ import structlog
 
 from contracts import BackupRecord, CloneRequest, CloneResult, RestoreRequest, RestoreResult
 
+from ..causes import Causes
 from ..errors import AgentError, Conflict, InUse, NotFound
-from ..volumes import Volumes
+from ..locks import KeyedLocks
+from ..typing import Engine, EventSink
+from ..volumes import used_by
 from .pipes import CHUNK, Counted, Procs, decompressor, feed, read_chunks, tar_totals
 from .progress import Progress
 from .stores import Stores
@@ -27,17 +30,22 @@ log = structlog.get_logger(__name__)
 class Restores:
     """restore and clone."""
 
-    def __init__(self, volumes: Volumes, stores: Stores, data_path: DataPath) -> None:
-        self.volumes = volumes
-        self.engine = volumes.engine
+    def __init__(
+        self, engine: Engine, locks: KeyedLocks, causes: Causes, events: EventSink, stores: Stores, *,
+        data_path: DataPath,
+    ) -> None:
+        self.engine = engine
+        self.locks = locks
+        self.causes = causes
+        self.events = events
         self.stores = stores
         self.data_path = data_path
 
     async def restore(self, req: RestoreRequest) -> RestoreResult:
         store, record = await self.stores.get(req.backup_id)
-        events = self.volumes.events
+        events = self.events
         started = time.monotonic()
-        async with self.volumes.locks.hold(req.volume):
+        async with self.locks.hold(req.volume):
             await events.event("restore.started", req.volume, backup_id=record.backup_id)
             try:
                 async with store.fetch(record) as path:  # verified: the bytes recorded, or `corrupt`
@@ -49,7 +57,7 @@ class Restores:
                     )
                     await self._prepare_or_undo(v, created, overwrite=req.overwrite)
                     try:
-                        progress = Progress(self.volumes, "restore", req.volume, record.backup_id)
+                        progress = Progress(self.events, "restore", req.volume, record.backup_id)
                         async with progress.running():
                             await self._extract(v, record, path, progress)
                     except BaseException:
@@ -66,9 +74,9 @@ class Restores:
         if req.source == req.target:
             raise Conflict("A volume cannot be cloned onto itself.")
         started = time.monotonic()
-        async with self.volumes.locks.hold_all([req.source, req.target]):
+        async with self.locks.hold_all([req.source, req.target]):
             src = await self.engine.volume_inspect(req.source)
-            src_users = await self.volumes.used_by(req.source)
+            src_users = await used_by(self.engine, req.source)
             tgt, created = await self._target(
                 req.target, driver=src.get("Driver") or "local", driver_opts=dict(src.get("Options") or {}),
                 labels=dict(src.get("Labels") or {}),
@@ -89,7 +97,7 @@ class Restores:
             return await self.engine.volume_inspect(name), False
         except NotFound:
             spec = {"Name": name, "Driver": driver, "DriverOpts": driver_opts, "Labels": labels}
-            self.volumes.causes.note("volume.created", name)
+            self.causes.note("volume.created", name)
             v = await self.engine.volume_create(spec)
             return v, True
 
@@ -108,7 +116,7 @@ class Restores:
     async def _prepare(self, v: dict[str, Any], *, overwrite: bool) -> None:
         """Refuse a target in use or not empty (unless `overwrite`, which empties it)."""
         name = v["Name"]
-        users = await self.volumes.used_by(name)
+        users = await used_by(self.engine, name)
         running = [u for u in users if u.state == "running"]
         if running:
             named = ", ".join(u.container for u in running)
@@ -190,7 +198,7 @@ class Restores:
         """No partial state: a volume we made goes again; one that was there is left empty, as it was."""
         try:
             if created:
-                self.volumes.causes.note("volume.removed", v["Name"])
+                self.causes.note("volume.removed", v["Name"])
                 await self.engine.volume_remove(v["Name"], force=False)
                 return
             async with volume_files(self.engine, v, [], self.data_path) as files:

@@ -20,8 +20,11 @@ from contracts import BackupRequest
 from contracts.labels import ON_STOP, ON_STOP_COMPRESSION, ON_STOP_KEEP, ON_STOP_STORE, ON_STOP_VOLUMES
 
 from ..backup.backups import Backups
+from ..causes import Causes
 from ..errors import AgentError, Invalid
+from ..locks import KeyedLocks
 from ..tasks import Tasks
+from ..typing import Engine, EventSink
 from ..volumes import named_volumes
 from .watch import Cursor
 
@@ -56,9 +59,15 @@ def options_from_labels(labels: dict[str, str], mounted: list[str]) -> tuple[lis
 class OnStop:
     """Turns `die` events of labelled containers into backups."""
 
-    def __init__(self, backups: Backups, tasks: Tasks, cursor: Cursor) -> None:
+    def __init__(
+        self, engine: Engine, locks: KeyedLocks, causes: Causes, events: EventSink, backups: Backups, tasks: Tasks,
+        cursor: Cursor,
+    ) -> None:
+        self.engine = engine
+        self.locks = locks
+        self.causes = causes
+        self.events = events
         self.backups = backups
-        self.volumes = backups.volumes
         self.tasks = tasks
         self.cursor = cursor
         self._waiting: set[str] = set()
@@ -66,7 +75,7 @@ class OnStop:
         self._mounts: dict[str, list[str]] = {}
 
     async def on_resync(self) -> None:
-        for c in await self.volumes.engine.containers({"label": [f"{ON_STOP}=true"]}):
+        for c in await self.engine.containers({"label": [f"{ON_STOP}=true"]}):
             self._mounts[c["Id"]] = named_volumes(c.get("Mounts"))
 
     async def on_docker_event(self, evt: dict[str, Any]) -> None:
@@ -79,7 +88,7 @@ class OnStop:
             return
         if action in ("create", "start"):
             with contextlib.suppress(AgentError):
-                c = await self.volumes.engine.container_inspect(cid)
+                c = await self.engine.container_inspect(cid)
                 self._mounts[cid] = named_volumes(c.get("Mounts"))
             return
         if action == "destroy":
@@ -88,7 +97,7 @@ class OnStop:
         if action != "die":
             return
         name = attrs.get("name") or cid[:12]
-        ours, _ = self.volumes.causes.take("stop", cid)
+        ours, _ = self.causes.take("stop", cid)
         if ours:
             log.info("onstop.own_stop_ignored", container=name)
             return
@@ -98,7 +107,7 @@ class OnStop:
         mounted = self._mounts.get(cid)
         if mounted is None:
             try:
-                mounted = named_volumes((await self.volumes.engine.container_inspect(cid)).get("Mounts"))
+                mounted = named_volumes((await self.engine.container_inspect(cid)).get("Mounts"))
             except AgentError as exc:
                 await self._failed("", name, f"Container {name!r} stopped, but its volumes could not be read: "
                                    f"{exc.message}")
@@ -120,7 +129,7 @@ class OnStop:
     async def _backup(self, req: BackupRequest, container: str, at_ns: int) -> None:
         try:
             with structlog.contextvars.bound_contextvars(trigger="on-stop", container=container, volume=req.volume):
-                async with self.volumes.locks.hold(req.volume):
+                async with self.locks.hold(req.volume):
                     self._waiting.discard(req.volume)
                     record = await self.backups.backup_locked(req, trigger="on-stop", container=container)
                 log.info("onstop.backed_up", backup_id=record.backup_id)
@@ -135,7 +144,7 @@ class OnStop:
     async def _failed(self, volume: str, container: str, message: str) -> None:
         log.warning("onstop.not_backed_up", container=container, error=message)
         with contextlib.suppress(AgentError):
-            await self.volumes.events.event("backup.failed", volume, error=message, container=container)
+            await self.events.event("backup.failed", volume, error=message, container=container)
 
 
 def _cancelling() -> bool:
