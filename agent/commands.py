@@ -98,7 +98,8 @@ class Commands:
                 await asyncio.sleep(FETCH_RETRY_S)
                 continue
             for msg in msgs:
-                await self.tasks.spawn(f"cmd:{msg.subject}", self._handle(msg))
+                msg_id = (msg.headers or {}).get("Nats-Msg-Id")
+                await self.tasks.spawn(self.dispatcher.command_id(msg.data, msg_id), self._handle(msg))
 
     async def _handle(self, msg: Msg) -> None:
         op = msg.subject[len(self._prefix):]

@@ -151,7 +151,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                               sizes_every_s=settings.sizes_every_s)
         domain = Domain.wire(engine, bus, stores, inventory, BusPeers(bus), host=settings.host_id,
                              data_path=settings.data_path)
-        dispatcher = Dispatcher(settings.host_id, domain.handlers(), KvOutcomes(bus), bus, max_body=settings.max_body)
+        dispatcher = Dispatcher(settings.host_id, domain.handlers(), KvOutcomes(bus), bus, tasks,
+                                max_body=settings.max_body)
         # Exit stack order (last in, first out): stop taking work and events, then drain, then close.
         cursor = Cursor(settings.data_dir / "events.cursor")
         stack.callback(cursor.save, force=True)  # after the drain: a stop still being backed up is replayed

@@ -18,6 +18,7 @@ from contracts import OPS, BaseRequest, ErrorBody, Reply
 
 from .errors import AgentError, Conflict, Expired, Internal, Invalid, Transient, Unavailable, is_final
 from .outcomes import StoredOutcome
+from .tasks import Tasks
 from .typing import OutcomeStore, ResultSink
 
 __all__ = ["Dispatcher", "Handler", "Outcome"]
@@ -27,6 +28,13 @@ log = structlog.get_logger(__name__)
 _DECODERS = {name: msgspec.json.Decoder(op.request) for name, op in OPS.items()}
 _ENCODER = msgspec.json.Encoder()
 _FINGERPRINT_ENCODER = msgspec.json.Encoder(order="sorted")
+
+
+class _IdOnly(msgspec.Struct):
+    id: str | None = None
+
+
+_ID_ONLY = msgspec.json.Decoder(_IdOnly)
 
 
 @dataclass(frozen=True)
@@ -59,47 +67,58 @@ class Dispatcher:
     """Turns request bytes into a recorded, published outcome."""
 
     def __init__(
-        self, host: str, handlers: Mapping[str, Handler], outcomes: OutcomeStore, results: ResultSink, *,
-        max_body: int,
+        self, host: str, handlers: Mapping[str, Handler], outcomes: OutcomeStore, results: ResultSink, tasks: Tasks,
+        *, max_body: int,
     ) -> None:
         self.host = host
         self.outcomes = outcomes
         self.results = results
+        self.tasks = tasks
         self.max_body = max_body
         self._handlers = handlers
-        # Commands being applied or recorded, by id: a duplicate waits for the same outcome.
-        self._inflight: dict[str, tuple[str, asyncio.Future[Outcome]]] = {}
+
+    @staticmethod
+    def command_id(data: bytes, fallback_id: str | None = None) -> str:
+        """The id a command will run under (its body's `id`, else `fallback_id`, else a new one): the key of
+        its task in `Tasks`. Pass it on to `execute` as `new_id`."""
+        try:
+            given = _ID_ONLY.decode(data.strip() or b"{}").id
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            given = None
+        return given or fallback_id or _new_id()
 
     async def execute(
-        self, op: str, data: bytes, *, fallback_id: str | None = None, early: Responder | None = None
+        self, op: str, data: bytes, *, fallback_id: str | None = None, new_id: str | None = None,
+        early: Responder | None = None,
     ) -> Outcome:
         """Apply one command; return its outcome once it is recorded and published.
 
-        `fallback_id` (a durable command's Nats-Msg-Id) names the command when its body carries no id.
+        `fallback_id` (a durable command's Nats-Msg-Id) names the command when its body carries no id;
+        `new_id` names it when neither does (it is new: no recorded outcome is looked up).
         `early` is given the outcome as soon as it is known, before it is recorded: the request path
         replies then, the durable path acks only after this returns. Never raises but for cancellation.
         """
         try:
-            return await self._execute(op, data, fallback_id, early)
+            return await self._execute(op, data, fallback_id, new_id or _new_id(), early)
         except Exception:  # a bug below: still one answer, never an escaped exception
-            cmd_id = fallback_id or _new_id()
+            cmd_id = fallback_id or new_id or _new_id()
             log.exception("command.crashed", cmd_id=cmd_id, op=op)
             outcome = self._crashed(op, cmd_id)
             await _tell(early, outcome)
             return outcome
 
     async def _execute(
-        self, op: str, data: bytes, fallback_id: str | None, early: Responder | None
+        self, op: str, data: bytes, fallback_id: str | None, new_id: str, early: Responder | None
     ) -> Outcome:
         try:
             req = self.decode(op, data)
         except Invalid as exc:
-            outcome = self._error(op, fallback_id or _new_id(), exc)
+            outcome = self._error(op, fallback_id or new_id, exc)
             await _tell(early, outcome)
             await asyncio.shield(self._publish(op, outcome, durable=True))
             return outcome
         given_id = req.id or fallback_id
-        cmd_id = given_id or _new_id()
+        cmd_id = given_id or new_id
         with structlog.contextvars.bound_contextvars(cmd_id=cmd_id, op=op, volume=_volume_of(req)):
             if not OPS[op].mutates:
                 outcome = await self._apply(op, cmd_id, req)
@@ -107,21 +126,19 @@ class Dispatcher:
                 await self._publish(op, outcome, durable=False)
                 return outcome
             fingerprint = _fingerprint(op, req)
-            running = self._inflight.get(cmd_id)
+            running = self.tasks.claimed(cmd_id)
             if running is not None:
                 # The same id again while it runs or is being recorded: one application, one outcome.
-                running_fingerprint, running_future = running
-                if running_fingerprint != fingerprint:
+                if running.fingerprint != fingerprint:
                     outcome = self._reused(op, cmd_id)
                 else:
-                    outcome = await asyncio.shield(running_future)
+                    outcome = await asyncio.shield(running.outcome)
                 await _tell(early, outcome)
                 return outcome
-            future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-            self._inflight[cmd_id] = (fingerprint, future)
+            claim = self.tasks.claim(cmd_id, fingerprint)
             try:
                 outcome, applied = await self._resolve(op, cmd_id, req, fingerprint, seen=given_id is not None)
-                future.set_result(outcome)  # duplicates that arrive from now on get it without waiting
+                claim.outcome.set_result(outcome)  # duplicates that arrive from now on get it without waiting
                 await _tell(early, outcome)
                 # Record and publish even when shutdown cancels us now: the change already happened.
                 if applied:
@@ -130,9 +147,7 @@ class Dispatcher:
                     await asyncio.shield(self._publish(op, outcome, durable=True))
                 return outcome
             finally:
-                if not future.done():
-                    future.cancel()
-                del self._inflight[cmd_id]
+                self.tasks.release(cmd_id, claim)
 
     def interrupted(self, op: str, data: bytes) -> Outcome:
         """The reply for a command cut short by shutdown: its outcome is unknown."""

@@ -76,9 +76,10 @@ class RequestService:
         await self._spawn(req, op=req.subject[len(self._req_prefix):])
 
     async def _spawn(self, req: Request, *, op: str) -> None:
-        await self.tasks.spawn(f"req:{op}", self._answer(req, op))
+        cmd_id = self.dispatcher.command_id(req.data)
+        await self.tasks.spawn(cmd_id, self._answer(req, op, cmd_id))
 
-    async def _answer(self, req: Request, op: str) -> None:
+    async def _answer(self, req: Request, op: str, cmd_id: str) -> None:
         replied = False
 
         async def respond(outcome: Outcome) -> None:
@@ -87,7 +88,7 @@ class RequestService:
             await self._respond(req, outcome)
 
         try:
-            await self.dispatcher.execute(op, req.data, early=respond)
+            await self.dispatcher.execute(op, req.data, new_id=cmd_id, early=respond)
         except asyncio.CancelledError:
             if not replied:
                 await asyncio.shield(self._respond(req, self.dispatcher.interrupted(op, req.data)))

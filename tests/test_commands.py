@@ -53,6 +53,8 @@ class FakeSub:
 
 
 class FakeDispatcher:
+    command_id = staticmethod(Dispatcher.command_id)
+
     def __init__(self, outcome: Outcome) -> None:
         self.outcome = outcome
         self.seen: list[tuple[str, str | None]] = []
@@ -82,7 +84,7 @@ async def _outcome_of_create_failing_with(exc: Exception) -> Outcome:
     """What the real dispatcher makes of a create whose Docker call raises `exc`."""
     engine = FakeEngine()
     engine.fail_with = exc
-    dispatcher = Dispatcher("h1", fake_handlers(engine, RecordingSink()), MemoryOutcomes(), RecordingSink(),
+    dispatcher = Dispatcher("h1", fake_handlers(engine, RecordingSink()), MemoryOutcomes(), RecordingSink(), Tasks(8),
                             max_body=4096)
     return await dispatcher.execute("create", b'{"name": "v1"}', fallback_id="m1")
 

@@ -28,7 +28,7 @@ async def test_a_blocked_request_does_not_block_the_next_ones(nats_server: NatsS
     engine = FakeEngine()
     engine.gate = asyncio.Event()
     tasks = Tasks(limit=8)
-    dispatcher = Dispatcher("conc", fake_handlers(engine, bus), KvOutcomes(bus), bus, max_body=4096)
+    dispatcher = Dispatcher("conc", fake_handlers(engine, bus), KvOutcomes(bus), bus, tasks, max_body=4096)
     service = RequestService(bus, dispatcher, tasks)
     await service.start()
     try:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from agent.dispatch import Dispatcher
 from agent.errors import Invalid
 from agent.outcomes import MemoryOutcomes
+from agent.tasks import Tasks
 from contracts import OPS, BaseRequest, Subjects, valid_host_id
 from contracts.schema import SCHEMA_PATH, render
 
@@ -59,7 +60,7 @@ def test_host_ids(host: str, ok: bool) -> None:
 
 
 _DISPATCHER = Dispatcher("h1", fake_handlers(FakeEngine(), RecordingSink()), MemoryOutcomes(), RecordingSink(),
-                         max_body=1024 * 1024)
+                         Tasks(8), max_body=1024 * 1024)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),

@@ -14,6 +14,7 @@ from agent.dispatch import Dispatcher
 from agent.errors import Unavailable
 from agent.locks import KeyedLocks
 from agent.outcomes import MemoryOutcomes
+from agent.tasks import Tasks
 from contracts import Reply
 
 from .fakes import FakeEngine, RecordingSink, fake_handlers
@@ -23,7 +24,8 @@ pytestmark = pytest.mark.timeout(10)
 
 def make(max_body: int = 4096) -> tuple[Dispatcher, FakeEngine, RecordingSink, MemoryOutcomes]:
     engine, sink, outcomes = FakeEngine(), RecordingSink(), MemoryOutcomes()
-    return Dispatcher("h1", fake_handlers(engine, sink), outcomes, sink, max_body=max_body), engine, sink, outcomes
+    dispatcher = Dispatcher("h1", fake_handlers(engine, sink), outcomes, sink, Tasks(8), max_body=max_body)
+    return dispatcher, engine, sink, outcomes
 
 
 def reply(outcome_bytes: bytes) -> Reply:

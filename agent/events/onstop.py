@@ -124,12 +124,13 @@ class OnStop:
             self._waiting.add(volume)
             self.cursor.hold(at_ns)
             req = BackupRequest(volume=volume, **options)
-            await self.tasks.spawn(f"on-stop:{volume}", self._backup(req, name, at_ns))
+            # Never wait here: this is the Docker event loop. The backup waits for a slot of its own.
+            self.tasks.start(f"on-stop:{volume}", self._backup(req, name, at_ns))
 
     async def _backup(self, req: BackupRequest, container: str, at_ns: int) -> None:
         try:
             with structlog.contextvars.bound_contextvars(trigger="on-stop", container=container, volume=req.volume):
-                async with self.locks.hold(req.volume):
+                async with self.tasks.slot(), self.locks.hold(req.volume):
                     self._waiting.discard(req.volume)
                     record = await self.backups.backup_locked(req, trigger="on-stop", container=container)
                 log.info("onstop.backed_up", backup_id=record.backup_id)
