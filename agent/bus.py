@@ -25,6 +25,7 @@ from nats.js.object_store import ObjectStore
 from contracts import Subjects, VolumeEvent, outcome_key
 
 from .backoff import until_ok
+from .compat import flush_pending
 from .config import NatsAuth, Settings
 from .errors import Internal, Timeout, Unavailable
 from .outcomes import StoredOutcome
@@ -184,13 +185,12 @@ class Bus:
     async def settle(self) -> None:
         """Return once the server has every command sent so far, subscriptions included.
 
-        nats-py 2.16 writes flush()'s PING straight to the socket, ahead of commands still queued for its
-        flusher task (the bug nats.py2 #24 once fixed), so a PONG alone proves nothing about a SUB sent just
-        before: a request right after "ready" could find no responders. Let the flusher write its queue first.
+        flush()'s PONG alone proves nothing about a SUB sent just before (see `compat.flush_pending`): a request
+        right after "ready" could find no responders. Let the flusher write its queue first.
         """
         nc = self.nc
         async with nats_errors("flushing to the server"):
-            await nc._flush_pending(force_flush=True)  # returns once the flusher has written the queue
+            await flush_pending(nc)
             await nc.flush()
 
     def catalog_kv(self) -> KeyValue:

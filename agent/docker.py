@@ -8,13 +8,14 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import aiodocker
 import aiohttp
 from aiodocker.events import DockerEvents
 
+from .compat import engine_request
 from .config import DEFAULT_DOCKER_TIMEOUT_S
 from .errors import AgentError, Conflict, Internal, InUse, Invalid, NotFound, Timeout, Unavailable
 
@@ -81,12 +82,18 @@ class DockerEngine:
             raise Unavailable("The Docker client is not started.")
         return self._client
 
+    def _request(
+        self, path: str, method: str = "GET", **kw: Any
+    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        return engine_request(self.client, path, method, **kw)
+
     async def _json(self, what: str, path: str, method: str = "GET", **kw: Any) -> Any:
-        async with docker_errors(what):
-            return await self.client._query_json(path, method, **kw)
+        async with docker_errors(what), self._request(path, method, **kw) as resp:
+            body = await resp.read()
+        return json.loads(body) if body else None
 
     async def ping(self) -> None:
-        async with docker_errors("the Engine ping"), self.client._query("_ping", versioned_api=False) as resp:
+        async with docker_errors("the Engine ping"), self._request("_ping", versioned_api=False) as resp:
             await resp.read()
 
     async def version(self) -> dict[str, Any]:
@@ -99,8 +106,7 @@ class DockerEngine:
 
     async def system_df(self) -> dict[str, Any]:
         """Disk usage, volume sizes included: Docker walks every volume, so it is slow on a big host."""
-        async with docker_errors("the disk usage"):
-            df: dict[str, Any] = await self.client._query_json("system/df", timeout=None)
+        df: dict[str, Any] = await self._json("the disk usage", "system/df", timeout=None)
         return df
 
     async def events(self, since: str | None, filters: Mapping[str, list[str]]) -> AsyncIterator[dict[str, Any]]:
@@ -147,7 +153,7 @@ class DockerEngine:
 
     async def volume_remove(self, name: str, *, force: bool) -> None:
         try:
-            async with docker_errors(f"volume {name!r}"), self.client._query(
+            async with docker_errors(f"volume {name!r}"), self._request(
                 f"volumes/{name}", "DELETE", params={"force": "1" if force else "0"}
             ) as resp:
                 await resp.read()
@@ -172,13 +178,13 @@ class DockerEngine:
         return str(data["Id"])
 
     async def container_start(self, cid: str) -> None:
-        async with docker_errors(f"container {cid[:12]!r}"), self.client._query(
+        async with docker_errors(f"container {cid[:12]!r}"), self._request(
             f"containers/{cid}/start", "POST"
         ) as resp:
             await resp.read()
 
     async def container_remove(self, cid: str) -> None:
-        async with docker_errors(f"container {cid[:12]!r}"), self.client._query(
+        async with docker_errors(f"container {cid[:12]!r}"), self._request(
             f"containers/{cid}", "DELETE", params={"force": "1"}
         ) as resp:
             await resp.read()
@@ -190,13 +196,13 @@ class DockerEngine:
     async def image_import(self, repo: str, tag: str, rootfs_tar: bytes, change: str) -> None:
         """`docker import`: an image from a root file system tar (not `docker load`), with one Dockerfile change."""
         params = {"fromSrc": "-", "repo": repo, "tag": tag, "changes": change}
-        async with docker_errors(f"image {repo}:{tag}"), self.client._query(
+        async with docker_errors(f"image {repo}:{tag}"), self._request(
             "images/create", "POST", params=params, data=rootfs_tar, headers={"Content-Type": "application/x-tar"}
         ) as resp:
             await resp.read()
 
     async def container_stop(self, cid: str) -> None:
-        async with docker_errors(f"container {cid[:12]!r}"), self.client._query(
+        async with docker_errors(f"container {cid[:12]!r}"), self._request(
             f"containers/{cid}/stop", "POST", timeout=None
         ) as resp:
             await resp.read()
@@ -216,14 +222,14 @@ class DockerEngine:
 
     async def archive_get(self, cid: str, path: str) -> AsyncIterator[bytes]:
         """The tar of `path` in the container, streamed (aiodocker's get_archive would buffer it all)."""
-        async with docker_errors(f"the files of container {cid[:12]!r}"), self.client._query(
+        async with docker_errors(f"the files of container {cid[:12]!r}"), self._request(
             f"containers/{cid}/archive", params={"path": path}, timeout=None
         ) as resp:
             async for chunk in resp.content.iter_chunked(ARCHIVE_CHUNK):
                 yield chunk
 
     async def archive_put(self, cid: str, path: str, chunks: AsyncIterator[bytes]) -> None:
-        async with docker_errors(f"the files of container {cid[:12]!r}"), self.client._query(
+        async with docker_errors(f"the files of container {cid[:12]!r}"), self._request(
             f"containers/{cid}/archive", "PUT", params={"path": path}, data=chunks, timeout=None,
             headers={"Content-Type": "application/x-tar"},
         ) as resp:

@@ -14,6 +14,7 @@ from contracts import CONTRACT_VERSION, ERROR_STATUS, FLEET_OPS, OPS, SERVICE_NA
 
 from . import __version__
 from .bus import Bus
+from .compat import reply_subject
 from .dispatch import Dispatcher, Outcome
 from .tasks import Tasks
 
@@ -95,7 +96,7 @@ class RequestService:
             raise
 
     async def _respond(self, req: Request, outcome: Outcome) -> None:
-        if not req._msg.reply:
+        if reply_subject(req) is None:
             return  # published rather than requested: the outcome is on `res` all the same
         if outcome.error is None:
             await req.respond(outcome.reply)

@@ -35,6 +35,7 @@ from contracts import BackupRecord, Compression, catalog_key
 
 from ..backoff import retrying
 from ..bus import Bus, nats_errors
+from ..compat import new_nuid
 from ..errors import Corrupt, NotFound, Unavailable
 from .stores import PARTIAL, StoreWriter, newest_first, store_errors, suffix_of
 
@@ -118,7 +119,7 @@ class NatsStore:
         """
         js, bucket = self.bus.js, self.bus.backups_bucket
         chunk = max(64 << 10, min(MAX_CHUNK, self.bus.nc.max_payload - 1024))
-        nuid = self.bus.nc._nuid.next().decode()  # as nats-py names chunk subjects
+        nuid = new_nuid(self.bus.nc)
         chunks_subject = f"$O.{bucket}.C.{nuid}"
         h, total, count, last_seq = hashlib.sha256(), 0, 0, 0
         window: deque[asyncio.Future[PubAck]] = deque()

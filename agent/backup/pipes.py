@@ -134,8 +134,16 @@ def big_pipe() -> tuple[int, int]:
     return r, w
 
 
+# GNU tar closes a failure with one of these; the line before says what went wrong.
+_TAR_SIGN_OFFS = (
+    "tar: Error is not recoverable: exiting now",
+    "tar: Exiting with failure status due to previous errors",
+)
+
+
 def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    """The last line that says something (not tar's sign-off), at most 300 characters."""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and line.strip() not in _TAR_SIGN_OFFS]
     return lines[-1][-300:] if lines else ""
 
 
