@@ -7,13 +7,14 @@ prove that each fake satisfies the Protocol it stands in for, so a fake cannot d
 from __future__ import annotations
 
 import asyncio
+import selectors
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from agent.backup.backups import Backups
 from agent.backup.digest import Digests
@@ -30,6 +31,8 @@ from agent.locks import KeyedLocks
 from agent.typing import BackupStore, Engine, EventSink, InventorySink, Peers, ResultSink
 from agent.volumes import Volumes
 from contracts import BackupRecord, Compression, Reply
+
+T = TypeVar("T")
 
 
 class FakeEngine:
@@ -236,6 +239,10 @@ class NoPeers:
         raise Unavailable(f"No agent answers for host {host!r} (a unit test has no peers).")
 
 
+HEARTBEAT_S = 60.0
+"""The fake agent's inventory heartbeat."""
+
+
 class Sink(EventSink, InventorySink, Protocol):
     """Where the agent's parts publish: a RecordingSink in unit tests, the real Bus in some."""
 
@@ -275,7 +282,7 @@ def fake_agent(
     all_stores = Stores(*stores)
     backups = Backups(volumes, all_stores, host, data_path)
     digests = Digests(volumes, data_path)
-    inventory = Inventory(engine, all_stores, sink, host, heartbeat_s=60, sizes_every_s=0)
+    inventory = Inventory(engine, all_stores, sink, host, heartbeat_s=HEARTBEAT_S, sizes_every_s=0)
     backups.on_backup, backups.on_forget = inventory.backed_up, inventory.forgotten
     return FakeAgent(engine, sink, all_stores, volumes, backups, Restores(volumes, all_stores, data_path),
                      inventory, digests, Migrations(backups, digests, NoPeers(), host))
@@ -285,6 +292,46 @@ def fake_handlers(engine: FakeEngine, sink: Sink, store_root: Path | None = None
     """The agent's handler table over a fake engine (backups in a throwaway local store)."""
     stores = (LocalStore(store_root),) if store_root is not None else ()
     return fake_agent(engine, sink, *stores).handlers
+
+
+class _JumpingSelector(selectors.DefaultSelector):
+    """Never waits for a timer: when nothing is ready, the loop's clock jumps to the next one instead."""
+
+    def __init__(self, loop: VirtualClockLoop) -> None:
+        super().__init__()
+        self.loop = loop
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        ready = super().select(0)
+        if ready or timeout is None or timeout <= 0:
+            return ready if ready or timeout is not None else super().select(None)
+        self.loop.now += timeout
+        return []
+
+
+class VirtualClockLoop(asyncio.SelectorEventLoop):
+    """An event loop on a clock of its own, starting at 0, that moves only when every task waits for a timer.
+
+    Debounces, intervals and heartbeats then run exactly (a sleep of 60 s ends at exactly 60.0) and at once.
+    For in-memory code only: the clock does not wait for threads or subprocesses.
+    """
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        super().__init__(_JumpingSelector(self))
+
+    def time(self) -> float:
+        return self.now
+
+
+def run_in_virtual_time(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` to completion on a fresh VirtualClockLoop (from a synchronous test)."""
+    loop = VirtualClockLoop()
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 if TYPE_CHECKING:  # mypy proves that each fake satisfies the Protocol it stands in for
