@@ -51,6 +51,7 @@ class FakeEngine:
         self.docker_events: list[dict[str, Any]] = []
         self.gate: asyncio.Event | None = None
         self.calls: list[str] = []
+        self._called: asyncio.Event | None = None
         self.fail_with: Exception | None = None
         """Raised by volume_create (Docker down, a bug below the agent, ...)."""
 
@@ -61,6 +62,19 @@ class FakeEngine:
              "Mounts": [{"Type": "volume", "Name": v, "Destination": f"/{v}"} for v in volumes]}
         self.containers_.append(c)
         return c
+
+    async def reached(self, call: str, timeout: float = 5) -> None:
+        """Until `call` (e.g. "create:v1") is among `calls`: the operation got that far (behind a closed
+        `gate`, it stays there)."""
+        async with asyncio.timeout(timeout):
+            while call not in self.calls:
+                self._called = asyncio.Event()
+                await self._called.wait()
+
+    def _call(self, call: str) -> None:
+        self.calls.append(call)
+        if self._called is not None:
+            self._called.set()
 
     def _container(self, cid: str) -> dict[str, Any]:
         for c in self.containers_:
@@ -85,14 +99,14 @@ class FakeEngine:
             yield evt
 
     async def volume_inspect(self, name: str) -> dict[str, Any]:
-        self.calls.append(f"inspect:{name}")
+        self._call(f"inspect:{name}")
         if name not in self.volumes:
             raise NotFound(f"Volume {name!r} does not exist on this host.")
         return self.volumes[name]
 
     async def volume_create(self, spec: Mapping[str, Any]) -> dict[str, Any]:
         name = spec["Name"]
-        self.calls.append(f"create:{name}")
+        self._call(f"create:{name}")
         if self.fail_with is not None:
             raise self.fail_with
         if self.gate is not None:
@@ -111,7 +125,7 @@ class FakeEngine:
         return list(self.volumes.values())
 
     async def volume_remove(self, name: str, *, force: bool) -> None:
-        self.calls.append(f"remove:{name}")
+        self._call(f"remove:{name}")
         if name not in self.volumes:
             raise NotFound(f"Volume {name!r} does not exist on this host.")
         if any(m.get("Name") == name for c in self.containers_ for m in c["Mounts"]):
@@ -127,39 +141,39 @@ class FakeEngine:
         return self._container(name)
 
     async def container_create(self, name: str, config: Mapping[str, Any]) -> str:
-        self.calls.append(f"container_create:{name}")
+        self._call(f"container_create:{name}")
         return "0" * 64
 
     async def container_start(self, cid: str) -> None:
-        self.calls.append(f"start:{cid}")
+        self._call(f"start:{cid}")
         for c in self.containers_:
             if c["Id"] == cid:
                 c["State"] = "running"
 
     async def container_stop(self, cid: str) -> None:
-        self.calls.append(f"stop:{cid}")
+        self._call(f"stop:{cid}")
         self._container(cid)["State"] = "exited"
 
     async def container_remove(self, cid: str) -> None:
-        self.calls.append(f"container_remove:{cid}")
+        self._call(f"container_remove:{cid}")
 
     async def container_exec(self, cid: str, cmd: list[str]) -> tuple[int, str]:
-        self.calls.append(f"exec:{cid}")
+        self._call(f"exec:{cid}")
         return 0, ""
 
     async def image_inspect(self, name: str) -> dict[str, Any]:
         return {}
 
     async def image_import(self, repo: str, tag: str, rootfs_tar: bytes, change: str) -> None:
-        self.calls.append(f"image_import:{repo}:{tag}")
+        self._call(f"image_import:{repo}:{tag}")
 
     async def archive_get(self, cid: str, path: str) -> AsyncIterator[bytes]:
-        self.calls.append(f"archive_get:{cid}")
+        self._call(f"archive_get:{cid}")
         raise AgentError("The fake Docker Engine has no archive API.")
         yield b""  # an async generator, as the Engine's is
 
     async def archive_put(self, cid: str, path: str, chunks: AsyncIterator[bytes]) -> None:
-        self.calls.append(f"archive_put:{cid}")
+        self._call(f"archive_put:{cid}")
         raise AgentError("The fake Docker Engine has no archive API.")
 
 
