@@ -316,11 +316,12 @@ class _JumpingSelector(selectors.DefaultSelector):
         self.loop = loop
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is None:  # no timer at all: only I/O can wake the loop, so wait for it for real
+            return super().select(None)
         ready = super().select(0)
-        if ready or timeout is None or timeout <= 0:
-            return ready if ready or timeout is not None else super().select(None)
-        self.loop.now += timeout
-        return []
+        if not ready and timeout > 0:
+            self.loop.now += timeout
+        return ready
 
 
 class VirtualClockLoop(asyncio.SelectorEventLoop):
