@@ -121,16 +121,15 @@ async def test_agent_killed_mid_backup_leaves_no_visible_backup_and_cleans_up_at
     progress = await client.nc.subscribe(f"vol.evt.{a.host_id}.backup.progress")
     pending = asyncio.create_task(client.request(a.host_id, "backup", {"volume": "slow1",
                                                                        "compression": "gzip"}, timeout=60))
-    # While it runs, the agent answers other requests promptly.
-    await asyncio.sleep(1.0)
+    # Under way (its first progress event): meanwhile the agent answers other requests promptly.
+    evt = msgspec.json.decode((await progress.next_msg(timeout=10)).data)
+    assert evt["volume"] == "slow1" and evt["bytes_done"] > 0
+    await progress.unsubscribe()
     t = time.monotonic()
     assert (await client.request(a.host_id, "inspect", {"name": "slow1"}, timeout=5)).ok
     assert time.monotonic() - t < 1.0
     partials = list((tmp_path / "backups").rglob("*.partial"))
     assert partials, "the backup was not under way"
-    evt = msgspec.json.decode((await progress.next_msg(timeout=3)).data)
-    assert evt["volume"] == "slow1" and evt["bytes_done"] > 0
-    await progress.unsubscribe()
     a.signal(signal.SIGKILL)
     a.wait(10)
     pending.cancel()

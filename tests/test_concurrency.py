@@ -34,7 +34,7 @@ async def test_a_blocked_request_does_not_block_the_next_ones(nats_server: NatsS
     try:
         # Straight after start(): the service must answer at once (Bus.settle makes its subscriptions land).
         slow = asyncio.create_task(client.request("conc", "create", {"name": "slow1"}, timeout=10))
-        await asyncio.sleep(0.2)
+        await engine.reached("create:slow1")  # the request is being applied, stopped at the gate
         assert not slow.done()
         fast = await asyncio.wait_for(client.request("conc", "inspect", {"name": "other1"}), 2)
         assert fast.error is not None and fast.error.code == "not_found"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -24,16 +26,21 @@ def test_checked_in_schema_is_current() -> None:
     assert SCHEMA_PATH.read_text() == render(), "run `python -m contracts.schema`"
 
 
-def test_schema_check_command_fails_on_a_stale_schema(tmp_path, monkeypatch) -> None:
-    out = subprocess.run([sys.executable, "-m", "contracts.schema", "--check"], capture_output=True)
-    assert out.returncode == 0
-    original = SCHEMA_PATH.read_text()
-    try:
-        SCHEMA_PATH.write_text(original.replace('"create"', '"make"', 1))
-        out = subprocess.run([sys.executable, "-m", "contracts.schema", "--check"], capture_output=True)
-        assert out.returncode == 1 and b"stale" in out.stderr
-    finally:
-        SCHEMA_PATH.write_text(original)
+def test_schema_check_command_fails_on_a_stale_schema(tmp_path: Path) -> None:
+    """Run in a copy of the package (`-m` finds it first in the working directory): the checked-in
+    schema.json is only ever read. The copy's schema fails the check once changed, so the copy is what ran."""
+    shutil.copytree(SCHEMA_PATH.parent, tmp_path / "contracts", ignore=shutil.ignore_patterns("__pycache__"))
+    copy = tmp_path / "contracts" / "schema.json"
+
+    def check() -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", "contracts.schema", "--check"], cwd=tmp_path,
+                              capture_output=True)
+
+    out = check()
+    assert out.returncode == 0, out.stderr
+    copy.write_text(copy.read_text().replace('"create"', '"make"', 1))
+    out = check()
+    assert out.returncode == 1 and b"stale" in out.stderr
 
 
 def test_contracts_import_alone_without_the_agent() -> None:

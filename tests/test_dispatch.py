@@ -115,16 +115,15 @@ async def test_operations_on_one_volume_are_serialized_and_others_are_not_blocke
     d, engine, _, _ = make()
     engine.gate = asyncio.Event()
     create = asyncio.create_task(d.execute("create", b'{"name": "v1"}'))
-    await asyncio.sleep(0.01)
+    await engine.reached("create:v1")  # the create holds v1's lock, stopped at the gate
     remove = asyncio.create_task(d.execute("remove", b'{"name": "v1"}'))
     other = await asyncio.wait_for(d.execute("inspect", b'{"name": "nope1"}'), 1)
     assert other.error is not None and other.error.code == "not_found"  # answered while v1 is busy
-    await asyncio.sleep(0.01)
-    assert "remove:v1" not in engine.calls  # waits for the create of the same volume
     engine.gate.set()
     assert (await create).error is None
+    # The remove found v1, so it waited for the create: before it, v1 did not exist and it was not_found.
     assert (await remove).error is None
-    assert engine.calls[-1] == "remove:v1"
+    assert engine.calls.index("create:v1") < engine.calls.index("remove:v1") == len(engine.calls) - 1
 
 
 async def test_concurrent_duplicates_share_one_application() -> None:
@@ -132,7 +131,7 @@ async def test_concurrent_duplicates_share_one_application() -> None:
     engine.gate = asyncio.Event()
     cmd = b'{"name": "v1", "id": "same"}'
     tasks = [asyncio.create_task(d.execute("create", cmd)) for _ in range(5)]
-    await asyncio.sleep(0.01)
+    await engine.reached("create:v1")  # the first is applying; the others started with it and wait on it
     engine.gate.set()
     outs = await asyncio.gather(*tasks)
     assert len({o.reply for o in outs}) == 1
@@ -163,7 +162,7 @@ async def test_an_id_reused_while_the_first_command_still_runs_is_conflict() -> 
     d, engine, _, _ = make()
     engine.gate = asyncio.Event()
     first = asyncio.create_task(d.execute("create", b'{"name": "v1", "id": "k1"}'))
-    await asyncio.sleep(0.01)
+    await engine.reached("create:v1")  # k1 is being applied
     other = await asyncio.wait_for(d.execute("create", b'{"name": "v2", "id": "k1"}'), 1)
     assert other.error is not None and other.error.code == "conflict"
     engine.gate.set()

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import uuid
 from pathlib import Path
+from typing import Any
 
 import msgspec
-import nats.js.errors
 import pytest
 
-from contracts import Reply
+from contracts import Reply, Subjects
 from volumectl.client import AgentClient, NoAgent
 
 from .conftest import Host
 from .stack import Agent, Dockerd, NatsServer
+from .test_events import eventually
 
 pytestmark = pytest.mark.integration
+
+SUBJECTS = Subjects("vol")
+SERVICE = "volume-agent"
 
 
 async def next_outcome(
@@ -38,16 +43,61 @@ async def next_outcome(
 
 
 async def count_outcomes(client: AgentClient, host: str, op: str, cmd_id: str) -> int:
+    """How many outcomes of `cmd_id` the audit stream holds, read to its last message on the subject now.
+
+    The caller first waits for a marker that the agent is done with the command; this only reads.
+    """
     js = client.nc.jetstream()
-    sub = await js.subscribe(f"vol.res.{host}.{op}", ordered_consumer=True)
+    subject = SUBJECTS.res(host, op)
+    last = (await js.get_last_msg(SUBJECTS.stream_name("res"), subject)).seq
+    sub = await js.subscribe(subject, ordered_consumer=True)
     n = 0
     try:
         while True:
-            try:
-                msg = await sub.next_msg(timeout=1)
-            except nats.errors.TimeoutError:
-                return n
+            msg = await sub.next_msg(timeout=10)
             n += msgspec.json.decode(msg.data, type=Reply).id == cmd_id
+            if msg.metadata.sequence.stream >= last:
+                return n
+    finally:
+        await sub.unsubscribe()
+
+
+async def consumed(client: AgentClient, host: str, op: str, *, acked: bool = True, timeout: float = 20) -> None:
+    """Until the agent's durable consumer has taken the last `op` command sent to `host`: acked it (it was
+    handled to the end: outcome recorded and published, or found already recorded), or with `acked=False`
+    only received it."""
+    js = client.nc.jetstream()
+    stream = SUBJECTS.stream_name("cmd")
+    seq = (await js.get_last_msg(stream, SUBJECTS.cmd(host, op))).seq
+
+    async def taken() -> bool:
+        info = await js.consumer_info(stream, f"agent_{host}")  # the durable name agent/commands.py uses
+        got = info.ack_floor if acked else info.delivered
+        return got is not None and got.stream_seq is not None and got.stream_seq >= seq
+
+    await eventually(taken, timeout, f"the agent {'acking' if acked else 'receiving'} command {seq}")
+
+
+async def logged(agent: Agent, event: str, timeout: float = 30) -> dict[str, Any]:
+    """Until the agent's log has `event` (e.g. "agent.stopping"); its first such line."""
+
+    async def line() -> dict[str, Any] | None:
+        found = next((x for x in agent.log().splitlines() if f'"event":"{event}"' in x), None)
+        return json.loads(found) if found else None
+
+    return await eventually(line, timeout, f"{event} in the log of agent {agent.host_id}")
+
+
+async def requests_taken(client: AgentClient, host: str) -> int:
+    """Requests `host`'s agent has taken so far, from its micro service's stats (counted on arrival)."""
+    inbox = client.nc.new_inbox()
+    sub = await client.nc.subscribe(inbox)
+    await client.nc.publish(f"$SRV.STATS.{SERVICE}", b"", reply=inbox)
+    try:
+        while True:
+            stats = msgspec.json.decode((await sub.next_msg(timeout=5)).data)
+            if stats["metadata"]["host"] == host:
+                return sum(e["num_requests"] for e in stats["endpoints"] if e["name"] == "req")
     finally:
         await sub.unsubscribe()
 
@@ -75,7 +125,7 @@ async def test_same_id_on_both_paths_is_applied_once_and_returns_the_stored_outc
     again = await host.req("create", {"name": "once", "id": cmd_id})
     assert again == first
     await host.client.command(host.id, "create", {"name": "once"}, cmd_id=cmd_id)
-    await asyncio.sleep(1.5)
+    await consumed(host.client, host.id, "create")
     assert "once" not in host.docker.docker("volume", "ls", "-q").split()
     # A replay is no new outcome: the stream holds the one outcome under this id.
     assert await count_outcomes(host.client, host.id, "create", cmd_id) == 1
@@ -94,6 +144,12 @@ async def test_concurrent_duplicates_of_one_id_apply_once(host: Host) -> None:
     replies = await asyncio.gather(*(host.req("create", {"name": "dup1", "id": cmd_id}) for _ in range(8)))
     assert all(r.ok for r in replies)
     assert len({r.result["created_at"] for r in replies}) == 1
+    # A reply goes out before its outcome is published: wait for the outcome, then for a later command's,
+    # which the agent publishes after anything the eight could still publish (one connection, in order).
+    await next_outcome(host.client, host.id, "create", cmd_id)
+    later = uuid.uuid4().hex
+    assert (await host.req("create", {"name": "dup2", "id": later})).ok
+    await next_outcome(host.client, host.id, "create", later)
     assert await count_outcomes(host.client, host.id, "create", cmd_id) == 1
 
 
@@ -129,15 +185,12 @@ async def test_micro_service_is_discoverable_with_host_metadata(host: Host) -> N
     inbox = host.client.nc.new_inbox()
     sub = await host.client.nc.subscribe(inbox)
     await host.client.nc.publish("$SRV.PING.volume-agent", b"", reply=inbox)
-    found = []
     try:
-        while True:
-            found.append(msgspec.json.decode((await sub.next_msg(timeout=1)).data))
-    except nats.errors.TimeoutError:
-        pass
-    await sub.unsubscribe()
-    mine = [p for p in found if p["metadata"]["host"] == host.id]
-    assert mine and mine[0]["name"] == "volume-agent" and mine[0]["metadata"]["version"]
+        while (pong := msgspec.json.decode((await sub.next_msg(timeout=5)).data))["metadata"]["host"] != host.id:
+            pass  # another agent on this bus
+    finally:
+        await sub.unsubscribe()
+    assert pong["name"] == "volume-agent" and pong["metadata"]["version"]
 
 
 # Faults: a second agent of our own, so the shared one is not disturbed.
@@ -152,9 +205,8 @@ async def test_command_published_while_the_agent_is_down_is_applied_when_it_star
     own_agent: Agent, client: AgentClient, dockerd: Dockerd
 ) -> None:
     own_agent.start()
-    own_agent.stop()
+    own_agent.stop()  # returns once the process has exited: nothing can apply the command now
     cmd_id = await client.command(own_agent.host_id, "create", {"name": "while-down"})
-    await asyncio.sleep(0.5)
     assert "while-down" not in dockerd.docker("volume", "ls", "-q").split()
     own_agent.start()
     reply = await next_outcome(client, own_agent.host_id, "create", cmd_id)
@@ -181,9 +233,15 @@ async def test_sigterm_during_a_command_lets_it_finish_replies_and_exits_zero(
     dockerd.pause()  # the create will hang inside Docker until we resume it
     try:
         pending = asyncio.create_task(client.request(own_agent.host_id, "create", {"name": "inflight"}, timeout=30))
-        await asyncio.sleep(0.5)
+
+        async def taken() -> bool:
+            return await requests_taken(client, own_agent.host_id) >= 1
+
+        await eventually(taken, 10, "the request reaching the agent")
         own_agent.signal(signal.SIGTERM)
-        await asyncio.sleep(0.5)
+        assert (await logged(own_agent, "agent.stopping"))["in_flight"] == 1
+        # In the drain stage, waiting for the command (Docker is paused: it cannot have finished).
+        assert (await logged(own_agent, "tasks.draining"))["running"] == 1
         assert own_agent.proc is not None and own_agent.proc.poll() is None, "exited before its command finished"
     finally:
         dockerd.resume()
@@ -201,7 +259,7 @@ async def test_agent_killed_mid_command_applies_it_after_restart(
     dockerd.pause()
     try:
         cmd_id = await client.command(own_agent.host_id, "create", {"name": "survivor"})
-        await asyncio.sleep(1.0)
+        await consumed(client, own_agent.host_id, "create", acked=False)  # delivered: in hand, not acked
         own_agent.signal(signal.SIGKILL)
         own_agent.wait(10)
     finally:
@@ -224,7 +282,8 @@ async def test_docker_down_is_unavailable_and_the_agent_recovers_when_it_returns
         assert "unreachable" in reply.error.message and "Traceback" not in reply.error.message
         # A durable command meeting Docker down is retried, not recorded as failed.
         cmd_id = await client.command("flaky", "create", {"name": "later"})
-        await asyncio.sleep(1)
+        first = await next_outcome(client, "flaky", "create", cmd_id)  # attempted while Docker was down
+        assert first.error is not None and first.error.code == "unavailable"
         d.start()
         # The unavailable attempts are on the audit stream too; the last one succeeds.
         reply = await next_outcome(client, "flaky", "create", cmd_id, timeout=30, until_ok=True)
@@ -254,9 +313,8 @@ async def test_agent_started_before_docker_waits_and_says_so(
     d = Dockerd(tmp_path / "dk4")
     a = Agent("early", d.url, nats_server.url, tmp_path / "agent").start(wait=False)
     try:
-        await asyncio.sleep(2)
-        assert '"docker.unreachable"' in a.log() and str(d.sock) in a.log()
-        assert "Traceback" not in a.log()
+        said = await logged(a, "docker.unreachable")
+        assert said["url"] == d.url and "Traceback" not in a.log()
         d.start()
         await asyncio.to_thread(a.wait_ready, 40)
         assert (await client.request("early", "list", {})).ok
@@ -271,9 +329,8 @@ async def test_agent_started_before_nats_says_so_and_connects_when_it_comes(
     late = NatsServer(tmp_path / "nats-late")
     a = Agent("early-nats", dockerd.url, late.url, tmp_path / "agent").start(wait=False)
     try:
-        await asyncio.sleep(3)
-        log = a.log()
-        assert '"nats.unreachable"' in log and late.url in log and "Traceback" not in log
+        said = await logged(a, "nats.unreachable")
+        assert said["urls"] == [late.url] and "Traceback" not in a.log()
         late.start()
         await asyncio.to_thread(a.wait_ready, 60)
         c = await AgentClient.connect([late.url])
@@ -291,7 +348,12 @@ async def test_agent_reconnects_after_the_nats_server_restarts(dockerd: Dockerd,
     a = Agent("reconnects", dockerd.url, n.url, tmp_path / "agent").start()
     try:
         n.stop()
-        await asyncio.sleep(3)  # longer than a few reconnect attempts
+        await logged(a, "nats.disconnected")
+
+        async def attempts_failed() -> bool:  # each failed reconnect attempt is logged as a nats.error
+            return a.log().split('"nats.disconnected"', 1)[1].count('"event":"nats.error"') >= 3
+
+        await eventually(attempts_failed, 30, "three failed reconnect attempts")
         n.start()  # same port, same JetStream store
         c = await AgentClient.connect([n.url])
         try:

@@ -9,6 +9,7 @@ import io
 import os
 import signal
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,6 +58,26 @@ async def own_backups(h: Host, volume: str | None = None) -> list[dict[str, Any]
     if volume:
         body["volume"] = volume
     return list((await h.ok("backups", body))["backups"])
+
+
+async def settled(h: Host, *volumes: str) -> None:
+    """Until the agent has handled every Docker event so far and finished the work they started on `volumes`.
+
+    Two markers. The agent handles Docker's events one at a time, in order, and publishes `volume.created`
+    from that loop: once a volume made now is announced, every earlier event has been handled (an on-stop
+    backup one called for is scheduled). Operations on a volume queue for its lock in arrival order: an
+    idempotent `create` of each volume gets it only after any backup scheduled before, pruning included.
+    """
+    sentinel = f"sentinel-{uuid.uuid4().hex[:8]}"
+    created = await subscribe(h.client, f"vol.evt.{h.id}.volume.created")
+    h.docker.docker("volume", "create", sentinel)
+    while msgspec.json.decode((await created.next_msg(timeout=10)).data)["volume"] != sentinel:
+        pass
+    await created.unsubscribe()
+    for v in volumes:
+        spec = await h.ok("inspect", {"name": v})
+        await h.ok("create", {"name": v, "driver": spec["driver"], "driver_opts": spec["options"],
+                              "labels": spec["labels"]})
 
 
 def run_labelled(d: Dockerd, name: str, volumes: list[str], *extra: str) -> None:
@@ -112,7 +133,7 @@ async def test_a_labelled_container_that_stops_gets_exactly_one_backup(host: Hos
     host.docker.docker("stop", "-t", "1", "app1")  # kill, die and stop: one stop
     evt = msgspec.json.decode((await sub.next_msg(timeout=10)).data)
     assert evt["volume"] == "appdata" and evt["container"] == "app1"
-    await asyncio.sleep(1.5)  # a second backup would have started by now
+    await settled(host, "appdata")  # the kill and stop after the die are handled; a second backup would be done
     backups = await own_backups(host, "appdata")
     assert len(backups) == 1
     assert backups[0]["trigger"] == "on-stop" and backups[0]["container"] == "app1"
@@ -143,7 +164,7 @@ async def test_a_restart_policy_brings_the_container_back_and_the_stop_is_still_
     os.kill(pid, signal.SIGKILL)  # not `docker kill`: Docker does not restart what it was told to stop
     evt = msgspec.json.decode((await sub.next_msg(timeout=10)).data)
     assert evt["volume"] == "loopdata"
-    await asyncio.sleep(1.5)
+    await settled(host, "loopdata")  # the restart's events are handled too
     assert len(await own_backups(host, "loopdata")) == 1
     assert host.docker.docker("inspect", "-f", "{{.State.Running}}", "looper").strip() == "true"
     await sub.unsubscribe()
@@ -154,7 +175,7 @@ async def test_the_agents_own_stops_trigger_nothing(host: Host) -> None:
     run_labelled(host.docker, "app3", ["selfstop"])
     rec = await host.ok("backup", {"volume": "selfstop", "stop_containers": True})
     assert rec["stopped_containers"] == ["app3"]
-    await asyncio.sleep(2)
+    await settled(host, "selfstop")  # the die of our own stop is handled
     assert [b["trigger"] for b in await own_backups(host, "selfstop")] == ["request"]
 
 
@@ -169,7 +190,7 @@ async def test_labels_choose_the_volumes_and_options_and_bad_labels_fail_clearly
         got = {msgspec.json.decode((await sub.next_msg(timeout=10)).data)["volume"] for _ in range(2)}
         assert got == {"va", "vc"}
         host.docker.docker("start", "app4")
-    await asyncio.sleep(1)
+    await settled(host, "va", "vb", "vc")  # the second stop's backups and their pruning are done
     for v, n in (("va", 1), ("vb", 0), ("vc", 1)):
         backups = await own_backups(host, v)
         assert len(backups) == n, (v, backups)  # keep=1 pruned the first stop's backups

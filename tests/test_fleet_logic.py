@@ -4,24 +4,24 @@ fleet view. Small fakes; the integration tests run the real thing."""
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import msgspec
 import pytest
 import structlog
 
-from agent.backup.local_store import LocalStore
-from agent.backup.stores import Stores
 from agent.causes import Causes
 from agent.errors import Invalid
-from agent.events.inventory import Inventory
+from agent.events import inventory as inventory_module
 from agent.events.onstop import options_from_labels
 from agent.events.watch import Cursor
 from contracts import BackupRecord, InventorySnapshot
 from volumectl.fleet import fleet_rows, is_stale, unprotected
 
-from .fakes import FakeEngine, RecordingSink
+from .fakes import HEARTBEAT_S, FakeEngine, MemoryStore, RecordingSink, fake_agent, run_in_virtual_time
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -76,27 +76,78 @@ def _record(volume: str, created_at: str, host: str = "h1") -> BackupRecord:
                         created_at=created_at, duration_s=0.1, stopped_containers=[])
 
 
-async def test_the_inventory_debounces_a_burst_and_follows_backups(tmp_path: Path) -> None:
-    engine, sink = FakeEngine(), RecordingSink()
-    await engine.volume_create({"Name": "v1"})
-    inv = Inventory(engine, Stores(LocalStore(tmp_path)), sink, "h1", heartbeat_s=60,  # type: ignore[arg-type]
-                    sizes_every_s=0)
-    await inv.on_resync()
-    await inv.start()
-    await asyncio.sleep(0.5)
-    for _ in range(20):
+def test_the_inventory_publishes_one_snapshot_per_burst_at_most_once_a_second_and_a_heartbeat() -> None:
+    """On a virtual clock (tests/fakes.py VirtualClockLoop): each snapshot's time is exact, so "no other
+    snapshot came in between" is a fact of the schedule, not a hope after a real sleep."""
+    d, m = inventory_module.DEBOUNCE_S, inventory_module.MIN_INTERVAL_S
+    burst_at = 5.0  # five changes within the debounce of the first: one snapshot
+    burst_published = burst_at + d
+    late_change_at = burst_published + d / 10  # waits out the minimum interval, then the debounce
+    late_published = burst_published + m + d
+    heartbeat_published = late_published + m + HEARTBEAT_S  # nothing changes: the heartbeat
+    published: list[tuple[float, int]] = []
+
+    class TimedSink(RecordingSink):
+        async def inventory(self, snapshot: bytes) -> None:
+            seq = msgspec.json.decode(snapshot, type=InventorySnapshot).seq
+            published.append((_loop_time(), seq))
+
+    async def until(t: float) -> None:
+        await asyncio.sleep(t - _loop_time())
+
+    async def scenario() -> None:
+        engine = FakeEngine()
+        inv = fake_agent(engine, TimedSink(), MemoryStore("local", Path("/nonexistent"))).inventory
+        await engine.volume_create({"Name": "v1"})
+        await inv.on_resync()
+        await inv.start()  # a first snapshot, debounced like any change
+        await until(burst_at)
+        for i in range(5):
+            await until(burst_at + i * d / 6)
+            inv.changed()
+        await until(late_change_at)
         inv.changed()
-    inv.backed_up(_record("v1", "2026-11-28T10:00:00+00:00"))
+        await until(heartbeat_published + HEARTBEAT_S / 2)
+        await inv.stop()
+
+    with pytest.MonkeyPatch.context() as mp:
+        # The loop paces itself by time.monotonic(); on the virtual clock that must be the loop's time.
+        mp.setattr(inventory_module, "time", SimpleNamespace(monotonic=_loop_time, perf_counter=time.perf_counter))
+        run_in_virtual_time(scenario())
+    assert published == [(pytest.approx(d), 1), (pytest.approx(burst_published), 2),
+                         (pytest.approx(late_published), 3), (pytest.approx(heartbeat_published), 4)]
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def test_the_inventory_shows_this_hosts_newest_backup_and_rereads_the_stores_when_it_is_forgotten(
+    tmp_path: Path,
+) -> None:
+    engine, store = FakeEngine(), MemoryStore("local", tmp_path)
+    inv = fake_agent(engine, RecordingSink(), store).inventory
+    await engine.volume_create({"Name": "v1"})
+    at_start = _record("v1", "2026-11-28T08:00:00+00:00")
+    store.records[at_start.backup_id] = at_start
+    store.records["v1.other"] = _record("v1", "2026-11-28T08:30:00+00:00", host="other")
+    await inv.on_resync()
+
+    async def last_backup() -> str | None:
+        last = (await inv.snapshot()).volumes[0].last_backup
+        return last.created_at if last else None
+
+    assert await last_backup() == at_start.created_at  # read from the stores: this host's newest
+    newest = _record("v1", "2026-11-28T10:00:00+00:00")
+    inv.backed_up(newest)
     inv.backed_up(_record("v1", "2026-11-28T09:00:00+00:00"))  # older: not the last
     inv.backed_up(_record("v1", "2026-11-28T11:00:00+00:00", host="other"))  # another host's: not ours
-    await asyncio.sleep(1.2)
-    await inv.stop()
-    assert len(sink.snapshots) == 2  # the start, then one for the whole burst (at most one a second)
-    snap = msgspec.json.decode(sink.snapshots[-1], type=InventorySnapshot)
-    assert snap.host == "h1" and snap.seq == 2 and snap.engine.storage_driver == "overlay2"
-    assert snap.volumes[0].last_backup is not None
-    assert snap.volumes[0].last_backup.created_at == "2026-11-28T10:00:00+00:00"
-    assert snap.sizes_at is None and snap.volumes[0].size is None
+    assert await last_backup() == newest.created_at
+    inv.forgotten(newest)  # not in the store: the stores' newest of this host is the last again
+    snap = await inv.snapshot()
+    assert await last_backup() == at_start.created_at
+    assert snap.host == "h1" and snap.engine.storage_driver == "overlay2" and snap.sizes_at is None
+    assert snap.volumes[0].size is None
 
 
 def _snap(host: str, taken: datetime, volumes: dict[str, datetime | None]) -> InventorySnapshot:
