@@ -108,9 +108,6 @@ async def test_keep_prunes_only_this_hosts_older_backups_of_that_volume_in_that_
     assert not Path(mine[0].location).exists() and not Path(mine[1].location).exists()
 
 
-@pytest.mark.xfail(strict=True, reason="production bug: Backups._keep counts records newest first, so with a "
-                   "backup of this host dated later than now (the clock was set back since), keep=1 forgets "
-                   "the backup it has just made and returns its record")
 async def test_keep_never_prunes_the_backup_just_made(agent: FakeAgent) -> None:
     local = agent.stores["local"]
     from_the_future = await put_backup(local, "v1", "h1", at(1, year=2999))

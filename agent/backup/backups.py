@@ -132,7 +132,7 @@ class Backups:
                                container=container)
             log.info("backup.completed", size=size, stored=writer.written, seconds=record.duration_s)
         if req.keep is not None:
-            await self._keep(req.volume, req.keep, req.store)
+            await self._keep(record, req.keep)
         return record
 
     async def _write(
@@ -177,11 +177,12 @@ class Backups:
                 await asyncio.shield(following)
             return size
 
-    async def _keep(self, volume: str, keep: int, store_name: str) -> None:
-        """Keep the newest `keep` backups this host made of `volume` in that store (never another host's)."""
-        store = self.stores[store_name]
-        mine = [r for r in await store.catalog(volume) if r.host == self.host]
-        for old in mine[keep:]:
+    async def _keep(self, made: BackupRecord, keep: int) -> None:
+        """Keep the newest `keep` backups this host made of the volume in that store, the one just `made` always
+        among them (whatever the clocks say), and never another host's."""
+        store = self.stores[made.store]
+        others = [r for r in await store.catalog(made.volume) if r.host == self.host and r.backup_id != made.backup_id]
+        for old in others[keep - 1:]:
             await store.forget(old.backup_id)
             self.on_forget(old)
             log.info("backup.pruned", old=old.backup_id)
