@@ -170,7 +170,8 @@ class Inventory:
             self._dirty.clear()
             started = time.perf_counter()
             # A host where containers come and go all the time: still at most one snapshot a second.
-            next_at = time.monotonic() + MIN_INTERVAL_S
+            loop = asyncio.get_running_loop()
+            next_at = loop.time() + MIN_INTERVAL_S
             try:
                 data = self.encode(await self.snapshot())
                 await self.sink.inventory(data)
@@ -181,7 +182,7 @@ class Inventory:
                 continue
             log.debug("inventory.published", seq=self.seq, bytes=len(data),
                       ms=round((time.perf_counter() - started) * 1000, 1))
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            await asyncio.sleep(max(0.0, next_at - loop.time()))  # the clock asyncio.sleep keeps
 
     async def _sizes_loop(self) -> None:
         while True:
