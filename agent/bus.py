@@ -22,15 +22,14 @@ from nats.js.api import KeyValueConfig, ObjectStoreConfig, StreamConfig
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from contracts import Subjects, VolumeEvent, outcome_key
+from contracts import Subjects, VolumeEvent
 
 from .backoff import until_ok
 from .compat import flush_pending
 from .config import NatsAuth, Settings
-from .errors import Internal, Timeout, Unavailable
-from .outcomes import StoredOutcome
+from .errors import Timeout, Unavailable
 
-__all__ = ["Bus", "KvOutcomes", "nats_errors"]
+__all__ = ["Bus", "nats_errors"]
 
 log = structlog.get_logger(__name__)
 
@@ -272,28 +271,3 @@ class Bus:
     async def _on_reconnected(self) -> None:
         nc = self._nc
         log.info("nats.reconnected", url=nc.connected_url.geturl() if nc and nc.connected_url else None)
-
-
-class KvOutcomes:
-    """`OutcomeStore` in the JetStream KV bucket `<prefix>_outcomes`."""
-
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
-        self._decoder = msgspec.json.Decoder(StoredOutcome)
-
-    async def get(self, host: str, cmd_id: str) -> StoredOutcome | None:
-        async with nats_errors("reading a recorded outcome"):
-            try:
-                entry = await self.bus.outcomes_kv.get(outcome_key(host, cmd_id))
-            except nats.js.errors.KeyNotFoundError:
-                return None
-        if not entry.value:
-            return None
-        try:
-            return self._decoder.decode(entry.value)
-        except msgspec.DecodeError as exc:
-            raise Internal(f"The recorded outcome of command {cmd_id!r} cannot be read: {exc}.") from exc
-
-    async def put(self, host: str, cmd_id: str, outcome: StoredOutcome) -> None:
-        async with nats_errors("recording an outcome"):
-            await self.bus.outcomes_kv.put(outcome_key(host, cmd_id), msgspec.json.encode(outcome))

@@ -22,7 +22,7 @@ from .backup.nats_store import NatsStore
 from .backup.restore import Restores
 from .backup.stores import Stores
 from .backup.volume_files import DataPath, remove_leftover_helpers
-from .bus import Bus, KvOutcomes
+from .bus import Bus
 from .causes import Causes
 from .commands import Commands
 from .config import Settings, parse_args
@@ -36,6 +36,7 @@ from .events.onstop import OnStop
 from .events.watch import Cursor, DockerWatch
 from .locks import KeyedLocks
 from .logging import configure
+from .outcomes import KvOutcomes
 from .requests import RequestService
 from .share import Shares
 from .tasks import Tasks

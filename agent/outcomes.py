@@ -1,12 +1,16 @@
-"""Idempotency: the outcome of every command id, kept (in JetStream KV) for at least 24 hours."""
+"""Idempotency: the outcome of every command id, kept in the KV bucket `<prefix>_outcomes` for 48 hours."""
 
 from __future__ import annotations
 
 import msgspec
+import nats.js.errors
 
 from contracts import outcome_key
 
-__all__ = ["MemoryOutcomes", "StoredOutcome"]
+from .bus import Bus, nats_errors
+from .errors import Internal
+
+__all__ = ["KvOutcomes", "StoredOutcome"]
 
 
 class StoredOutcome(msgspec.Struct, forbid_unknown_fields=True):
@@ -16,14 +20,26 @@ class StoredOutcome(msgspec.Struct, forbid_unknown_fields=True):
     reply: msgspec.Raw
 
 
-class MemoryOutcomes:
-    """An `OutcomeStore` in a dict, for unit tests."""
+class KvOutcomes:
+    """`OutcomeStore` in the JetStream KV bucket `<prefix>_outcomes`."""
 
-    def __init__(self) -> None:
-        self.items: dict[str, StoredOutcome] = {}
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self._decoder = msgspec.json.Decoder(StoredOutcome)
 
     async def get(self, host: str, cmd_id: str) -> StoredOutcome | None:
-        return self.items.get(outcome_key(host, cmd_id))
+        async with nats_errors("reading a recorded outcome"):
+            try:
+                entry = await self.bus.outcomes_kv.get(outcome_key(host, cmd_id))
+            except nats.js.errors.KeyNotFoundError:
+                return None
+        if not entry.value:
+            return None
+        try:
+            return self._decoder.decode(entry.value)
+        except msgspec.DecodeError as exc:
+            raise Internal(f"The recorded outcome of command {cmd_id!r} cannot be read: {exc}.") from exc
 
     async def put(self, host: str, cmd_id: str, outcome: StoredOutcome) -> None:
-        self.items[outcome_key(host, cmd_id)] = outcome
+        async with nats_errors("recording an outcome"):
+            await self.bus.outcomes_kv.put(outcome_key(host, cmd_id), msgspec.json.encode(outcome))

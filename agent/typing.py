@@ -4,7 +4,7 @@
     EventSink       where events go (agent/bus.py Bus; tests RecordingSink)
     ResultSink      where outcomes go (agent/bus.py Bus)
     InventorySink   where snapshots go (agent/bus.py Bus)
-    OutcomeStore    recorded outcomes by command id (agent/bus.py KvOutcomes; agent/outcomes.py MemoryOutcomes)
+    OutcomeStore    recorded outcomes by command id (agent/outcomes.py KvOutcomes; tests MemoryOutcomes)
     BackupStore     a place for backups and their catalog (agent/backup/local_store.py, nats_store.py)
     EventHandler    a consumer of Docker's events (agent/events/*)
     Peers           requests to other hosts' agents (agent/backup/migrate.py BusPeers)

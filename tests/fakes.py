@@ -27,9 +27,10 @@ from agent.daemon import Domain
 from agent.dispatch import Handler
 from agent.errors import AgentError, InUse, NotFound, Unavailable
 from agent.events.inventory import Inventory
-from agent.typing import BackupStore, Engine, EventSink, InventorySink, Peers, ResultSink
+from agent.outcomes import StoredOutcome
+from agent.typing import BackupStore, Engine, EventSink, InventorySink, OutcomeStore, Peers, ResultSink
 from agent.volumes import Volumes
-from contracts import BackupRecord, Compression, Reply
+from contracts import BackupRecord, Compression, Reply, outcome_key
 
 T = TypeVar("T")
 
@@ -201,6 +202,19 @@ class RecordingSink:
                                   "container": container})
 
 
+class MemoryOutcomes:
+    """An `OutcomeStore` in a dict."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, StoredOutcome] = {}
+
+    async def get(self, host: str, cmd_id: str) -> StoredOutcome | None:
+        return self.items.get(outcome_key(host, cmd_id))
+
+    async def put(self, host: str, cmd_id: str, outcome: StoredOutcome) -> None:
+        self.items[outcome_key(host, cmd_id)] = outcome
+
+
 class MemoryStore:
     """A `BackupStore` under any name: records in a dict, bytes in files under `root`; `fetch` does not verify."""
 
@@ -362,3 +376,4 @@ if TYPE_CHECKING:  # mypy proves that each fake satisfies the Protocol it stands
     _inventory: InventorySink = RecordingSink()
     _store: BackupStore = MemoryStore("nats", Path())
     _peers: Peers = NoPeers()
+    _outcomes: OutcomeStore = MemoryOutcomes()

@@ -12,11 +12,10 @@ from agent import commands
 from agent.commands import Commands
 from agent.dispatch import Dispatcher, Outcome
 from agent.errors import Unavailable
-from agent.outcomes import MemoryOutcomes
 from agent.tasks import Tasks
 from contracts import Subjects
 
-from .fakes import FakeEngine, RecordingSink, fake_handlers
+from .fakes import FakeEngine, MemoryOutcomes, RecordingSink, fake_handlers
 
 pytestmark = pytest.mark.timeout(10)
 

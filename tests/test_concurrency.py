@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.bus import Bus, KvOutcomes
+from agent.bus import Bus
 from agent.config import Settings
 from agent.dispatch import Dispatcher
+from agent.outcomes import KvOutcomes
 from agent.requests import RequestService
 from agent.tasks import Tasks
 from volumectl.client import AgentClient

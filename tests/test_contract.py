@@ -14,12 +14,11 @@ from hypothesis import strategies as st
 
 from agent.dispatch import Dispatcher
 from agent.errors import Invalid
-from agent.outcomes import MemoryOutcomes
 from agent.tasks import Tasks
 from contracts import OPS, BaseRequest, Subjects, valid_host_id
 from contracts.schema import SCHEMA_PATH, render
 
-from .fakes import FakeEngine, RecordingSink, fake_handlers
+from .fakes import FakeEngine, MemoryOutcomes, RecordingSink, fake_handlers
 
 
 def test_checked_in_schema_is_current() -> None:

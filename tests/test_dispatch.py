@@ -13,11 +13,10 @@ from structlog.testing import capture_logs
 from agent.dispatch import Dispatcher
 from agent.errors import Unavailable
 from agent.locks import KeyedLocks
-from agent.outcomes import MemoryOutcomes
 from agent.tasks import Tasks
 from contracts import Reply
 
-from .fakes import FakeEngine, RecordingSink, fake_handlers
+from .fakes import FakeEngine, MemoryOutcomes, RecordingSink, fake_handlers
 
 pytestmark = pytest.mark.timeout(10)
 
