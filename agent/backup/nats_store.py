@@ -32,6 +32,7 @@ import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ObjectInfo, ObjectMetaOptions, PubAck
 
 from contracts import BackupRecord, Compression
+from volumectl.kv import read_bucket
 
 from ..bus import Bus, nats_errors
 from ..errors import Corrupt, NotFound, Timeout, Unavailable
@@ -170,22 +171,17 @@ class NatsStore:
     async def catalog(self, volume: str | None = None) -> list[BackupRecord]:
         records = []
         async with nats_errors("reading the shared backup catalog"):
-            watcher = await self.bus.catalog_kv().watchall(ignore_deletes=True)
+            values = await read_bucket(self.bus.js, self.bus.subjects.bucket_name("backup_catalog"))
+        for key, value in values.items():
+            if not value:
+                continue
             try:
-                async for entry in watcher:
-                    if entry is None:
-                        break
-                    if not entry.value:
-                        continue
-                    try:
-                        r = _DECODE.decode(entry.value)
-                    except msgspec.DecodeError:
-                        log.warning("objstore.unreadable_record", key=entry.key)
-                        continue
-                    if volume in (None, r.volume):
-                        records.append(r)
-            finally:
-                await watcher.stop()  # type: ignore[no-untyped-call]
+                r = _DECODE.decode(value)
+            except msgspec.DecodeError:
+                log.warning("objstore.unreadable_record", key=key)
+                continue
+            if volume in (None, r.volume):
+                records.append(r)
         return newest_first(records)
 
     async def get(self, backup_id: str) -> BackupRecord:
