@@ -8,11 +8,14 @@ three-node cluster when the reader's node is not the stream leader and another c
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import nats
 import nats.errors
 import nats.js.errors
@@ -23,9 +26,10 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue
 
+from contracts import EngineInfo, InventorySnapshot
 from volumectl.kv import IncompleteRead, read_bucket
 
-from .stack import NatsCluster, NatsServer
+from .stack import NatsCluster, NatsServer, venv_bin
 
 pytestmark = pytest.mark.integration
 
@@ -160,3 +164,31 @@ async def test_a_read_that_cannot_get_every_listed_key_fails_instead_of_returnin
     monkeypatch.setattr(js, "add_consumer", remove_one_then_add)
     with pytest.raises(IncompleteRead, match=rf"bucket '{bucket}': after 1.5 s, 1 of its 2 keys had not arrived"):
         await read_bucket(js, bucket, timeout=1.5)
+
+
+def _snapshot(host: str) -> bytes:
+    return msgspec.json.encode(InventorySnapshot(
+        host=host, agent_version="test", engine=EngineInfo("20.10", "1.41", "overlay2"), volumes=[], plugins=[],
+        taken_at="2026-01-01T00:00:00+00:00", seq=1, heartbeat_s=30.0))
+
+
+def _fleet(url: str, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOLUME_AGENT_")}
+    return subprocess.run([venv_bin("volumectl"), "--nats", url, "--prefix", prefix, *args, "fleet"],
+                          capture_output=True, text=True, timeout=60, env=env)
+
+
+async def test_volumectl_fleet_counts_every_host_or_exits_1_without_a_table(
+        js: JetStreamContext, nats_server: NatsServer) -> None:
+    prefix = f"kvt{uuid.uuid4().hex[:6]}"
+    kv = await js.create_key_value(KeyValueConfig(bucket=f"{prefix}_inventory", history=1))
+    for host in ("h1", "h2", "h3"):
+        await kv.put(host, _snapshot(host))
+    out = await asyncio.to_thread(_fleet, nats_server.url, prefix)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.startswith("3 host(s) in the inventory")
+    assert [line.split()[0] for line in out.stdout.splitlines()[1:]] == ["h1", "h2", "h3"]
+    out = await asyncio.to_thread(_fleet, nats_server.url, prefix, "--timeout", "0.000001")
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.startswith(f"volumectl: Could not read all of the KV bucket '{prefix}_inventory'")
+    assert "Traceback" not in out.stderr
