@@ -20,11 +20,16 @@ from contracts import Reply
 from . import args, render
 from .client import AgentClient, NoAgent
 from .fleet import fleet_rows, unprotected
+from .kv import READ_TIMEOUT_S, IncompleteRead
 
 __all__ = ["main"]
 
 async def _fleet(a: argparse.Namespace, client: AgentClient) -> int:
-    snapshots = await client.inventories()
+    try:
+        snapshots = await client.inventories(a.timeout if a.timeout is not None else READ_TIMEOUT_S)
+    except IncompleteRead as exc:  # never a table that leaves hosts out
+        print(f"volumectl: {exc} No table printed; try again, or raise --timeout.", file=sys.stderr)
+        return 1
     rows = unprotected(snapshots, a.unprotected) if a.unprotected is not None else fleet_rows(snapshots)
     if a.json:
         print(msgspec.json.encode(snapshots if a.unprotected is None else [

@@ -14,6 +14,8 @@ from nats.aio.client import Client
 
 from contracts import InventorySnapshot, Reply, Subjects
 
+from .kv import READ_TIMEOUT_S, read_bucket
+
 __all__ = ["AgentClient", "NoAgent"]
 
 _DECODE = msgspec.json.Decoder(Reply)
@@ -118,20 +120,13 @@ class AgentClient:
             await sub.unsubscribe()
         return sorted(replies, key=lambda r: r.host)
 
-    async def inventories(self) -> list[InventorySnapshot]:
-        """Every host's last inventory snapshot, from the KV bucket (hosts that are down included)."""
+    async def inventories(self, timeout: float = READ_TIMEOUT_S) -> list[InventorySnapshot]:  # noqa: ASYNC109
+        """Every host's last inventory snapshot, from the KV bucket (hosts that are down included).
+
+        All of them or an error: raises `IncompleteRead` when the bucket cannot be read completely in time.
+        """
         try:
-            kv = await self.nc.jetstream().key_value(self.subjects.inventory_bucket)
+            values = await read_bucket(self.nc.jetstream(), self.subjects.inventory_bucket, timeout=timeout)
         except nats.js.errors.BucketNotFoundError:
             return []
-        snapshots = []
-        watcher = await kv.watchall(ignore_deletes=True)
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                if entry.value:
-                    snapshots.append(_SNAPSHOT.decode(entry.value))
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
-        return sorted(snapshots, key=lambda s: s.host)
+        return sorted((_SNAPSHOT.decode(v) for v in values.values() if v), key=lambda s: s.host)

@@ -32,11 +32,12 @@ import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ObjectInfo, ObjectMetaOptions, PubAck
 
 from contracts import BackupRecord, Compression, catalog_key
+from volumectl.kv import IncompleteRead, read_bucket
 
 from ..backoff import retrying
 from ..bus import Bus, nats_errors
 from ..compat import new_nuid
-from ..errors import Corrupt, NotFound, Unavailable
+from ..errors import Corrupt, NotFound, Timeout, Unavailable
 from .stores import PARTIAL, StoreWriter, newest_first, store_errors, suffix_of
 
 __all__ = ["NatsStore"]
@@ -164,23 +165,23 @@ class NatsStore:
 
     async def catalog(self, volume: str | None = None) -> list[BackupRecord]:
         records = []
-        async with nats_errors("reading the shared backup catalog"):
-            watcher = await self.bus.catalog_kv().watchall(ignore_deletes=True)
+        try:
+            async with nats_errors("reading the shared backup catalog"):
+                values = await read_bucket(self.bus.js, self.bus.subjects.catalog_bucket)
+        except Timeout as exc:
+            if isinstance(exc.__cause__, IncompleteRead):  # say which keys are missing, not just "no answer"
+                raise Timeout(str(exc.__cause__)) from exc
+            raise
+        for key, value in values.items():
+            if not value:
+                continue
             try:
-                async for entry in watcher:
-                    if entry is None:
-                        break
-                    if not entry.value:
-                        continue
-                    try:
-                        r = _DECODE.decode(entry.value)
-                    except msgspec.DecodeError:
-                        log.warning("objstore.unreadable_record", key=entry.key)
-                        continue
-                    if volume in (None, r.volume):
-                        records.append(r)
-            finally:
-                await watcher.stop()  # type: ignore[no-untyped-call]
+                r = _DECODE.decode(value)
+            except msgspec.DecodeError:
+                log.warning("objstore.unreadable_record", key=key)
+                continue
+            if volume in (None, r.volume):
+                records.append(r)
         return newest_first(records)
 
     async def get(self, backup_id: str) -> BackupRecord:

@@ -1,0 +1,194 @@
+"""Fleet reads of a KV bucket are never short: `volumectl.kv.read_bucket` returns every key or raises.
+
+The short read it replaces (a KeyWatcher loop that stops at the first `None`, nats.py issue 842) shows on a
+three-node cluster when the reader's node is not the stream leader and another client writes meanwhile:
+`follower_reads` sets that scene up and takes the reader as a parameter, so the old loop can be run in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig
+from nats.js.kv import KeyValue
+
+from contracts import EngineInfo, InventorySnapshot
+from volumectl.kv import IncompleteRead, read_bucket
+
+from .stack import NatsCluster, NatsServer, venv_bin
+
+pytestmark = pytest.mark.integration
+
+KEYS = 300
+READS = 100
+# Concurrent write loops of the other client.
+WRITERS = 4
+# Keys it adds and deletes again, over and over.
+TMP_KEYS = 40
+Reader = Callable[[JetStreamContext, str], Awaitable[dict[str, bytes]]]
+
+
+async def until(attempt: Callable[[], Awaitable[Any]], what: str, timeout: float = 60) -> Any:
+    """`attempt()` again while a new cluster elects its leaders (calls time out or find no responders)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        try:
+            return await attempt()
+        except (nats.errors.Error, TimeoutError):
+            if loop.time() > end:
+                raise AssertionError(f"{what}: the cluster did not answer within {timeout} s") from None
+            await asyncio.sleep(0.5)
+
+
+async def make_bucket(js: JetStreamContext, replicas: int = 1) -> tuple[str, KeyValue]:
+    bucket = f"kvread_{uuid.uuid4().hex[:8]}"
+    kv = await until(lambda: js.create_key_value(KeyValueConfig(bucket=bucket, history=1, replicas=replicas)),
+                     f"creating bucket {bucket}")
+    return bucket, kv
+
+
+async def follower_reads(urls: list[str], read: Reader, reads: int = READS, keys: int = KEYS,
+                         writers: int = WRITERS) -> list[int]:
+    """How many of the `keys` keys each of `reads` reads returned, the reader connected only to a node that
+    is not the bucket's stream leader while another client overwrites keys and adds and deletes others."""
+    writer = await nats.connect(urls)
+    try:
+        js = writer.jetstream(timeout=10)
+        bucket, kv = await make_bucket(js, replicas=3)
+        names = [f"host-{i:03d}" for i in range(keys)]
+        for i in range(0, keys, 50):
+            await asyncio.gather(*(kv.put(k, b"x" * 200) for k in names[i:i + 50]))
+        leader = (await js.stream_info(f"KV_{bucket}")).cluster.leader  # type: ignore[union-attr]
+        follower = next(u for i, u in enumerate(urls) if f"n{i}" != leader)
+        reader = await nats.connect([follower], allow_reconnect=False, dont_randomize=True)
+        assert reader.connected_url is not None and reader.connected_url.geturl() == follower
+        stop = asyncio.Event()
+
+        async def write(w: int) -> None:
+            n = w
+            while not stop.is_set():
+                await kv.put(names[n % keys], b"y" * 200)
+                await kv.put(f"tmp-{n % TMP_KEYS}", b"t")
+                await kv.delete(f"tmp-{n % TMP_KEYS}")
+                n += writers
+
+        writing = asyncio.gather(*(write(w) for w in range(writers)))
+        counts = []
+        try:
+            for _ in range(reads):
+                got = await read(reader.jetstream(timeout=10), bucket)
+                counts.append(sum(k in got for k in names))
+        finally:
+            stop.set()
+            await writing
+            await reader.close()
+        return counts
+    finally:
+        await writer.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(stack_dir: Path) -> Iterator[NatsCluster]:
+    c = NatsCluster(stack_dir / "kvcluster").start()
+    yield c
+    c.stop()
+
+
+async def test_reads_from_a_follower_while_another_client_writes_are_complete(cluster: NatsCluster) -> None:
+    counts = await follower_reads(cluster.urls, read_bucket)
+    short = [n for n in counts if n != KEYS]
+    assert not short, f"{len(short)} of {len(counts)} reads were short: {short}"
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def js(nats_server: NatsServer) -> AsyncIterator[JetStreamContext]:
+    nc: Client = await nats.connect([nats_server.url])
+    yield nc.jetstream()
+    await nc.close()
+
+
+async def test_an_empty_bucket_reads_as_empty(js: JetStreamContext) -> None:
+    bucket, _ = await make_bucket(js)
+    assert await read_bucket(js, bucket, timeout=5) == {}
+
+
+async def test_deleted_and_purged_keys_are_left_out_and_keys_keep_their_dots(js: JetStreamContext) -> None:
+    bucket, kv = await make_bucket(js)
+    for key in ("a", "gone", "purged", "with.dots.and-=_"):
+        await kv.put(key, key.encode())
+    await kv.put("a", b"a2")
+    await kv.delete("gone")
+    await kv.purge("purged")  # the stream's last message is a marker: the read still ends
+    assert await read_bucket(js, bucket, timeout=5) == {"a": b"a2", "with.dots.and-=_": b"with.dots.and-=_"}
+
+
+async def test_a_bucket_whose_every_key_was_deleted_reads_as_empty(js: JetStreamContext) -> None:
+    bucket, kv = await make_bucket(js)
+    await kv.put("k", b"v")
+    await kv.delete("k")
+    assert await read_bucket(js, bucket, timeout=5) == {}
+
+
+async def test_a_missing_bucket_is_bucket_not_found(js: JetStreamContext) -> None:
+    with pytest.raises(nats.js.errors.BucketNotFoundError):
+        await read_bucket(js, "kvread_never_made", timeout=5)
+
+
+async def test_a_read_that_cannot_get_every_listed_key_fails_instead_of_returning_part(
+        js: JetStreamContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    bucket, kv = await make_bucket(js)
+    await kv.put("kept", b"1")
+    await kv.put("removed", b"2")
+    add_consumer = js.add_consumer
+
+    async def remove_one_then_add(stream: str, config: Any) -> Any:
+        # Out of band, after the keys were listed and before the consumer reads them.
+        await js.purge_stream(stream, subject=f"$KV.{bucket}.removed")
+        return await add_consumer(stream, config=config)
+
+    monkeypatch.setattr(js, "add_consumer", remove_one_then_add)
+    with pytest.raises(IncompleteRead, match=rf"bucket '{bucket}': after 1.5 s, 1 of its 2 keys had not arrived"):
+        await read_bucket(js, bucket, timeout=1.5)
+
+
+def _snapshot(host: str) -> bytes:
+    return msgspec.json.encode(InventorySnapshot(
+        host=host, agent_version="test", engine=EngineInfo("20.10", "1.41", "overlay2"), volumes=[], plugins=[],
+        taken_at="2026-01-01T00:00:00+00:00", seq=1, heartbeat_s=30.0))
+
+
+def _fleet(url: str, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOLUME_AGENT_")}
+    return subprocess.run([venv_bin("volumectl"), "--nats", url, "--prefix", prefix, *args, "fleet"],
+                          capture_output=True, text=True, timeout=60, env=env)
+
+
+async def test_volumectl_fleet_counts_every_host_or_exits_1_without_a_table(
+        js: JetStreamContext, nats_server: NatsServer) -> None:
+    prefix = f"kvt{uuid.uuid4().hex[:6]}"
+    kv = await js.create_key_value(KeyValueConfig(bucket=f"{prefix}_inventory", history=1))
+    for host in ("h1", "h2", "h3"):
+        await kv.put(host, _snapshot(host))
+    out = await asyncio.to_thread(_fleet, nats_server.url, prefix)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.startswith("3 host(s) in the inventory")
+    assert [line.split()[0] for line in out.stdout.splitlines()[1:]] == ["h1", "h2", "h3"]
+    out = await asyncio.to_thread(_fleet, nats_server.url, prefix, "--timeout", "0.000001")
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.startswith(f"volumectl: Could not read all of the KV bucket '{prefix}_inventory'")
+    assert "Traceback" not in out.stderr
