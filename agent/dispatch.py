@@ -7,7 +7,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +16,7 @@ import structlog
 
 from contracts import OPS, BaseRequest, ErrorBody, Reply
 
-from .errors import AgentError, Conflict, Expired, Invalid
+from .errors import AgentError, Conflict, Expired, Invalid, Timeout, Unavailable
 from .outcomes import StoredOutcome
 from .typing import OutcomeStore, ResultSink
 
@@ -36,6 +36,8 @@ _FINGERPRINT_ENCODER = msgspec.json.Encoder(order="sorted")
 class Outcome:
     reply: bytes
     error: ErrorBody | None = None
+    published: bool = True
+    """False if a final outcome could not be put on the audit stream: the durable path does not ack then."""
 
     @property
     def transient(self) -> bool:
@@ -44,6 +46,7 @@ class Outcome:
 
 Handler = Callable[[Any], Awaitable[msgspec.Struct]]
 Responder = Callable[[Outcome], Awaitable[None]]
+Redelivers = Callable[[Outcome], bool]
 
 
 async def _tell(early: Responder | None, outcome: Outcome) -> None:
@@ -72,28 +75,32 @@ class Dispatcher:
         self._inflight: dict[str, tuple[str, asyncio.Future[Outcome]]] = {}
 
     async def execute(
-        self, op: str, data: bytes, *, fallback_id: str | None = None, early: Responder | None = None
+        self, op: str, data: bytes, *, fallback_id: str | None = None, early: Responder | None = None,
+        redelivers: Redelivers | None = None,
     ) -> Outcome:
         """Apply one command; return its outcome once it is recorded and published.
 
         `fallback_id` (a durable command's Nats-Msg-Id) names the command when its body carries no id.
         `early` is given the outcome as soon as it is known, before it is recorded: the request path
         replies then, the durable path acks only after this returns. Never raises but for cancellation.
+        `redelivers` marks the durable path and is its redelivery decision: an outcome it will deliver again
+        is not final and is not published, and a command whose outcome is recorded publishes it again (the
+        stream keeps one copy), in case the delivery that recorded it died before publishing it.
         """
         try:
             req = self.decode(op, data)
         except Invalid as exc:
             outcome = self._error(op, fallback_id or _new_id(), exc.body())
             await _tell(early, outcome)
-            await asyncio.shield(self._publish(op, outcome, durable=True))
-            return outcome
+            return await asyncio.shield(self._audit(op, outcome, redelivers))
         given_id = req.id or fallback_id
         cmd_id = given_id or _new_id()
         with structlog.contextvars.bound_contextvars(cmd_id=cmd_id, op=op, volume=_volume_of(req)):
             if not OPS[op].mutates:
                 outcome = await self._apply(op, cmd_id, req)
                 await _tell(early, outcome)
-                await self._publish(op, outcome, durable=False)
+                if redelivers is None or not redelivers(outcome):
+                    await self._publish(op, outcome, durable=False)
                 return outcome
             fingerprint = _fingerprint(op, req)
             running = self._inflight.get(cmd_id)
@@ -105,6 +112,8 @@ class Dispatcher:
                 else:
                     outcome = await asyncio.shield(running_future)
                 await _tell(early, outcome)
+                if redelivers is not None:  # not published by this delivery: ack it when it comes again
+                    return replace(outcome, published=False)
                 return outcome
             future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
             self._inflight[cmd_id] = (fingerprint, future)
@@ -114,9 +123,11 @@ class Dispatcher:
                 await _tell(early, outcome)
                 # Record and publish even when shutdown cancels us now: the change already happened.
                 if applied:
-                    await asyncio.shield(self._record(op, cmd_id, fingerprint, outcome))
-                elif outcome.error is not None:  # a refusal is published, never stored over the original
-                    await asyncio.shield(self._publish(op, outcome, durable=True))
+                    return await asyncio.shield(self._record(op, cmd_id, fingerprint, outcome, redelivers))
+                if outcome.error is not None or redelivers is not None:
+                    # A refusal is published, never stored over the original; a durable command publishes
+                    # its recorded outcome again (the stream drops it if it has it).
+                    return await asyncio.shield(self._audit(op, outcome, redelivers))
                 return outcome
             finally:
                 if not future.done():
@@ -186,8 +197,19 @@ class Dispatcher:
         reply = Reply(id=cmd_id, host=self.host, op=op, ok=True, result=msgspec.to_builtins(result))
         return Outcome(_ENCODER.encode(reply))
 
-    async def _record(self, op: str, cmd_id: str, fingerprint: str, outcome: Outcome) -> None:
-        await asyncio.gather(self._store(cmd_id, fingerprint, outcome), self._publish(op, outcome, durable=True))
+    async def _record(
+        self, op: str, cmd_id: str, fingerprint: str, outcome: Outcome, redelivers: Redelivers | None
+    ) -> Outcome:
+        # Recorded first: a delivery that dies in between is answered from the record, never applied twice.
+        await self._store(cmd_id, fingerprint, outcome)
+        return await self._audit(op, outcome, redelivers)
+
+    async def _audit(self, op: str, outcome: Outcome, redelivers: Redelivers | None) -> Outcome:
+        """Publish `outcome` on the audit stream, unless the durable path will deliver the command again.
+        Only final outcomes go there; the returned outcome says whether this one did."""
+        if redelivers is not None and redelivers(outcome):
+            return outcome
+        return outcome if await self._publish(op, outcome, durable=True) else replace(outcome, published=False)
 
     async def _store(self, cmd_id: str, fingerprint: str, outcome: Outcome) -> None:
         if outcome.transient:
@@ -197,11 +219,16 @@ class Dispatcher:
         except AgentError:
             log.exception("outcome.not_recorded")
 
-    async def _publish(self, op: str, outcome: Outcome, *, durable: bool) -> None:
+    async def _publish(self, op: str, outcome: Outcome, *, durable: bool) -> bool:
+        """False if NATS failed for longer than a leader election takes (another try may succeed)."""
         try:
             await self.results.result(op, outcome.reply, durable=durable)
-        except AgentError:
+        except (Unavailable, Timeout) as exc:
+            log.warning("outcome.not_published", error=exc.message)
+            return False
+        except AgentError:  # it never will be: not worth delivering the command again
             log.exception("outcome.not_published")
+        return True
 
     def _reused(self, op: str, cmd_id: str) -> Outcome:
         err = Conflict(f"Command id {cmd_id!r} was already used for a different command.")
