@@ -120,13 +120,15 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         stores = Stores(LocalStore(settings.data_dir / "backups"), NatsStore(bus, settings.data_dir / "spool"))
         await stores.cleanup()
         await remove_leftover_helpers(engine)
+        restores = Restores(volumes, stores, settings.data_path, settings.data_dir / "restoring")
+        await restores.cleanup()
         backups = Backups(volumes, stores, settings.host_id, settings.data_path)
         digests = Digests(volumes, settings.data_path)
         inventory = Inventory(engine, stores, bus, settings.host_id, heartbeat_s=settings.heartbeat_s,
                               sizes_every_s=settings.sizes_every_s)
         backups.on_backup, backups.on_forget = inventory.backed_up, inventory.forgotten
         ops = handlers(
-            volumes, backups, Restores(volumes, stores, settings.data_path), inventory, digests,
+            volumes, backups, restores, inventory, digests,
             Migrations(backups, digests, BusPeers(bus), settings.host_id),
         )
         dispatcher = Dispatcher(settings.host_id, ops, KvOutcomes(bus), bus, max_body=settings.max_body)

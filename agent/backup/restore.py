@@ -12,11 +12,12 @@ import structlog
 
 from contracts import BackupRecord, CloneRequest, CloneResult, RestoreRequest, RestoreResult
 
-from ..errors import AgentError, Conflict, InUse, NotFound
+from ..errors import AgentError, Conflict, InUse, NotFound, Unavailable
 from ..volumes import Volumes
 from .pipes import CHUNK, Counted, Procs, decompressor, feed, read_chunks, tar_totals
 from .progress import Progress
 from .stores import Stores
+from .unfinished import Unfinished
 from .volume_files import ContainerDir, DataPath, HostDir, volume_files
 
 __all__ = ["Restores"]
@@ -27,11 +28,23 @@ log = structlog.get_logger(__name__)
 class Restores:
     """restore and clone."""
 
-    def __init__(self, volumes: Volumes, stores: Stores, data_path: DataPath) -> None:
+    def __init__(self, volumes: Volumes, stores: Stores, data_path: DataPath, notes: Path | None = None) -> None:
         self.volumes = volumes
         self.engine = volumes.engine
         self.stores = stores
         self.data_path = data_path
+        self.unfinished = Unfinished(notes)
+
+    async def cleanup(self) -> int:
+        """At start: undo what restores cut off by the last run left in their targets."""
+        n = 0
+        for name in self.unfinished.volumes():
+            try:
+                await self._finish_interrupted(name)
+                n += 1
+            except AgentError as exc:  # Docker is not back yet: the next restore into it tries again
+                log.warning("restore.undo_deferred", volume=name, error=exc.message)
+        return n
 
     async def restore(self, req: RestoreRequest) -> RestoreResult:
         store, record = await self.stores.get(req.backup_id)
@@ -40,6 +53,7 @@ class Restores:
         async with self.volumes.locks.hold(req.volume):
             await events.event("restore.started", req.volume, backup_id=record.backup_id)
             try:
+                await self._finish_interrupted(req.volume)
                 async with store.fetch(record) as path:  # verified: the bytes recorded, or `corrupt`
                     v, created = await self._target(
                         req.volume,
@@ -48,13 +62,16 @@ class Restores:
                         labels=req.labels if req.labels is not None else record.volume_labels,
                     )
                     await self._prepare_or_undo(v, created, overwrite=req.overwrite)
+                    self.unfinished.begin(req.volume, created=created)
                     try:
                         progress = Progress(self.volumes, "restore", req.volume, record.backup_id)
                         async with progress.running():
                             await self._extract(v, record, path, progress)
                     except BaseException:
-                        await asyncio.shield(self._undo(v, created))
+                        if await asyncio.shield(self._undo(v, created)):
+                            self.unfinished.end(req.volume)
                         raise
+                    self.unfinished.end(req.volume)
             except AgentError as exc:
                 await events.event("restore.failed", req.volume, backup_id=record.backup_id, error=exc.message)
                 raise
@@ -67,6 +84,7 @@ class Restores:
             raise Conflict("A volume cannot be cloned onto itself.")
         started = time.monotonic()
         async with self.volumes.locks.hold_all([req.source, req.target]):
+            await self._finish_interrupted(req.target)
             src = await self.engine.volume_inspect(req.source)
             src_users = await self.volumes.used_by(req.source)
             tgt, created = await self._target(
@@ -74,11 +92,14 @@ class Restores:
                 labels=dict(src.get("Labels") or {}),
             )
             await self._prepare_or_undo(tgt, created, overwrite=False)
+            self.unfinished.begin(req.target, created=created)
             try:
                 size = await self._copy(src, src_users, tgt)
             except BaseException:
-                await asyncio.shield(self._undo(tgt, created))
+                if await asyncio.shield(self._undo(tgt, created)):
+                    self.unfinished.end(req.target)
                 raise
+            self.unfinished.end(req.target)
         return CloneResult(source=req.source, target=req.target, size=size, created_volume=created,
                            duration_s=round(time.monotonic() - started, 3))
 
@@ -186,20 +207,38 @@ class Restores:
                 await procs.reap()
                 raise
 
-    async def _undo(self, v: dict[str, Any], created: bool) -> None:
-        """No partial state: a volume we made goes again; one that was there is left empty, as it was."""
+    async def _undo(self, v: dict[str, Any], created: bool) -> bool:
+        """No partial state: a volume we made goes again; one that was there is left empty, as it was.
+        False if that failed (Docker went away too): the note stays, and the next try undoes it."""
         try:
             if created:
                 self.volumes.causes.note("volume.removed", v["Name"])
                 await self.engine.volume_remove(v["Name"], force=False)
-                return
+                return True
             async with volume_files(self.engine, v, [], self.data_path) as files:
                 if isinstance(files, HostDir):
                     await files.clear()
-                    return
+                    return True
             await self._recreate(v)  # after the helper container that mounted it is gone
         except AgentError:
             log.exception("restore.undo_failed", volume=v["Name"])
+            return False
+        return True
+
+    async def _finish_interrupted(self, name: str) -> None:
+        """Undo what a restore or clone into `name` that was cut off left there (see `Unfinished`)."""
+        created = self.unfinished.created(name)
+        if created is None:
+            return
+        log.warning("restore.undoing_interrupted", volume=name, created=created)
+        try:
+            v = await self.engine.volume_inspect(name)
+        except NotFound:
+            self.unfinished.end(name)
+            return
+        if not await self._undo(v, created):
+            raise Unavailable(f"Volume {name!r} holds part of an interrupted restore, which cannot be undone yet.")
+        self.unfinished.end(name)
 
 
 async def _file_chunks(f: Any, progress: Progress) -> AsyncIterator[bytes]:
