@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 import pytest
@@ -244,3 +246,37 @@ async def test_a_durable_duplicate_of_a_running_command_leaves_the_ack_to_a_late
     assert (await first).published
     assert not (await dup).published and (await dup).reply == (await first).reply
     assert len(sink.results) == 1
+
+
+class CutShort(FakeEngine):
+    """Docker 20.10 going down mid-create: it makes the volume, loses its labels, answers "database not open"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.going_down = True
+
+    async def volume_create(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        if self.going_down:
+            self.going_down = False
+            await super().volume_create({**spec, "Labels": {}})
+            raise Unavailable(f"Docker Engine is not ready for volume {spec['Name']!r}: create v1: database not open.")
+        return await super().volume_create(spec)
+
+
+async def test_a_create_docker_cut_short_going_down_is_made_again_whole_when_retried() -> None:
+    engine, sink, outcomes = CutShort(), RecordingSink(), MemoryOutcomes()
+    d = Dispatcher("h1", fake_handlers(engine, sink), outcomes, sink, max_body=4096)
+    cmd = b'{"name": "v1", "id": "k1", "labels": {"team": "db"}}'
+    assert (await d.execute("create", cmd, redelivers=durable)).transient
+    assert engine.volumes["v1"]["Labels"] == {}  # what Docker left
+    out = await d.execute("create", cmd, redelivers=durable)
+    assert out.error is None and reply(out.reply).result["labels"] == {"team": "db"}
+    assert engine.volumes["v1"]["Labels"] == {"team": "db"}
+
+
+async def test_an_unlabelled_volume_the_agent_did_not_make_is_still_conflict() -> None:
+    d, engine, _, _ = make()
+    await engine.volume_create({"Name": "v1"})  # someone's own `docker volume create v1`
+    out = await d.execute("create", b'{"name": "v1", "labels": {"team": "db"}}')
+    assert out.error is not None and out.error.code == "conflict"
+    assert "remove:v1" not in engine.calls

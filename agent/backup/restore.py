@@ -107,12 +107,13 @@ class Restores:
         self, name: str, *, driver: str, driver_opts: dict[str, str], labels: dict[str, str]
     ) -> tuple[dict[str, Any], bool]:
         try:
-            return await self.engine.volume_inspect(name), False
+            v = await self.engine.volume_inspect(name)
+            if not await self.volumes.remake_cut_short(v, labels):
+                return v, False
         except NotFound:
-            spec = {"Name": name, "Driver": driver, "DriverOpts": driver_opts, "Labels": labels}
-            self.volumes.causes.note("volume.created", name)
-            v = await self.engine.volume_create(spec)
-            return v, True
+            pass
+        spec = {"Name": name, "Driver": driver, "DriverOpts": driver_opts, "Labels": labels}
+        return await self.volumes.create_volume(spec), True
 
     async def _prepare_or_undo(self, v: dict[str, Any], created: bool, *, overwrite: bool) -> None:
         """Make the target ready; if it is refused, only a volume this call created goes again.
