@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import TypeVar
 
@@ -26,7 +26,7 @@ from .config import Settings, parse_args
 from .dispatch import Dispatcher, Handler
 from .docker import DockerEngine
 from .embedded import EmbeddedNats
-from .errors import AgentError
+from .errors import AgentError, Timeout, Unavailable
 from .events.inventory import Inventory
 from .events.news import VolumeNews
 from .events.onstop import OnStop
@@ -84,6 +84,19 @@ async def _wait_for_docker(engine: DockerEngine) -> None:
             delay = min(delay * 2, BACKOFF_MAX_S)
 
 
+async def _persist(what: str, step: Callable[[], Awaitable[T]]) -> T:
+    """A start-up step, retried with backoff while Docker or NATS fails it for now (dockerd restarting, a JetStream
+    leader election), as the first connections are: a passing fault does not make the agent exit."""
+    delay = 0.5
+    while True:
+        try:
+            return await step()
+        except (Timeout, Unavailable) as exc:
+            log.warning("startup.retrying", what=what, error=exc.message, retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX_S)
+
+
 async def _unless_stopped(aw: Awaitable[T], stop: asyncio.Event) -> T:
     """Await `aw` unless `stop` is set first; then cancel it and raise CancelledError."""
     task = asyncio.ensure_future(aw)
@@ -119,7 +132,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         volumes = Volumes(engine, bus, KeyedLocks())
         stores = Stores(LocalStore(settings.data_dir / "backups"), NatsStore(bus, settings.data_dir / "spool"))
         await stores.cleanup()
-        await remove_leftover_helpers(engine)
+        await _unless_stopped(_persist("removing leftover helpers", lambda: remove_leftover_helpers(engine)), stop)
         restores = Restores(volumes, stores, settings.data_path, settings.data_dir / "restoring")
         await restores.cleanup()
         backups = Backups(volumes, stores, settings.host_id, settings.data_path)
@@ -144,7 +157,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             bus, dispatcher, tasks, max_ack_pending=settings.concurrency, ack_wait_s=settings.ack_wait_s
         )
         stack.push_async_callback(commands.stop)
-        await commands.start()
+        await _unless_stopped(_persist("setting up the durable command consumer", commands.start), stop)
         watch = DockerWatch(engine, cursor, [VolumeNews(bus, volumes.causes), inventory,
                                              OnStop(backups, tasks, cursor)])
         stack.push_async_callback(watch.stop)
