@@ -6,23 +6,27 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 import structlog
 
 from contracts import BackupRecord, CloneRequest, CloneResult, RestoreRequest, RestoreResult
 
 from ..errors import AgentError, Conflict, InUse, NotFound, Unavailable
+from ..typing import BackupStore
 from ..volumes import Volumes
 from .pipes import CHUNK, Counted, Procs, decompressor, feed, read_chunks, tar_totals
 from .progress import Progress
 from .stores import Stores
-from .unfinished import Unfinished
+from .unfinished import Unfinished, current_cmd_id
 from .volume_files import ContainerDir, DataPath, HostDir, volume_files
 
 __all__ = ["Restores"]
 
 log = structlog.get_logger(__name__)
+
+R = TypeVar("R", bound=msgspec.Struct)
 
 
 class Restores:
@@ -35,73 +39,78 @@ class Restores:
         self.data_path = data_path
         self.unfinished = Unfinished(notes)
 
-    async def cleanup(self) -> int:
+    async def cleanup(self) -> None:
         """At start: undo what restores cut off by the last run left in their targets."""
-        n = 0
+        self.unfinished.purge_old()
         for name in self.unfinished.volumes():
             try:
-                await self._finish_interrupted(name)
-                n += 1
+                await self._settle(name, RestoreResult, redelivery=False)
             except AgentError as exc:  # Docker is not back yet: the next restore into it tries again
                 log.warning("restore.undo_deferred", volume=name, error=exc.message)
-        return n
 
     async def restore(self, req: RestoreRequest) -> RestoreResult:
         store, record = await self.stores.get(req.backup_id)
         events = self.volumes.events
-        started = time.monotonic()
         async with self.volumes.locks.hold(req.volume):
             await events.event("restore.started", req.volume, backup_id=record.backup_id)
             try:
-                await self._finish_interrupted(req.volume)
-                async with store.fetch(record) as path:  # verified: the bytes recorded, or `corrupt`
-                    v, created = await self._target(
-                        req.volume,
-                        driver=req.driver or record.volume_driver,
-                        driver_opts=req.driver_opts or {},
-                        labels=req.labels if req.labels is not None else record.volume_labels,
-                    )
-                    await self._prepare_or_undo(v, created, overwrite=req.overwrite)
-                    self.unfinished.begin(req.volume, created=created)
-                    try:
-                        progress = Progress(self.volumes, "restore", req.volume, record.backup_id)
-                        async with progress.running():
-                            await self._extract(v, record, path, progress)
-                    except BaseException:
-                        if await asyncio.shield(self._undo(v, created)):
-                            self.unfinished.end(req.volume)
-                        raise
-                    self.unfinished.end(req.volume)
+                result = await self._settle(req.volume, RestoreResult) or await self._restore(req, store, record)
             except AgentError as exc:
                 await events.event("restore.failed", req.volume, backup_id=record.backup_id, error=exc.message)
                 raise
             await events.event("restore.completed", req.volume, backup_id=record.backup_id, bytes_done=record.size)
-        return RestoreResult(backup_id=record.backup_id, volume=req.volume, size=record.size,
-                             created_volume=created, duration_s=round(time.monotonic() - started, 3))
+        return result
+
+    async def _restore(self, req: RestoreRequest, store: BackupStore, record: BackupRecord) -> RestoreResult:
+        started = time.monotonic()
+        async with store.fetch(record) as path:  # verified: the bytes recorded, or `corrupt`
+            v, created = await self._target(
+                req.volume,
+                driver=req.driver or record.volume_driver,
+                driver_opts=req.driver_opts or {},
+                labels=req.labels if req.labels is not None else record.volume_labels,
+            )
+            await self._prepare_or_undo(v, created, overwrite=req.overwrite)
+            note = self.unfinished.begin(req.volume, created=created)
+            try:
+                progress = Progress(self.volumes, "restore", req.volume, record.backup_id)
+                async with progress.running():
+                    await self._extract(v, record, path, progress)
+            except BaseException:
+                if await asyncio.shield(self._undo(v, created)):
+                    self.unfinished.end(req.volume)
+                raise
+        result = RestoreResult(backup_id=record.backup_id, volume=req.volume, size=record.size,
+                               created_volume=created, duration_s=round(time.monotonic() - started, 3))
+        self.unfinished.done(req.volume, note, result)
+        return result
 
     async def clone(self, req: CloneRequest) -> CloneResult:
         if req.source == req.target:
             raise Conflict("A volume cannot be cloned onto itself.")
-        started = time.monotonic()
         async with self.volumes.locks.hold_all([req.source, req.target]):
-            await self._finish_interrupted(req.target)
-            src = await self.engine.volume_inspect(req.source)
-            src_users = await self.volumes.used_by(req.source)
-            tgt, created = await self._target(
-                req.target, driver=src.get("Driver") or "local", driver_opts=dict(src.get("Options") or {}),
-                labels=dict(src.get("Labels") or {}),
-            )
-            await self._prepare_or_undo(tgt, created, overwrite=False)
-            self.unfinished.begin(req.target, created=created)
-            try:
-                size = await self._copy(src, src_users, tgt)
-            except BaseException:
-                if await asyncio.shield(self._undo(tgt, created)):
-                    self.unfinished.end(req.target)
-                raise
-            self.unfinished.end(req.target)
-        return CloneResult(source=req.source, target=req.target, size=size, created_volume=created,
-                           duration_s=round(time.monotonic() - started, 3))
+            return await self._settle(req.target, CloneResult) or await self._clone(req)
+
+    async def _clone(self, req: CloneRequest) -> CloneResult:
+        started = time.monotonic()
+        src = await self.engine.volume_inspect(req.source)
+        src_users = await self.volumes.used_by(req.source)
+        tgt, created = await self._target(
+            req.target, driver=src.get("Driver") or "local", driver_opts=dict(src.get("Options") or {}),
+            labels=dict(src.get("Labels") or {}),
+        )
+        await self._prepare_or_undo(tgt, created, overwrite=False)
+        note = self.unfinished.begin(req.target, created=created)
+        try:
+            size = await self._copy(src, src_users, tgt)
+        except BaseException:
+            if await asyncio.shield(self._undo(tgt, created)):
+                self.unfinished.end(req.target)
+            raise
+        result = CloneResult(source=req.source, target=req.target, size=size, created_volume=created,
+                             duration_s=round(time.monotonic() - started, 3))
+        self.unfinished.done(req.target, note, result)
+        return result
 
     async def _target(
         self, name: str, *, driver: str, driver_opts: dict[str, str], labels: dict[str, str]
@@ -226,20 +235,39 @@ class Restores:
             return False
         return True
 
-    async def _finish_interrupted(self, name: str) -> None:
-        """Undo what a restore or clone into `name` that was cut off left there (see `Unfinished`)."""
-        created = self.unfinished.created(name)
-        if created is None:
-            return
-        log.warning("restore.undoing_interrupted", volume=name, created=created)
+    async def _exists(self, name: str) -> bool:
+        try:
+            await self.engine.volume_inspect(name)
+        except NotFound:
+            return False
+        return True
+
+    async def _settle(self, name: str, kind: type[R], *, redelivery: bool = True) -> R | None:
+        """Deal with what an earlier restore or clone into `name` left (see `Unfinished`). Its result if it was
+        this command, finished, and delivered again before its outcome was recorded; else None, once what it
+        left half-written is undone."""
+        note = self.unfinished.get(name)
+        if note is None:
+            return None
+        if note.result is not None:
+            mine = redelivery and note.cmd_id is not None and note.cmd_id == current_cmd_id()
+            if mine and await self._exists(name):
+                log.info("restore.already_done", volume=name)
+                return msgspec.convert(note.result, type=kind)
+            if not redelivery:
+                return None  # kept for a redelivery of its command
+            self.unfinished.end(name)
+            return None
+        log.warning("restore.undoing_interrupted", volume=name, created=note.created)
         try:
             v = await self.engine.volume_inspect(name)
         except NotFound:
             self.unfinished.end(name)
-            return
-        if not await self._undo(v, created):
+            return None
+        if not await self._undo(v, note.created):
             raise Unavailable(f"Volume {name!r} holds part of an interrupted restore, which cannot be undone yet.")
         self.unfinished.end(name)
+        return None
 
 
 async def _file_chunks(f: Any, progress: Progress) -> AsyncIterator[bytes]:
