@@ -5,6 +5,7 @@ nats-py's exceptions are translated into `agent.errors` here.
 
 from __future__ import annotations
 
+import hashlib
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,7 +28,8 @@ from contracts import Subjects, VolumeEvent
 from .backoff import until_ok
 from .compat import flush_pending
 from .config import NatsAuth, Settings
-from .errors import Timeout, Unavailable
+from .elections import through_elections
+from .errors import AgentError, Timeout, Unavailable
 
 __all__ = ["Bus", "nats_errors"]
 
@@ -41,6 +43,8 @@ RES_MAX_AGE_S = 30 * DAY_S
 EVT_MAX_AGE_S = 7 * DAY_S
 # Publishers set Nats-Msg-Id; the stream drops a re-publish inside this window before we ever see it.
 CMD_DUPLICATE_WINDOW_S = 3600.0
+# Outcomes carry a Nats-Msg-Id too: an outcome published again (a retry, a redelivered command) is kept once.
+RES_DUPLICATE_WINDOW_S = 3600.0
 # Bounded per attempt so a wrong URL is reported soon; the agent then retries with backoff forever.
 CONNECT_TIMEOUT_S = 5
 # A lower ping interval finds a half-open connection (nats.py #671) within a minute.
@@ -154,7 +158,7 @@ class Bus:
             StreamConfig(name=s.cmd_stream, subjects=[f"{s.prefix}.cmd.>"], max_age=CMD_MAX_AGE_S,
                          duplicate_window=CMD_DUPLICATE_WINDOW_S, num_replicas=replicas),
             StreamConfig(name=s.res_stream, subjects=[f"{s.prefix}.res.>"], max_age=RES_MAX_AGE_S,
-                         num_replicas=replicas),
+                         duplicate_window=RES_DUPLICATE_WINDOW_S, num_replicas=replicas),
             StreamConfig(name=s.evt_stream, subjects=[f"{s.prefix}.evt.>"], max_age=EVT_MAX_AGE_S,
                          num_replicas=replicas),
         ]
@@ -240,10 +244,15 @@ class Bus:
 
     # ResultSink
     async def result(self, op: str, reply: bytes, *, durable: bool) -> None:
-        subject = self.subjects.res(self.host, op)
-        async with nats_errors(f"publishing the outcome of {op}"):
+        """Publish an outcome; a `durable` one through JetStream, waiting out a leader election, under a
+        Nats-Msg-Id that names this outcome (the same reply again is the same message to the stream)."""
+        subject, what = self.subjects.res(self.host, op), f"publishing the outcome of {op}"
+        if len(reply) > self.nc.max_payload:  # never publishable: not worth a retry, nor a redelivery
+            raise AgentError(f"The outcome of {op} is {len(reply)} bytes, over the server's max payload.")
+        headers = {"Nats-Msg-Id": hashlib.sha256(reply).hexdigest()}
+        async with nats_errors(what):
             if durable:
-                await self.js.publish(subject, reply)
+                await through_elections(what, lambda t: self.js.publish(subject, reply, timeout=t, headers=headers))
             else:
                 await self.nc.publish(subject, reply)
 

@@ -1,13 +1,14 @@
 """Durable commands: the agent's JetStream consumer on `<prefix>.cmd.<host>.>`.
 
 A command is acked only once its outcome is recorded and published; a transient failure
-(Docker down) is retried later rather than recorded as final.
+(Docker down) is retried later rather than recorded as final, and is not published.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 
 import nats.errors
 import nats.js.errors
@@ -16,7 +17,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from .bus import Bus, nats_errors
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, Outcome
 from .errors import AgentError
 from .tasks import Tasks
 
@@ -27,6 +28,8 @@ log = structlog.get_logger(__name__)
 # A command that meets Docker down is tried again this often before its outcome is final.
 TRANSIENT_RETRIES = 10
 TRANSIENT_DELAY_S = 5.0
+# A final outcome that NATS would not take (past a leader election) is published when the command comes again.
+UNPUBLISHED_DELAY_S = 2.0
 FETCH_BATCH = 16
 FETCH_WAIT_S = 1.0
 FETCH_RETRY_S = 1.0
@@ -98,20 +101,24 @@ class Commands:
                 await asyncio.sleep(FETCH_RETRY_S)
                 continue
             for msg in msgs:
-                msg_id = (msg.headers or {}).get("Nats-Msg-Id")
-                await self.tasks.spawn(self.dispatcher.command_id(msg.data, msg_id), self._handle(msg))
+                cmd_id = self.dispatcher.command_id(msg.data, (msg.headers or {}).get("Nats-Msg-Id"))
+                await self.tasks.spawn(cmd_id, self._handle(msg, cmd_id))
 
-    async def _handle(self, msg: Msg) -> None:
+    async def _handle(self, msg: Msg, cmd_id: str) -> None:
         op = msg.subject[len(self._prefix):]
         msg_id = (msg.headers or {}).get("Nats-Msg-Id")
         keepalive = asyncio.create_task(self._keepalive(msg))
         try:
-            outcome = await self.dispatcher.execute(op, msg.data, fallback_id=msg_id)
+            outcome = await self.dispatcher.execute(
+                op, msg.data, fallback_id=msg_id, new_id=cmd_id, redelivers=functools.partial(_redelivers, msg)
+            )
         finally:
             keepalive.cancel()
         try:
             async with nats_errors("acknowledging a command"):
-                if outcome.retry and msg.metadata.num_delivered < TRANSIENT_RETRIES:
+                if not outcome.published:
+                    await msg.nak(delay=UNPUBLISHED_DELAY_S)
+                elif _redelivers(msg, outcome):
                     await msg.nak(delay=TRANSIENT_DELAY_S)
                 else:
                     await msg.ack()
@@ -125,3 +132,8 @@ class Commands:
             await asyncio.sleep(self.ack_wait_s / 3)
             with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
                 await msg.in_progress()
+
+
+def _redelivers(msg: Msg, outcome: Outcome) -> bool:
+    """Whether this delivery's outcome is tried again rather than final (and so is not published)."""
+    return outcome.retry and msg.metadata.num_delivered < TRANSIENT_RETRIES

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
@@ -29,7 +30,7 @@ from .config import Settings, parse_args
 from .dispatch import Dispatcher, Handler
 from .docker import DockerEngine
 from .embedded import EmbeddedNats
-from .errors import AgentError
+from .errors import AgentError, Transient
 from .events.inventory import Inventory
 from .events.news import VolumeNews
 from .events.onstop import OnStop
@@ -68,8 +69,9 @@ class Domain:
     @classmethod
     def wire(
         cls, engine: Engine, events: EventSink, stores: Stores, inventory: Inventory, peers: Peers, *, host: str,
-        data_path: DataPath,
+        data_path: DataPath, notes: Path | None = None,
     ) -> Domain:
+        """`notes`: where restores keep a note per target while they write (None: in memory only)."""
         locks, causes = KeyedLocks(), Causes()
         backups = Backups(engine, locks, causes, events, stores, host=host, data_path=data_path,
                           on_backup=inventory.backed_up, on_forget=inventory.forgotten)
@@ -77,7 +79,8 @@ class Domain:
         digests = Digests(engine, data_path=data_path)
         return cls(
             engine=engine, locks=locks, causes=causes, volumes=volumes, backups=backups,
-            restores=Restores(engine, locks, causes, events, stores, data_path=data_path), digests=digests,
+            restores=Restores(engine, locks, causes, events, stores, volumes, data_path=data_path, notes=notes),
+            digests=digests,
             migrations=Migrations(engine, locks, volumes, backups, digests, peers, host=host),
             shares=Shares(engine, locks, causes), inventory=inventory,
         )
@@ -111,6 +114,12 @@ async def _wait_for_docker(engine: DockerEngine) -> None:
 
     v = await until_ok(ping, "docker.unreachable", url=engine.url)
     log.info("docker.connected", url=engine.url, version=v.get("Version"), api=v.get("ApiVersion"))
+
+
+async def _persist(what: str, step: Callable[[], Awaitable[T]]) -> T:
+    """A start-up step, retried with backoff while Docker or NATS fails it for now (dockerd restarting, a JetStream
+    leader election), as the first connections are: a passing fault does not make the agent exit."""
+    return await until_ok(step, "startup.retrying", catch=(Transient,), what=what)
 
 
 async def _unless_stopped(aw: Awaitable[T], stop: asyncio.Event) -> T:
@@ -147,11 +156,12 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         tasks = Tasks(settings.concurrency)
         stores = Stores(LocalStore(settings.data_dir / "backups"), NatsStore(bus, settings.data_dir / "spool"))
         await stores.cleanup()
-        await remove_leftover_helpers(engine)
+        await _unless_stopped(_persist("removing leftover helpers", lambda: remove_leftover_helpers(engine)), stop)
         inventory = Inventory(engine, stores, bus, settings.host_id, heartbeat_s=settings.heartbeat_s,
                               sizes_every_s=settings.sizes_every_s)
         domain = Domain.wire(engine, bus, stores, inventory, BusPeers(bus), host=settings.host_id,
-                             data_path=settings.data_path)
+                             data_path=settings.data_path, notes=settings.data_dir / "restoring")
+        await domain.restores.cleanup()
         dispatcher = Dispatcher(settings.host_id, domain.handlers(), KvOutcomes(bus), bus, tasks,
                                 max_body=settings.max_body)
         # Exit stack order (last in, first out): stop taking work and events, then drain, then close.
@@ -166,7 +176,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             bus, dispatcher, tasks, max_ack_pending=settings.concurrency, ack_wait_s=settings.ack_wait_s
         )
         stack.push_async_callback(commands.stop)
-        await commands.start()
+        await _unless_stopped(_persist("setting up the durable command consumer", commands.start), stop)
         on_stop = OnStop(engine, domain.locks, domain.causes, bus, domain.backups, tasks, cursor)
         watch = DockerWatch(engine, cursor, [VolumeNews(bus, domain.causes), inventory, on_stop])
         stack.push_async_callback(watch.stop)

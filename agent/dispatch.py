@@ -7,7 +7,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,10 +47,13 @@ class Outcome:
     """Recorded under the command's id: a success or a final failure (not a transient one, not a bug)."""
     retry: bool = False
     """A transient failure (`errors.Transient`): a durable command is delivered again."""
+    published: bool = True
+    """False if a final outcome could not be put on the audit stream: the durable path does not ack then."""
 
 
 Handler = Callable[[Any], Awaitable[msgspec.Struct]]
 Responder = Callable[[Outcome], Awaitable[None]]
+Redelivers = Callable[[Outcome], bool]
 
 
 async def _tell(early: Responder | None, outcome: Outcome) -> None:
@@ -89,7 +92,7 @@ class Dispatcher:
 
     async def execute(
         self, op: str, data: bytes, *, fallback_id: str | None = None, new_id: str | None = None,
-        early: Responder | None = None,
+        early: Responder | None = None, redelivers: Redelivers | None = None,
     ) -> Outcome:
         """Apply one command; return its outcome once it is recorded and published.
 
@@ -97,9 +100,12 @@ class Dispatcher:
         `new_id` names it when neither does (it is new: no recorded outcome is looked up).
         `early` is given the outcome as soon as it is known, before it is recorded: the request path
         replies then, the durable path acks only after this returns. Never raises but for cancellation.
+        `redelivers` marks the durable path and is its redelivery decision: an outcome it will deliver again
+        is not final and is not published, and a command whose outcome is recorded publishes it again (the
+        stream keeps one copy), in case the delivery that recorded it died before publishing it.
         """
         try:
-            return await self._execute(op, data, fallback_id, new_id or _new_id(), early)
+            return await self._execute(op, data, fallback_id, new_id or _new_id(), early, redelivers)
         except Exception:  # a bug below: still one answer, never an escaped exception
             cmd_id = fallback_id or new_id or _new_id()
             log.exception("command.crashed", cmd_id=cmd_id, op=op)
@@ -108,22 +114,23 @@ class Dispatcher:
             return outcome
 
     async def _execute(
-        self, op: str, data: bytes, fallback_id: str | None, new_id: str, early: Responder | None
+        self, op: str, data: bytes, fallback_id: str | None, new_id: str, early: Responder | None,
+        redelivers: Redelivers | None,
     ) -> Outcome:
         try:
             req = self.decode(op, data)
         except Invalid as exc:
             outcome = self._error(op, fallback_id or new_id, exc)
             await _tell(early, outcome)
-            await asyncio.shield(self._publish(op, outcome, durable=True))
-            return outcome
+            return await asyncio.shield(self._audit(op, outcome, redelivers))
         given_id = req.id or fallback_id
         cmd_id = given_id or new_id
         with structlog.contextvars.bound_contextvars(cmd_id=cmd_id, op=op, volume=_volume_of(req)):
             if not OPS[op].mutates:
                 outcome = await self._apply(op, cmd_id, req)
                 await _tell(early, outcome)
-                await self._publish(op, outcome, durable=False)
+                if redelivers is None or not redelivers(outcome):
+                    await self._publish(op, outcome, durable=False)
                 return outcome
             fingerprint = _fingerprint(op, req)
             running = self.tasks.claimed(cmd_id)
@@ -134,6 +141,8 @@ class Dispatcher:
                 else:
                     outcome = await asyncio.shield(running.outcome)
                 await _tell(early, outcome)
+                if redelivers is not None:  # not published by this delivery: ack it when it comes again
+                    return replace(outcome, published=False)
                 return outcome
             claim = self.tasks.claim(cmd_id, fingerprint)
             try:
@@ -142,9 +151,11 @@ class Dispatcher:
                 await _tell(early, outcome)
                 # Record and publish even when shutdown cancels us now: the change already happened.
                 if applied:
-                    await asyncio.shield(self._record(op, cmd_id, fingerprint, outcome))
-                elif outcome.error is not None:  # a refusal is published, never stored over the original
-                    await asyncio.shield(self._publish(op, outcome, durable=True))
+                    return await asyncio.shield(self._record(op, cmd_id, fingerprint, outcome, redelivers))
+                if outcome.error is not None or redelivers is not None:
+                    # A refusal is published, never stored over the original; a durable command publishes
+                    # its recorded outcome again (the stream drops it if it has it).
+                    return await asyncio.shield(self._audit(op, outcome, redelivers))
                 return outcome
             finally:
                 self.tasks.release(cmd_id, claim)
@@ -208,8 +219,19 @@ class Dispatcher:
         reply = Reply(id=cmd_id, host=self.host, op=op, ok=True, result=msgspec.to_builtins(result))
         return Outcome(_ENCODER.encode(reply))
 
-    async def _record(self, op: str, cmd_id: str, fingerprint: str, outcome: Outcome) -> None:
-        await asyncio.gather(self._store(cmd_id, fingerprint, outcome), self._publish(op, outcome, durable=True))
+    async def _record(
+        self, op: str, cmd_id: str, fingerprint: str, outcome: Outcome, redelivers: Redelivers | None
+    ) -> Outcome:
+        # Recorded first: a delivery that dies in between is answered from the record, never applied twice.
+        await self._store(cmd_id, fingerprint, outcome)
+        return await self._audit(op, outcome, redelivers)
+
+    async def _audit(self, op: str, outcome: Outcome, redelivers: Redelivers | None) -> Outcome:
+        """Publish `outcome` on the audit stream, unless the durable path will deliver the command again.
+        Only final outcomes go there; the returned outcome says whether this one did."""
+        if redelivers is not None and redelivers(outcome):
+            return outcome
+        return outcome if await self._publish(op, outcome, durable=True) else replace(outcome, published=False)
 
     async def _store(self, cmd_id: str, fingerprint: str, outcome: Outcome) -> None:
         if not outcome.final:
@@ -219,11 +241,16 @@ class Dispatcher:
         except AgentError:
             log.exception("outcome.not_recorded")
 
-    async def _publish(self, op: str, outcome: Outcome, *, durable: bool) -> None:
+    async def _publish(self, op: str, outcome: Outcome, *, durable: bool) -> bool:
+        """False if NATS failed for longer than a leader election takes (another try may succeed)."""
         try:
             await self.results.result(op, outcome.reply, durable=durable)
-        except AgentError:
+        except Transient as exc:
+            log.warning("outcome.not_published", error=exc.message)
+            return False
+        except AgentError:  # it never will be: not worth delivering the command again
             log.exception("outcome.not_published")
+        return True
 
     def _reused(self, op: str, cmd_id: str) -> Outcome:
         return self._error(op, cmd_id, Conflict(f"Command id {cmd_id!r} was already used for a different command."))

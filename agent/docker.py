@@ -25,6 +25,13 @@ __all__ = ["DockerEngine", "docker_errors"]
 _STATUS_UNREACHABLE = 900
 # Streamed archive chunks: big enough to keep the pipe busy, small enough to keep memory flat.
 ARCHIVE_CHUNK = 1 << 20
+# What the Engine answers, as HTTP 500, while it shuts down or starts (seen restarting dockerd 20.10 under load).
+# Unlike other 500s, these say nothing about the command: they are `unavailable`, and durable commands are retried.
+_NOT_READY = (
+    "database not open",  # a bolt store (volumes, networks) already closed: "get pgdata: database not open"
+    "transport is closing",  # containerd's gRPC connection going down with the daemon
+    "open : no such file or directory",  # libnetwork's store, closed (its path is empty): container start
+)
 
 
 @asynccontextmanager
@@ -44,6 +51,8 @@ def _translate(exc: aiodocker.DockerError, what: str) -> AgentError:
     msg = str(exc.message).strip().rstrip(".")
     if exc.status == _STATUS_UNREACHABLE:
         return Unavailable(f"Docker Engine is unreachable: {msg}.")
+    if _not_ready(exc.status, msg):
+        return Unavailable(f"Docker Engine is not ready for {what} (it is starting or stopping): {msg}.")
     if exc.status == 404:
         return NotFound(f"{what} was not found: {msg}.")
     if exc.status == 409:
@@ -55,6 +64,12 @@ def _translate(exc: aiodocker.DockerError, what: str) -> AgentError:
     if exc.status == 503:
         return Unavailable(f"Docker Engine is not ready: {msg}.")
     return Internal(f"Docker failed on {what} (HTTP {exc.status}): {msg}.")
+
+
+def _not_ready(status: int, msg: str) -> bool:
+    """An answer of an Engine that is going down or coming up; `msg` ending in ": unavailable" is a gRPC
+    Unavailable status from containerd, as the Engine renders it."""
+    return status == 500 and (any(s in msg for s in _NOT_READY) or msg.endswith(": unavailable"))
 
 
 class DockerEngine:

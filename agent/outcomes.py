@@ -8,6 +8,7 @@ import nats.js.errors
 from contracts import outcome_key
 
 from .bus import Bus, nats_errors
+from .elections import through_elections
 from .errors import Internal
 
 __all__ = ["KvOutcomes", "StoredOutcome"]
@@ -42,4 +43,5 @@ class KvOutcomes:
 
     async def put(self, host: str, cmd_id: str, outcome: StoredOutcome) -> None:
         async with nats_errors("recording an outcome"):
-            await self.bus.outcomes_kv.put(outcome_key(host, cmd_id), msgspec.json.encode(outcome))
+            key, value = outcome_key(host, cmd_id), msgspec.json.encode(outcome)
+            await through_elections("recording an outcome", lambda _: self.bus.outcomes_kv.put(key, value))

@@ -23,7 +23,7 @@ from contracts import (
 )
 
 from .causes import Causes
-from .errors import Conflict, InUse, NotFound
+from .errors import Conflict, InUse, NotFound, Unavailable
 from .locks import KeyedLocks
 from .typing import Engine
 
@@ -92,6 +92,9 @@ class Volumes:
         self.locks = locks
         self.causes = causes
         self.final_backup = final_backup
+        # Our creates that Docker cut short going down: Docker 20.10 answers "database not open" after it made the
+        # volume, and keeps it without its labels. Ours to make again, whole, when the command is retried.
+        self._cut_short: set[str] = set()
 
     async def used_by(self, name: str) -> list[ContainerRef]:
         return await used_by(self.engine, name)
@@ -103,13 +106,37 @@ class Volumes:
             except NotFound:
                 pass
             else:
-                _check_same_spec(req, existing)
-                return volume_record(existing, await self.used_by(req.name))
-            self.causes.note("volume.created", req.name)
-            created = await self.engine.volume_create(
+                if not await self.remake_cut_short(existing, req.labels):
+                    _check_same_spec(req, existing)
+                    return volume_record(existing, await self.used_by(req.name))
+            created = await self.create_volume(
                 {"Name": req.name, "Driver": req.driver, "DriverOpts": req.driver_opts, "Labels": req.labels}
             )
             return volume_record(created, [])
+
+    async def create_volume(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """Ask Docker for a new volume, noting a create it cut short (see `remake_cut_short`)."""
+        self.causes.note("volume.created", spec["Name"])
+        try:
+            v = await self.engine.volume_create(spec)
+        except Unavailable as exc:
+            if "database not open" in exc.message:
+                self._cut_short.add(spec["Name"])
+            raise
+        self._cut_short.discard(spec["Name"])
+        return v
+
+    async def remake_cut_short(self, existing: Mapping[str, Any], labels: Mapping[str, str] | None) -> bool:
+        """Remove `existing` if it is what our own create left when Docker went down mid-way: the volume without
+        the `labels` it was asked for, which nothing uses. True if so: the caller makes it again."""
+        name = existing["Name"]
+        if name not in self._cut_short or existing.get("Labels") or not labels or await self.used_by(name):
+            return False
+        log.warning("volume.remade", volume=name, why="Docker lost its labels when a create met it going down")
+        self.causes.note("volume.removed", name)
+        await self.engine.volume_remove(name, force=False)
+        self._cut_short.discard(name)
+        return True
 
     async def inspect(self, req: InspectRequest) -> VolumeRecord:
         v = await self.engine.volume_inspect(req.name)

@@ -16,6 +16,7 @@ from volumectl.client import AgentClient
 
 from .conftest import Host
 from .stack import BUSYBOX_IMAGE, Dockerd
+from .test_durable import next_outcome
 from .volfiles import mountpoint
 
 pytestmark = pytest.mark.integration
@@ -165,3 +166,35 @@ async def test_a_volume_mounted_on_demand_is_backed_up_through_its_running_user(
     assert "./state.txt" in listed.splitlines()
     await host.ok("restore", {"backup_id": rec["backup_id"], "volume": "ondisk1", "driver_opts": {}})
     assert (mountpoint(host.docker, "ondisk1") / "state.txt").read_text() == "in-memory\n"
+
+
+async def test_a_durable_restore_cut_off_by_a_crash_is_undone_and_done_again_when_redelivered(
+    make_agent, dockerd: Dockerd, client: AgentClient, tmp_path: Path
+) -> None:
+    a = make_agent(tmp_path)
+    await client.request(a.host_id, "create", {"name": "big2"})
+    (mountpoint(dockerd, "big2") / "random.bin").write_bytes(os.urandom(150 * 1024 * 1024))
+    (mountpoint(dockerd, "big2") / "small.txt").write_text("last\n")
+    made = await client.request(a.host_id, "backup", {"volume": "big2", "compression": "none"}, timeout=60)
+    assert made.ok, made.error
+    cmd_id = await client.command(a.host_id, "restore", {"backup_id": made.result["backup_id"], "volume": "copy2"})
+    note = tmp_path / "restoring" / "copy2.json"
+    for _ in range(3000):  # the note is written just before the first byte goes into the target
+        if note.exists():
+            break
+        await asyncio.sleep(0.01)
+    assert note.exists(), "the restore was not under way"
+    a.signal(signal.SIGKILL)
+    a.wait(10)
+    cut_off = "result" not in msgspec.json.decode(note.read_bytes())  # else it finished just before the kill
+    a.start()
+    # Delivered again after the ack wait: the half-written target is undone, then restored whole (or, had it
+    # finished, answered with its result).
+    reply = await next_outcome(client, a.host_id, "restore", cmd_id, timeout=60)
+    assert reply.ok, reply.error
+    assert reply.result["created_volume"] is True
+    src = await client.request(a.host_id, "digest", {"volume": "big2"}, timeout=60)
+    copy = await client.request(a.host_id, "digest", {"volume": "copy2"}, timeout=60)
+    assert src.result["sha256"] == copy.result["sha256"]
+    assert ('"restore.undoing_interrupted"' if cut_off else '"restore.already_done"') in a.log()
+    assert "result" in msgspec.json.decode(note.read_bytes())  # kept for a redelivery, until another restore

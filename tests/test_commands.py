@@ -13,7 +13,7 @@ from agent.commands import Commands
 from agent.dispatch import Dispatcher, Outcome
 from agent.errors import Unavailable
 from agent.tasks import Tasks
-from contracts import Subjects
+from contracts import ErrorBody, Subjects
 
 from .fakes import FakeEngine, MemoryOutcomes, RecordingSink, fake_handlers
 
@@ -58,8 +58,12 @@ class FakeDispatcher:
         self.outcome = outcome
         self.seen: list[tuple[str, str | None]] = []
 
-    async def execute(self, op: str, data: bytes, *, fallback_id: str | None = None) -> Outcome:
+    async def execute(
+        self, op: str, data: bytes, *, fallback_id: str | None = None, new_id: str | None = None,
+        redelivers: Any = None,
+    ) -> Outcome:
         self.seen.append((op, fallback_id))
+        self.redelivers = redelivers
         return self.outcome
 
 
@@ -110,4 +114,29 @@ async def test_an_internal_failure_is_delivered_once(monkeypatch) -> None:
     loop = asyncio.create_task(consumer(FakeDispatcher(outcome))._pull(FakeSub([first])))  # type: ignore[arg-type]
     await asyncio.wait_for(first.acked.wait(), 5)
     assert not first.naked.is_set()
+    loop.cancel()
+
+
+async def test_the_dispatcher_is_told_which_outcomes_this_delivery_retries(monkeypatch) -> None:
+    monkeypatch.setattr(commands, "FETCH_RETRY_S", 0)
+    transient = Outcome(b"{}", ErrorBody(code="unavailable", message="Docker is down."), final=False, retry=True)
+    dispatcher = FakeDispatcher(transient)
+    early, last = FakeMsg("vol.cmd.h1.create", 1), FakeMsg("vol.cmd.h1.create", commands.TRANSIENT_RETRIES)
+    loop = asyncio.create_task(consumer(dispatcher)._pull(FakeSub([early])))  # type: ignore[arg-type]
+    await asyncio.wait_for(early.naked.wait(), 5)
+    loop.cancel()
+    assert dispatcher.redelivers(transient) and not dispatcher.redelivers(Outcome(b"{}"))
+    loop = asyncio.create_task(consumer(dispatcher)._pull(FakeSub([last])))  # type: ignore[arg-type]
+    await asyncio.wait_for(last.acked.wait(), 5)
+    loop.cancel()
+    assert not dispatcher.redelivers(transient)  # the last delivery: its outcome is final, and published
+
+
+async def test_an_outcome_that_could_not_be_published_is_not_acked(monkeypatch) -> None:
+    monkeypatch.setattr(commands, "FETCH_RETRY_S", 0)
+    dispatcher = FakeDispatcher(Outcome(b"{}", published=False))
+    msg = FakeMsg("vol.cmd.h1.create", commands.TRANSIENT_RETRIES + 5)
+    loop = asyncio.create_task(consumer(dispatcher)._pull(FakeSub([msg])))  # type: ignore[arg-type]
+    await asyncio.wait_for(msg.naked.wait(), 5)
+    assert not msg.acked.is_set()
     loop.cancel()

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 import pytest
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
-from agent.dispatch import Dispatcher
+from agent.dispatch import Dispatcher, Outcome
 from agent.errors import Unavailable
 from agent.locks import KeyedLocks
 from agent.tasks import Tasks
@@ -177,3 +179,104 @@ async def test_a_reuse_conflict_is_published_but_never_replaces_the_stored_outco
     assert [r for _, r, _ in sink.results][-1] == refused.reply  # the refusal is on the audit stream
     again = await d.execute("create", b'{"name": "v1", "id": "k1"}')
     assert again.reply == first.reply
+
+
+class FlakySink(RecordingSink):
+    """A ResultSink that fails as NATS does past a leader election while `down` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    async def result(self, op: str, reply: bytes, *, durable: bool) -> None:
+        if self.down:
+            raise Unavailable("NATS failed while publishing the outcome: NoStreamResponseError.")
+        await super().result(op, reply, durable=durable)
+
+
+def durable(outcome: Outcome) -> bool:
+    """The durable path's decision for a delivery that is not the last one: transient outcomes come again."""
+    return outcome.transient
+
+
+async def test_on_the_durable_path_only_final_outcomes_are_published() -> None:
+    d, engine, sink, _ = make()
+    engine.fail_with = Unavailable("Docker Engine is unreachable.")
+    out = await d.execute("create", b'{"name": "v1", "id": "k1"}', redelivers=durable)
+    assert out.transient and out.published and sink.results == []
+    engine.fail_with = None
+    out = await d.execute("create", b'{"name": "v1", "id": "k1"}', redelivers=durable)
+    assert out.error is None and [r for _, r, _ in sink.results] == [out.reply]
+    # The last delivery's transient outcome is final: published.
+    engine.fail_with = Unavailable("Docker Engine is unreachable.")
+    out = await d.execute("create", b'{"name": "v2", "id": "k2"}', redelivers=lambda _: False)
+    assert out.transient and [r for _, r, _ in sink.results][-1] == out.reply
+
+
+async def test_a_durable_command_whose_outcome_is_recorded_publishes_it_again() -> None:
+    d, engine, sink, _ = make()
+    first = await d.execute("create", b'{"name": "v1", "id": "k1"}', redelivers=durable)
+    again = await d.execute("create", b'{"name": "v1", "id": "k1"}', redelivers=durable)
+    assert again.reply == first.reply and again.published
+    assert [r for _, r, _ in sink.results] == [first.reply, first.reply]  # the stream keeps one (Nats-Msg-Id)
+    assert engine.calls.count("create:v1") == 1
+
+
+async def test_an_outcome_nats_will_not_take_is_recorded_and_reported_unpublished() -> None:
+    engine, sink, outcomes = FakeEngine(), FlakySink(), MemoryOutcomes()
+    d = Dispatcher("h1", fake_handlers(engine, sink), outcomes, sink, max_body=4096)
+    sink.down = True
+    out = await d.execute("create", b'{"name": "v1", "id": "k1"}', redelivers=durable)
+    assert out.error is None and not out.published
+    assert len(outcomes.items) == 1 and sink.results == []  # recorded all the same
+    sink.down = False
+    again = await d.execute("create", b'{"name": "v1", "id": "k1"}', redelivers=durable)
+    assert again.published and [r for _, r, _ in sink.results] == [out.reply]
+    assert engine.calls.count("create:v1") == 1
+
+
+async def test_a_durable_duplicate_of_a_running_command_leaves_the_ack_to_a_later_delivery() -> None:
+    d, engine, sink, _ = make()
+    engine.gate = asyncio.Event()
+    first = asyncio.create_task(d.execute("create", b'{"name": "v1", "id": "k1"}', redelivers=durable))
+    await asyncio.sleep(0.01)
+    dup = asyncio.create_task(d.execute("create", b'{"name": "v1", "id": "k1"}', redelivers=durable))
+    await asyncio.sleep(0.01)
+    engine.gate.set()
+    assert (await first).published
+    assert not (await dup).published and (await dup).reply == (await first).reply
+    assert len(sink.results) == 1
+
+
+class CutShort(FakeEngine):
+    """Docker 20.10 going down mid-create: it makes the volume, loses its labels, answers "database not open"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.going_down = True
+
+    async def volume_create(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        if self.going_down:
+            self.going_down = False
+            await super().volume_create({**spec, "Labels": {}})
+            raise Unavailable(f"Docker Engine is not ready for volume {spec['Name']!r}: create v1: database not open.")
+        return await super().volume_create(spec)
+
+
+async def test_a_create_docker_cut_short_going_down_is_made_again_whole_when_retried() -> None:
+    engine, sink, outcomes = CutShort(), RecordingSink(), MemoryOutcomes()
+    d = Dispatcher("h1", fake_handlers(engine, sink), outcomes, sink, max_body=4096)
+    cmd = b'{"name": "v1", "id": "k1", "labels": {"team": "db"}}'
+    assert (await d.execute("create", cmd, redelivers=durable)).transient
+    assert engine.volumes["v1"]["Labels"] == {}  # what Docker left
+    out = await d.execute("create", cmd, redelivers=durable)
+    assert out.error is None and reply(out.reply).result["labels"] == {"team": "db"}
+    assert engine.volumes["v1"]["Labels"] == {"team": "db"}
+
+
+async def test_an_unlabelled_volume_the_agent_did_not_make_is_still_conflict() -> None:
+    d, engine, _, _ = make()
+    await engine.volume_create({"Name": "v1"})  # someone's own `docker volume create v1`
+    out = await d.execute("create", b'{"name": "v1", "labels": {"team": "db"}}')
+    assert out.error is not None and out.error.code == "conflict"
+    assert "remove:v1" not in engine.calls

@@ -6,100 +6,131 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 import structlog
 
 from contracts import BackupRecord, CloneRequest, CloneResult, RestoreRequest, RestoreResult
 
 from ..causes import Causes
-from ..errors import AgentError, Conflict, InUse, NotFound
+from ..errors import AgentError, Conflict, InUse, NotFound, Unavailable
 from ..locks import KeyedLocks
-from ..typing import Engine, EventSink
-from ..volumes import used_by
+from ..typing import BackupStore, Engine, EventSink
+from ..volumes import Volumes, used_by
 from .pipes import CHUNK, Counted, Procs, decompressor, feed, read_chunks, tar_totals
 from .progress import Progress
 from .stores import Stores
+from .unfinished import Unfinished, current_cmd_id
 from .volume_files import ContainerDir, DataPath, HostDir, volume_files
 
 __all__ = ["Restores"]
 
 log = structlog.get_logger(__name__)
 
+R = TypeVar("R", bound=msgspec.Struct)
+
 
 class Restores:
     """restore and clone."""
 
     def __init__(
-        self, engine: Engine, locks: KeyedLocks, causes: Causes, events: EventSink, stores: Stores, *,
-        data_path: DataPath,
+        self, engine: Engine, locks: KeyedLocks, causes: Causes, events: EventSink, stores: Stores, volumes: Volumes,
+        *, data_path: DataPath, notes: Path | None = None,
     ) -> None:
         self.engine = engine
         self.locks = locks
         self.causes = causes
         self.events = events
+        self.volumes = volumes
         self.stores = stores
         self.data_path = data_path
+        self.unfinished = Unfinished(notes)
+
+    async def cleanup(self) -> None:
+        """At start: undo what restores cut off by the last run left in their targets."""
+        self.unfinished.purge_old()
+        for name in self.unfinished.volumes():
+            try:
+                await self._settle(name, RestoreResult, redelivery=False)
+            except AgentError as exc:  # Docker is not back yet: the next restore into it tries again
+                log.warning("restore.undo_deferred", volume=name, error=exc.message)
 
     async def restore(self, req: RestoreRequest) -> RestoreResult:
         store, record = await self.stores.get(req.backup_id)
         events = self.events
-        started = time.monotonic()
         async with self.locks.hold(req.volume):
             await events.event("restore.started", req.volume, backup_id=record.backup_id)
             try:
-                async with store.fetch(record) as path:  # verified: the bytes recorded, or `corrupt`
-                    v, created = await self._target(
-                        req.volume,
-                        driver=req.driver or record.volume_driver,
-                        driver_opts=req.driver_opts or {},
-                        labels=req.labels if req.labels is not None else record.volume_labels,
-                    )
-                    await self._prepare_or_undo(v, created, overwrite=req.overwrite)
-                    try:
-                        progress = Progress(self.events, "restore", req.volume, record.backup_id)
-                        async with progress.running():
-                            await self._extract(v, record, path, progress)
-                    except BaseException:
-                        await asyncio.shield(self._undo(v, created))
-                        raise
+                result = await self._settle(req.volume, RestoreResult) or await self._restore(req, store, record)
             except AgentError as exc:
                 await events.event("restore.failed", req.volume, backup_id=record.backup_id, error=exc.message)
                 raise
             await events.event("restore.completed", req.volume, backup_id=record.backup_id, bytes_done=record.size)
-        return RestoreResult(backup_id=record.backup_id, volume=req.volume, size=record.size,
-                             created_volume=created, duration_s=round(time.monotonic() - started, 3))
+        return result
+
+    async def _restore(self, req: RestoreRequest, store: BackupStore, record: BackupRecord) -> RestoreResult:
+        started = time.monotonic()
+        async with store.fetch(record) as path:  # verified: the bytes recorded, or `corrupt`
+            v, created = await self._target(
+                req.volume,
+                driver=req.driver or record.volume_driver,
+                driver_opts=req.driver_opts or {},
+                labels=req.labels if req.labels is not None else record.volume_labels,
+            )
+            await self._prepare_or_undo(v, created, overwrite=req.overwrite)
+            note = self.unfinished.begin(req.volume, created=created)
+            try:
+                progress = Progress(self.events, "restore", req.volume, record.backup_id)
+                async with progress.running():
+                    await self._extract(v, record, path, progress)
+            except BaseException:
+                if await asyncio.shield(self._undo(v, created)):
+                    self.unfinished.end(req.volume)
+                raise
+        result = RestoreResult(backup_id=record.backup_id, volume=req.volume, size=record.size,
+                               created_volume=created, duration_s=round(time.monotonic() - started, 3))
+        self.unfinished.done(req.volume, note, result)
+        return result
 
     async def clone(self, req: CloneRequest) -> CloneResult:
         if req.source == req.target:
             raise Conflict("A volume cannot be cloned onto itself.")
-        started = time.monotonic()
         async with self.locks.hold_all([req.source, req.target]):
-            src = await self.engine.volume_inspect(req.source)
-            src_users = await used_by(self.engine, req.source)
-            tgt, created = await self._target(
-                req.target, driver=src.get("Driver") or "local", driver_opts=dict(src.get("Options") or {}),
-                labels=dict(src.get("Labels") or {}),
-            )
-            await self._prepare_or_undo(tgt, created, overwrite=False)
-            try:
-                size = await self._copy(src, src_users, tgt)
-            except BaseException:
-                await asyncio.shield(self._undo(tgt, created))
-                raise
-        return CloneResult(source=req.source, target=req.target, size=size, created_volume=created,
-                           duration_s=round(time.monotonic() - started, 3))
+            return await self._settle(req.target, CloneResult) or await self._clone(req)
+
+    async def _clone(self, req: CloneRequest) -> CloneResult:
+        started = time.monotonic()
+        src = await self.engine.volume_inspect(req.source)
+        src_users = await used_by(self.engine, req.source)
+        tgt, created = await self._target(
+            req.target, driver=src.get("Driver") or "local", driver_opts=dict(src.get("Options") or {}),
+            labels=dict(src.get("Labels") or {}),
+        )
+        await self._prepare_or_undo(tgt, created, overwrite=False)
+        note = self.unfinished.begin(req.target, created=created)
+        try:
+            size = await self._copy(src, src_users, tgt)
+        except BaseException:
+            if await asyncio.shield(self._undo(tgt, created)):
+                self.unfinished.end(req.target)
+            raise
+        result = CloneResult(source=req.source, target=req.target, size=size, created_volume=created,
+                             duration_s=round(time.monotonic() - started, 3))
+        self.unfinished.done(req.target, note, result)
+        return result
 
     async def _target(
         self, name: str, *, driver: str, driver_opts: dict[str, str], labels: dict[str, str]
     ) -> tuple[dict[str, Any], bool]:
         try:
-            return await self.engine.volume_inspect(name), False
+            v = await self.engine.volume_inspect(name)
+            if not await self.volumes.remake_cut_short(v, labels):
+                return v, False
         except NotFound:
-            spec = {"Name": name, "Driver": driver, "DriverOpts": driver_opts, "Labels": labels}
-            self.causes.note("volume.created", name)
-            v = await self.engine.volume_create(spec)
-            return v, True
+            pass
+        spec = {"Name": name, "Driver": driver, "DriverOpts": driver_opts, "Labels": labels}
+        return await self.volumes.create_volume(spec), True
 
     async def _prepare_or_undo(self, v: dict[str, Any], created: bool, *, overwrite: bool) -> None:
         """Make the target ready; if it is refused, only a volume this call created goes again.
@@ -149,7 +180,7 @@ class Restores:
                     if isinstance(files, HostDir):
                         argvs = [*([decomp] if decomp else []), files.extract_argv()]
                         await procs.chain(argvs, stdin=stored, stdout=asyncio.subprocess.DEVNULL)
-                        await procs.wait("restoring into the volume")
+                        await procs.wait()
                         progress.add(record.stored_size)
                         return
                     assert isinstance(files, ContainerDir)
@@ -159,7 +190,7 @@ class Restores:
                     await procs.chain([decomp], stdin=stored, stdout=asyncio.subprocess.PIPE)
                     assert procs.last.stdout is not None
                     await files.write(read_chunks(procs.last.stdout, progress.add))
-                    await procs.wait("restoring into the volume")
+                    await procs.wait()
             except BaseException:
                 await procs.reap()
                 raise
@@ -172,21 +203,21 @@ class Restores:
                 if isinstance(a, HostDir) and isinstance(b, HostDir):
                     await procs.chain([a.create_argv(), b.extract_argv()], stdin=asyncio.subprocess.DEVNULL,
                                       stdout=asyncio.subprocess.DEVNULL)
-                    return tar_totals((await procs.wait("cloning the volume"))[0]) or 0
+                    return tar_totals((await procs.wait())[0]) or 0
                 if isinstance(a, HostDir):
                     assert isinstance(b, ContainerDir)
                     await procs.chain([a.create_argv()], stdin=asyncio.subprocess.DEVNULL,
                                       stdout=asyncio.subprocess.PIPE)
                     assert procs.last.stdout is not None
                     await b.write(read_chunks(procs.last.stdout))
-                    return tar_totals((await procs.wait("cloning the volume"))[0]) or 0
+                    return tar_totals((await procs.wait())[0]) or 0
                 assert isinstance(a, ContainerDir)
                 counted = Counted(a.read())
                 if isinstance(b, HostDir):
                     await procs.chain([b.extract_argv()], stdin=asyncio.subprocess.PIPE,
                                       stdout=asyncio.subprocess.DEVNULL)
                     await feed(procs.first, counted)
-                    await procs.wait("cloning the volume")
+                    await procs.wait()
                 else:
                     await b.write(counted)
                 return counted.n
@@ -194,20 +225,57 @@ class Restores:
                 await procs.reap()
                 raise
 
-    async def _undo(self, v: dict[str, Any], created: bool) -> None:
-        """No partial state: a volume we made goes again; one that was there is left empty, as it was."""
+    async def _undo(self, v: dict[str, Any], created: bool) -> bool:
+        """No partial state: a volume we made goes again; one that was there is left empty, as it was.
+        False if that failed (Docker went away too): the note stays, and the next try undoes it."""
         try:
             if created:
                 self.causes.note("volume.removed", v["Name"])
                 await self.engine.volume_remove(v["Name"], force=False)
-                return
+                return True
             async with volume_files(self.engine, v, [], self.data_path) as files:
                 if isinstance(files, HostDir):
                     await files.clear()
-                    return
+                    return True
             await self._recreate(v)  # after the helper container that mounted it is gone
         except AgentError:
             log.exception("restore.undo_failed", volume=v["Name"])
+            return False
+        return True
+
+    async def _exists(self, name: str) -> bool:
+        try:
+            await self.engine.volume_inspect(name)
+        except NotFound:
+            return False
+        return True
+
+    async def _settle(self, name: str, kind: type[R], *, redelivery: bool = True) -> R | None:
+        """Deal with what an earlier restore or clone into `name` left (see `Unfinished`). Its result if it was
+        this command, finished, and delivered again before its outcome was recorded; else None, once what it
+        left half-written is undone."""
+        note = self.unfinished.get(name)
+        if note is None:
+            return None
+        if note.result is not None:
+            mine = redelivery and note.cmd_id is not None and note.cmd_id == current_cmd_id()
+            if mine and await self._exists(name):
+                log.info("restore.already_done", volume=name)
+                return msgspec.convert(note.result, type=kind)
+            if not redelivery:
+                return None  # kept for a redelivery of its command
+            self.unfinished.end(name)
+            return None
+        log.warning("restore.undoing_interrupted", volume=name, created=note.created)
+        try:
+            v = await self.engine.volume_inspect(name)
+        except NotFound:
+            self.unfinished.end(name)
+            return None
+        if not await self._undo(v, note.created):
+            raise Unavailable(f"Volume {name!r} holds part of an interrupted restore, which cannot be undone yet.")
+        self.unfinished.end(name)
+        return None
 
 
 async def _file_chunks(f: Any, progress: Progress) -> AsyncIterator[bytes]:
