@@ -307,7 +307,7 @@ class FakeAgent:
 
 def fake_agent(
     engine: FakeEngine | None = None, sink: Sink | None = None, *stores: BackupStore, host: str = "h1",
-    data_path: DataPath = "auto",
+    data_path: DataPath = "auto", notes: Path | None = None,
 ) -> FakeAgent:
     """The agent's parts over a fake engine and sink (default: a throwaway local store).
 
@@ -318,7 +318,8 @@ def fake_agent(
     stores = stores or (LocalStore(Path(tempfile.mkdtemp(prefix="va-store-"))),)
     all_stores = Stores(*stores)
     inventory = Inventory(engine, all_stores, sink, host, heartbeat_s=HEARTBEAT_S, sizes_every_s=0)
-    domain = Domain.wire(engine, sink, all_stores, inventory, NoPeers(), host=host, data_path=data_path)
+    domain = Domain.wire(engine, sink, all_stores, inventory, NoPeers(), host=host, data_path=data_path,
+                         notes=notes)
     return FakeAgent(engine, sink, all_stores, domain)
 
 

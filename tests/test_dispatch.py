@@ -196,21 +196,21 @@ class FlakySink(RecordingSink):
 
 def durable(outcome: Outcome) -> bool:
     """The durable path's decision for a delivery that is not the last one: transient outcomes come again."""
-    return outcome.transient
+    return outcome.retry
 
 
 async def test_on_the_durable_path_only_final_outcomes_are_published() -> None:
     d, engine, sink, _ = make()
     engine.fail_with = Unavailable("Docker Engine is unreachable.")
     out = await d.execute("create", b'{"name": "v1", "id": "k1"}', redelivers=durable)
-    assert out.transient and out.published and sink.results == []
+    assert out.retry and out.published and sink.results == []
     engine.fail_with = None
     out = await d.execute("create", b'{"name": "v1", "id": "k1"}', redelivers=durable)
     assert out.error is None and [r for _, r, _ in sink.results] == [out.reply]
     # The last delivery's transient outcome is final: published.
     engine.fail_with = Unavailable("Docker Engine is unreachable.")
     out = await d.execute("create", b'{"name": "v2", "id": "k2"}', redelivers=lambda _: False)
-    assert out.transient and [r for _, r, _ in sink.results][-1] == out.reply
+    assert out.retry and [r for _, r, _ in sink.results][-1] == out.reply
 
 
 async def test_a_durable_command_whose_outcome_is_recorded_publishes_it_again() -> None:
@@ -224,7 +224,7 @@ async def test_a_durable_command_whose_outcome_is_recorded_publishes_it_again() 
 
 async def test_an_outcome_nats_will_not_take_is_recorded_and_reported_unpublished() -> None:
     engine, sink, outcomes = FakeEngine(), FlakySink(), MemoryOutcomes()
-    d = Dispatcher("h1", fake_handlers(engine, sink), outcomes, sink, max_body=4096)
+    d = Dispatcher("h1", fake_handlers(engine, sink), outcomes, sink, Tasks(8), max_body=4096)
     sink.down = True
     out = await d.execute("create", b'{"name": "v1", "id": "k1"}', redelivers=durable)
     assert out.error is None and not out.published
@@ -265,9 +265,9 @@ class CutShort(FakeEngine):
 
 async def test_a_create_docker_cut_short_going_down_is_made_again_whole_when_retried() -> None:
     engine, sink, outcomes = CutShort(), RecordingSink(), MemoryOutcomes()
-    d = Dispatcher("h1", fake_handlers(engine, sink), outcomes, sink, max_body=4096)
+    d = Dispatcher("h1", fake_handlers(engine, sink), outcomes, sink, Tasks(8), max_body=4096)
     cmd = b'{"name": "v1", "id": "k1", "labels": {"team": "db"}}'
-    assert (await d.execute("create", cmd, redelivers=durable)).transient
+    assert (await d.execute("create", cmd, redelivers=durable)).retry
     assert engine.volumes["v1"]["Labels"] == {}  # what Docker left
     out = await d.execute("create", cmd, redelivers=durable)
     assert out.error is None and reply(out.reply).result["labels"] == {"team": "db"}

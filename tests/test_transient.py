@@ -16,7 +16,7 @@ from agent.bus import Bus
 from agent.config import Settings
 from agent.docker import _translate
 from agent.elections import through_elections
-from agent.errors import AgentError, Unavailable
+from agent.errors import AgentError, Internal, Unavailable
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -41,7 +41,7 @@ def test_the_engines_answers_while_it_restarts_are_unavailable(message: str) -> 
 ])
 def test_other_500s_stay_internal(message: str) -> None:
     err = _translate(aiodocker.DockerError(500, message), "volume 'pgdata'")
-    assert type(err) is AgentError and err.code == "internal"
+    assert type(err) is Internal and err.code == "internal"
 
 
 @pytest.fixture

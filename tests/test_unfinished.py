@@ -9,21 +9,18 @@ from structlog.contextvars import bound_contextvars
 
 from agent.backup.local_store import LocalStore
 from agent.backup.restore import Restores
-from agent.backup.stores import Stores
 from agent.backup.unfinished import Note, Unfinished
-from agent.locks import KeyedLocks
-from agent.volumes import Volumes
 from contracts import CloneRequest, CloneResult
 
-from .fakes import FakeEngine, RecordingSink
+from .fakes import FakeEngine, RecordingSink, fake_agent
 
 pytestmark = pytest.mark.timeout(10)
 
 
 def restores(tmp_path: Path) -> tuple[Restores, FakeEngine]:
     engine = FakeEngine()
-    volumes = Volumes(engine, RecordingSink(), KeyedLocks())  # type: ignore[arg-type]
-    return Restores(volumes, Stores(LocalStore(tmp_path / "store")), "auto", tmp_path / "restoring"), engine
+    agent = fake_agent(engine, RecordingSink(), LocalStore(tmp_path / "store"), notes=tmp_path / "restoring")
+    return agent.restores, engine
 
 
 async def test_a_clone_finished_before_a_crash_answers_its_redelivery_with_its_result(tmp_path: Path) -> None:
