@@ -19,6 +19,15 @@ log = structlog.get_logger(__name__)
 
 READY_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
+# JetStream acks a write before it fsyncs it (every 2 minutes by default): an OS crash or power loss would lose
+# acknowledged commands, outcomes and backups. The embedded server is a single node, so nothing else holds a
+# copy: fsync every write before the ack. Only a config file can set this.
+CONFIG = """\
+# Written by volume-agent at each start of its embedded nats-server; edits are lost.
+jetstream {
+  sync_interval: always
+}
+"""
 
 
 def find_nats_server() -> str:
@@ -37,6 +46,7 @@ class EmbeddedNats:
         host, _, port = listen.rpartition(":")
         self.host, self.port = host or "127.0.0.1", int(port)
         self.store = data_dir / "nats"
+        self.config = self.store / "nats-server.conf"
         self.name = name
         self._proc: asyncio.subprocess.Process | None = None
 
@@ -44,21 +54,31 @@ class EmbeddedNats:
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
+    def write_config(self) -> None:
+        self.store.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(CONFIG)
+
+    def argv(self) -> list[str]:
+        """The command line; the flags (listen, store, name) override the config file's settings."""
+        return [find_nats_server(), "-c", str(self.config), "-a", self.host, "-p", str(self.port), "-js",
+                "-sd", str(self.store), "-n", self.name]
+
     async def start(self) -> None:
         if self._proc is not None:
             return
-        self.store.mkdir(parents=True, exist_ok=True)
+        try:
+            self.write_config()
+        except OSError as exc:
+            raise Unavailable(f"Cannot write the embedded nats-server's config {self.config}: {exc}.") from exc
         self._proc = await asyncio.create_subprocess_exec(
-            find_nats_server(), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store),
-            "-n", self.name,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            *self.argv(), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )
         try:
             await asyncio.wait_for(self._ready(), READY_TIMEOUT_S)
         except BaseException:
             err = await self._kill()
             raise Unavailable(f"The embedded nats-server did not start on {self.url}: {err or 'no output'}") from None
-        log.info("nats.embedded_started", url=self.url, store=str(self.store))
+        log.info("nats.embedded_started", url=self.url, store=str(self.store), sync="always")
 
     async def _ready(self) -> None:
         while True:

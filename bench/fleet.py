@@ -94,11 +94,20 @@ async def inventory_build(d: Dockerd, n: int) -> tuple[float, float, int]:
 
 
 async def store_throughput(d: Dockerd, client: AgentClient, mib: int) -> list[tuple[str, float, float]]:
+    await fill_big(d, client, mib)
+    return await backup_restore(client)
+
+
+async def fill_big(d: Dockerd, client: AgentClient, mib: int) -> None:
     await client.request(HOST, "create", {"name": "big"})
     mp = Path(d.docker("volume", "inspect", "-f", "{{.Mountpoint}}", "big").strip())
     with open(mp / "random.bin", "wb") as f:
         for _ in range(mib):
             f.write(os.urandom(1 << 20))
+
+
+async def backup_restore(client: AgentClient) -> list[tuple[str, float, float]]:
+    """Back up the volume `big` to each store and restore it to `big-<store>`: (store, seconds, seconds)."""
     rows = []
     for store in ("local", "nats"):
         t = time.perf_counter()

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BUSYBOX_IMAGE = "test/busybox:1"
+# JetStream's sync_interval, as production runs it (deploy/, the embedded server): every write fsynced before
+# its ack. None: the server's default (fsync every 2 minutes).
+SYNC = "always"
 BUSYBOX_APPLETS = ("sh", "ls", "cat", "echo", "sleep", "tar", "mkdir", "true", "touch", "rm", "stat", "df")
 
 
@@ -46,6 +49,19 @@ def venv_bin(name: str) -> str:
     if not found:
         raise RuntimeError(f"{name} not found; run scripts/test, which installs it")
     return found
+
+
+def write_config(path: Path, sync: str | None, max_payload: str | None = None) -> list[str]:
+    """A nats-server config file for what only a config file can set; the `-c` arguments, or none."""
+    lines = []
+    if max_payload:
+        lines.append(f"max_payload: {max_payload}")
+    if sync:
+        lines.append(f"jetstream {{ sync_interval: {sync} }}")
+    if not lines:
+        return []
+    path.write_text("\n".join(lines) + "\n")
+    return ["-c", str(path)]
 
 
 @dataclass
@@ -147,6 +163,8 @@ class NatsServer:
     proc: subprocess.Popen[bytes] | None = None
     max_payload: str | None = None
     """e.g. "8MB" (the server's default is 1 MiB; only a config file can change it)."""
+    sync: str | None = SYNC
+    """JetStream's sync_interval: "always", a duration ("2m"), or None for the server's default."""
 
     @property
     def url(self) -> str:
@@ -154,10 +172,7 @@ class NatsServer:
 
     def start(self) -> NatsServer:
         self.root.mkdir(parents=True, exist_ok=True)
-        config: list[str] = []
-        if self.max_payload:
-            (self.root / "nats.conf").write_text(f"max_payload: {self.max_payload}\n")
-            config = ["-c", str(self.root / "nats.conf")]
+        config = write_config(self.root / "nats.conf", self.sync, self.max_payload)
         with open(self.root / "nats.log", "ab") as log:
             self.proc = subprocess.Popen(
                 [venv_bin("nats-server"), *config, "-a", "127.0.0.1", "-p", str(self.port), "-js",
@@ -246,6 +261,8 @@ class NatsCluster:
     ports: list[int] = field(default_factory=list)
     cluster_ports: list[int] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes] | None] = field(default_factory=list)
+    sync: str | None = SYNC
+    max_payload: str | None = None
 
     def __post_init__(self) -> None:
         self.ports = [free_port() for _ in range(self.size)]
@@ -265,9 +282,10 @@ class NatsCluster:
         d = self.root / f"n{i}"
         d.mkdir(parents=True, exist_ok=True)
         routes = ",".join(f"nats://127.0.0.1:{p}" for p in self.cluster_ports)
+        config = write_config(d / "nats.conf", self.sync, self.max_payload)
         with open(d / "nats.log", "ab") as log:
             self.procs[i] = subprocess.Popen(
-                [venv_bin("nats-server"), "-a", "127.0.0.1", "-p", str(self.ports[i]), "-n", f"n{i}", "-js",
+                [venv_bin("nats-server"), *config, "-a", "127.0.0.1", "-p", str(self.ports[i]), "-n", f"n{i}", "-js",
                  "-sd", str(d), "--cluster_name", "c", "--cluster", f"nats://127.0.0.1:{self.cluster_ports[i]}",
                  "--routes", routes],
                 stdout=log, stderr=log,
