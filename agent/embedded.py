@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import sys
@@ -19,6 +18,8 @@ log = structlog.get_logger(__name__)
 
 READY_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
+# What nats-server logs once it accepts clients.
+READY_LINE = "Server is ready"
 # JetStream acks a write before it fsyncs it (every 2 minutes by default): an OS crash or power loss would lose
 # acknowledged commands, outcomes and backups. The embedded server is a single node, so nothing else holds a
 # copy: fsync every write before the ack. Only a config file can set this.
@@ -47,6 +48,8 @@ class EmbeddedNats:
         self.host, self.port = host or "127.0.0.1", int(port)
         self.store = data_dir / "nats"
         self.config = self.store / "nats-server.conf"
+        # The server's own log: a file, not a pipe nobody reads while it runs (a full pipe would block the server).
+        self.log_file = self.store / "nats-server.log"
         self.name = name
         self._proc: asyncio.subprocess.Process | None = None
 
@@ -70,34 +73,36 @@ class EmbeddedNats:
             self.write_config()
         except OSError as exc:
             raise Unavailable(f"Cannot write the embedded nats-server's config {self.config}: {exc}.") from exc
-        self._proc = await asyncio.create_subprocess_exec(
-            *self.argv(), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )
+        with open(self.log_file, "ab") as server_log:  # noqa: ASYNC230 - opened once, handed to the child
+            start_at = server_log.tell()
+            self._proc = await asyncio.create_subprocess_exec(
+                *self.argv(), stdout=asyncio.subprocess.DEVNULL, stderr=server_log,
+            )
         try:
-            await asyncio.wait_for(self._ready(), READY_TIMEOUT_S)
+            await asyncio.wait_for(self._ready(start_at), READY_TIMEOUT_S)
         except BaseException:
-            err = await self._kill()
+            await self._kill()
+            err = _last_line(self.log_file, start_at)
             raise Unavailable(f"The embedded nats-server did not start on {self.url}: {err or 'no output'}") from None
         log.info("nats.embedded_started", url=self.url, store=str(self.store), sync="always")
 
-    async def _ready(self) -> None:
+    async def _ready(self, start_at: int) -> None:
+        """Until our server says it is ready in its log. A connection to the port proves nothing: another process
+        may hold it (and a local one listening there first would be given the agent's connection)."""
         while True:
             if self._proc is not None and self._proc.returncode is not None:
                 raise RuntimeError("exited")
-            with contextlib.suppress(OSError):
-                _, writer = await asyncio.open_connection(self.host, self.port)
-                writer.close()
+            if READY_LINE in _since(self.log_file, start_at):
                 return
             await asyncio.sleep(0.05)
 
-    async def _kill(self) -> str:
+    async def _kill(self) -> None:
         proc, self._proc = self._proc, None
         if proc is None:
-            return ""
+            return
         if proc.returncode is None:
             proc.kill()
-        _, err = await proc.communicate()
-        return err.decode(errors="replace").strip().splitlines()[-1] if err and err.strip() else ""
+        await proc.wait()
 
     async def stop(self) -> None:
         proc, self._proc = self._proc, None
@@ -110,3 +115,19 @@ class EmbeddedNats:
             proc.kill()
             await proc.wait()
         log.info("nats.embedded_stopped")
+
+
+def _since(path: Path, start_at: int) -> str:
+    """What the server logged since `start_at`."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start_at)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _last_line(path: Path, start_at: int) -> str:
+    """The last line the server logged since `start_at` (why it did not start)."""
+    lines = _since(path, start_at).strip().splitlines()
+    return lines[-1] if lines else ""

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import urllib.request
 from pathlib import Path
 
 import nats
+import pytest
 
 from agent.embedded import EmbeddedNats
+from agent.errors import Unavailable
 
 from .stack import free_port, wait_for
 
@@ -48,3 +51,15 @@ def test_the_server_reports_sync_always_for_the_embedded_command_line(tmp_path: 
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+async def test_a_server_that_cannot_start_says_why_from_its_log(tmp_path: Path) -> None:
+    """The server logs to a file (a pipe nobody reads would block it); a failed start quotes its last line."""
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        embedded = EmbeddedNats(tmp_path, f"127.0.0.1:{port}", "embedded-test")
+        with pytest.raises(Unavailable, match="address already in use"):
+            await embedded.start()
+    assert "address already in use" in embedded.log_file.read_text()
