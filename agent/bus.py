@@ -19,32 +19,23 @@ import nats.js.errors
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, ObjectStoreConfig, StreamConfig
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from contracts import Subjects, VolumeEvent
+from contracts import Subjects, VolumeEvent, inbox_prefix
 
 from .backoff import until_ok
 from .compat import flush_pending
 from .config import NatsAuth, Settings
+from .denials import Denials
 from .elections import through_elections
 from .errors import AgentError, Timeout, Unavailable
+from .streams import ensure_jetstream, ensure_object_store
 
 __all__ = ["Bus", "nats_errors"]
 
 log = structlog.get_logger(__name__)
 
-DAY_S = 24 * 3600.0
-# The contract promises 24 h of idempotency; twice that leaves room for clocks and slow retries.
-OUTCOME_TTL_S = 2 * DAY_S
-CMD_MAX_AGE_S = 7 * DAY_S
-RES_MAX_AGE_S = 30 * DAY_S
-EVT_MAX_AGE_S = 7 * DAY_S
-# Publishers set Nats-Msg-Id; the stream drops a re-publish inside this window before we ever see it.
-CMD_DUPLICATE_WINDOW_S = 3600.0
-# Outcomes carry a Nats-Msg-Id too: an outcome published again (a retry, a redelivered command) is kept once.
-RES_DUPLICATE_WINDOW_S = 3600.0
 # Bounded per attempt so a wrong URL is reported soon; the agent then retries with backoff forever.
 CONNECT_TIMEOUT_S = 5
 # A lower ping interval finds a half-open connection (nats.py #671) within a minute.
@@ -88,7 +79,9 @@ class Bus:
         self._catalog_kv: KeyValue | None = None
         self._backups_obj: ObjectStore | None = None
         self._closing = False
-        self.backups_bucket = self.subjects.backups_bucket
+        self.denials = Denials()
+        self.backups_bucket = self.subjects.backups_bucket_of(self.host)
+        """This host's own backup bucket: the one it writes to."""
 
     @property
     def nc(self) -> Client:
@@ -135,6 +128,8 @@ class Bus:
         self._nc = await nats.connect(
             servers=self.urls,
             name=f"volume-agent {self.host}",
+            # Replies come to `_INBOX_<host>.>`: NATS permissions give each identity its own inboxes only.
+            inbox_prefix=inbox_prefix(self.host),
             connect_timeout=CONNECT_TIMEOUT_S,
             # Few tries per server here (0 would mean forever): start() retries with its own backoff.
             max_reconnect_attempts=1,
@@ -153,37 +148,11 @@ class Bus:
         log.info("nats.connected", url=str(self._nc.connected_url.geturl()) if self._nc.connected_url else None)
 
     async def _ensure_jetstream(self) -> None:
-        s, replicas = self.subjects, self.settings.replicas
-        streams = [
-            StreamConfig(name=s.cmd_stream, subjects=[f"{s.prefix}.cmd.>"], max_age=CMD_MAX_AGE_S,
-                         duplicate_window=CMD_DUPLICATE_WINDOW_S, num_replicas=replicas),
-            StreamConfig(name=s.res_stream, subjects=[f"{s.prefix}.res.>"], max_age=RES_MAX_AGE_S,
-                         duplicate_window=RES_DUPLICATE_WINDOW_S, num_replicas=replicas),
-            StreamConfig(name=s.evt_stream, subjects=[f"{s.prefix}.evt.>"], max_age=EVT_MAX_AGE_S,
-                         num_replicas=replicas),
-        ]
         try:
-            for cfg in streams:
-                await self._ensure_stream(cfg)
-            self._outcomes_kv = await self.js.create_key_value(
-                KeyValueConfig(bucket=s.outcomes_bucket, ttl=OUTCOME_TTL_S, replicas=replicas)
-            )
-            self._inventory_kv = await self.js.create_key_value(
-                KeyValueConfig(bucket=s.inventory_bucket, history=1, replicas=replicas)
-            )
-            self._catalog_kv = await self.js.create_key_value(
-                KeyValueConfig(bucket=s.catalog_bucket, history=1,
-                               replicas=self.settings.backup_replicas or replicas)
-            )
+            self._outcomes_kv, self._inventory_kv, self._catalog_kv = await ensure_jetstream(
+                self.js, self.settings, self.denials)
         except nats.errors.NoRespondersError as exc:
             raise Unavailable("JetStream is not enabled on the NATS server; start it with -js.") from exc
-
-    async def _ensure_stream(self, cfg: StreamConfig) -> None:
-        try:
-            await self.js.add_stream(cfg)
-        except nats.js.errors.BadRequestError:
-            # It exists with another config (another agent version or an operator's change): converge.
-            await self.js.update_stream(cfg)
 
     async def settle(self) -> None:
         """Return once the server has every command sent so far, subscriptions included.
@@ -202,16 +171,20 @@ class Bus:
         return self._catalog_kv
 
     async def backups_obj(self) -> ObjectStore:
-        """The shared backup bucket, made on first use (a stream per object store costs the server little,
+        """This host's backup bucket, made on first use (a stream per object store costs the server little,
         but an agent that never uses it need not make it)."""
         if self._backups_obj is None:
             replicas = self.settings.backup_replicas or self.settings.replicas
             async with nats_errors("opening the shared backup store"):
-                self._backups_obj = await self.js.create_object_store(
-                    bucket=self.backups_bucket,
-                    config=ObjectStoreConfig(description="volume-agent backups", replicas=replicas),
-                )
+                self._backups_obj = await ensure_object_store(self.js, self.backups_bucket, replicas)
         return self._backups_obj
+
+    def backups_of(self, host: str) -> ObjectStore:
+        """`host`'s backup bucket, to read from (no API call: a missing bucket reads as a missing object)."""
+        if host == self.host and self._backups_obj is not None:
+            return self._backups_obj
+        bucket = self.subjects.backups_bucket_of(host)
+        return ObjectStore(name=bucket, stream=f"OBJ_{bucket}", js=self.js)
 
     async def inventory(self, snapshot: bytes) -> None:
         """Publish a snapshot on `<prefix>.inv.<host>` and keep it in the KV bucket under the host's id."""
@@ -269,6 +242,10 @@ class Bus:
             await self.nc.publish(self.subjects.evt(self.host, kind), msgspec.json.encode(evt))
 
     async def _on_error(self, exc: Exception) -> None:
+        if self.denials.report(str(exc)):
+            # Our own NATS permissions refused something: name it (the caller, if it waits, is told too).
+            log.warning("nats.permission_denied", error=str(exc))
+            return
         log.warning("nats.error", urls=self.urls, error=f"{type(exc).__name__}: {exc}")
 
     async def _on_disconnected(self) -> None:

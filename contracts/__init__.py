@@ -27,7 +27,17 @@ from .inventory import EngineInfo, InventoryRequest, InventorySnapshot, Inventor
 from .migrate import HostId, MigrateRequest, MigrateResult, MigrateStep
 from .ops import FLEET_OPS, OPS, Op, result_as
 from .share import ContainerSpec, Mount, ShareRequest, ShareResult, VolumesFrom
-from .subjects import DEFAULT_PREFIX, HOST_ID_PATTERN, SERVICE_NAME, Subjects, catalog_key, outcome_key, valid_host_id
+from .subjects import (
+    DEFAULT_PREFIX,
+    HOST_ID_PATTERN,
+    SERVICE_NAME,
+    Subjects,
+    catalog_key,
+    catalog_key_parts,
+    inbox_prefix,
+    outcome_key,
+    valid_host_id,
+)
 from .volumes import (
     VOLUME_NAME_PATTERN,
     ContainerRef,
@@ -44,7 +54,7 @@ from .volumes import (
     VolumeRecord,
 )
 
-CONTRACT_VERSION = "1.3.0"
+CONTRACT_VERSION = "2.0.0"
 """Semantic version of the bus API: a breaking change bumps the major."""
 
 __all__ = [
@@ -110,6 +120,8 @@ __all__ = [
     "VolumeRecord",
     "VolumesFrom",
     "catalog_key",
+    "catalog_key_parts",
+    "inbox_prefix",
     "labels",
     "outcome_key",
     "result_as",

@@ -14,14 +14,21 @@ Object Store, the NATS micro service, and how keys are encoded in the buckets.
     consumer agent_<host>                                 on <PREFIX>_CMD, filter <prefix>.cmd.<host>.>
     KV      <prefix>_outcomes        key outcome_key(host, id) = <host>.<sha256(id) hex>
     KV      <prefix>_inventory       key <host>
-    KV      <prefix>_backup_catalog  key catalog_key(backup_id) = base64url(backup_id)
-    objects <prefix>_backups         name <backup_id>
+    KV      <prefix>_backup_catalog  key catalog_key(host, backup_id) = <host>.<base64url(backup_id)>
+    objects <prefix>_backups_<host>  name <backup_id>       (one Object Store per host: backups_bucket_of(host))
     service volume-agent             (NATS micro)
+    inbox   _INBOX_<identity>        every client's inbox prefix (inbox_prefix(name)), so NATS permissions can
+                                     give each identity its own replies only
+
+Each host writes only under its own name (`<host>` in a subject, a key, or a bucket name): NATS permissions
+scope writes by subject, and an Object Store's subjects cannot be scoped inside one bucket, so every host has
+its own backup bucket and its own catalog keys.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import re
 from dataclasses import dataclass
@@ -33,6 +40,8 @@ __all__ = [
     "SERVICE_NAME",
     "Subjects",
     "catalog_key",
+    "catalog_key_parts",
+    "inbox_prefix",
     "outcome_key",
     "valid_host_id",
 ]
@@ -51,10 +60,27 @@ def outcome_key(host: str, cmd_id: str) -> str:
     return f"{host}.{hashlib.sha256(cmd_id.encode()).hexdigest()}"
 
 
-def catalog_key(backup_id: str) -> str:
-    """The key of a backup's record in the shared catalog: KV keys are subject tokens, and a volume name
-    may hold `..`, so the id is encoded."""
-    return base64.urlsafe_b64encode(backup_id.encode()).decode()
+def catalog_key(host: str, backup_id: str) -> str:
+    """The key of a backup's record in the shared catalog, under the host that made it (only that host may
+    write there): KV keys are subject tokens, and a volume name may hold `..`, so the id is encoded."""
+    return f"{host}.{base64.urlsafe_b64encode(backup_id.encode()).decode()}"
+
+
+def catalog_key_parts(key: str) -> tuple[str, str] | None:
+    """(host, backup_id) of a catalog key; None for a key of another shape (e.g. contract 1.x's bare id)."""
+    host, dot, encoded = key.partition(".")
+    if not dot or not valid_host_id(host):
+        return None
+    try:
+        return host, base64.urlsafe_b64decode(encoded.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+
+
+def inbox_prefix(identity: str) -> str:
+    """The inbox prefix of an identity's connections (nats-py `inbox_prefix=`): `_INBOX_<name>`. The generated
+    NATS permissions let an identity subscribe to `_INBOX_<name>.>` and no other inbox."""
+    return f"_INBOX_{identity}"
 
 
 def valid_host_id(host: str) -> bool:
@@ -126,7 +152,6 @@ class Subjects:
     def catalog_bucket(self) -> str:
         return self.bucket_name("backup_catalog")
 
-    @property
-    def backups_bucket(self) -> str:
-        """The Object Store of the shared (`nats`) backups."""
-        return self.bucket_name("backups")
+    def backups_bucket_of(self, host: str) -> str:
+        """The Object Store of `host`'s shared (`nats`) backups, e.g. `vol_backups_web-1`."""
+        return self.bucket_name(f"backups_{host}")

@@ -235,11 +235,11 @@ async def test_the_shared_store_backs_up_restores_lists_and_forgets(host: Host) 
     src = mountpoint(host.docker, "shared1")
     fill_tricky(src)
     rec = await host.ok("backup", {"volume": "shared1", "store": "nats"})
-    assert rec["store"] == "nats" and rec["location"] == f"nats://vol_backups/{rec['backup_id']}"
+    assert rec["store"] == "nats" and rec["location"] == f"nats://vol_backups_{host.id}/{rec['backup_id']}"
     assert not list((host.agent.data_dir / "spool").glob("*")), "the spool file was left behind"
     # The object is a standard one: nats-py's own reader gets the recorded bytes.
     got = io.BytesIO()
-    obj = await host.client.nc.jetstream().object_store("vol_backups")
+    obj = await host.client.nc.jetstream().object_store(f"vol_backups_{host.id}")
     await obj.get(rec["backup_id"], writeinto=got)
     assert hashlib.sha256(got.getvalue()).hexdigest() == rec["sha256"]
     listed = await own_backups(host, "shared1")

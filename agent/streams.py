@@ -1,0 +1,100 @@
+"""The JetStream streams and buckets an agent needs: made when missing, never deleted.
+
+Under the NATS permissions `volume-agent auth init` generates (agent/auth/permissions.py), an agent may create
+its streams and buckets but not change their config, nor delete or purge anything but chunks of its own backup
+bucket. A stream or bucket that exists with another config (made by another version, or changed by an admin) is
+updated where the agent may, and otherwise used as it is, with a warning that names it: converging it is then
+the admin's job.
+"""
+
+from __future__ import annotations
+
+import nats.js.errors
+import structlog
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, StreamConfig
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from contracts import Subjects
+
+from .config import Settings
+from .denials import Denials, Denied
+
+__all__ = ["Buckets", "ensure_jetstream", "ensure_object_store"]
+
+log = structlog.get_logger(__name__)
+
+DAY_S = 24 * 3600.0
+# The contract promises 24 h of idempotency; twice that leaves room for clocks and slow retries.
+OUTCOME_TTL_S = 2 * DAY_S
+CMD_MAX_AGE_S = 7 * DAY_S
+RES_MAX_AGE_S = 30 * DAY_S
+EVT_MAX_AGE_S = 7 * DAY_S
+# Publishers set Nats-Msg-Id; the stream drops a re-publish inside this window before we ever see it.
+CMD_DUPLICATE_WINDOW_S = 3600.0
+# Outcomes carry a Nats-Msg-Id too: an outcome published again (a retry, a redelivered command) is kept once.
+RES_DUPLICATE_WINDOW_S = 3600.0
+ADMIN_JOB = ("this agent's NATS user may create it but not change it: an admin updates it (nats stream edit), "
+             "or starts one agent with admin credentials")
+
+Buckets = tuple[KeyValue, KeyValue, KeyValue]
+"""The outcomes, inventory and backup catalog buckets."""
+
+
+def streams(s: Subjects, replicas: int) -> list[StreamConfig]:
+    return [
+        StreamConfig(name=s.cmd_stream, subjects=[f"{s.prefix}.cmd.>"], max_age=CMD_MAX_AGE_S,
+                     duplicate_window=CMD_DUPLICATE_WINDOW_S, num_replicas=replicas),
+        StreamConfig(name=s.res_stream, subjects=[f"{s.prefix}.res.>"], max_age=RES_MAX_AGE_S,
+                     duplicate_window=RES_DUPLICATE_WINDOW_S, num_replicas=replicas),
+        StreamConfig(name=s.evt_stream, subjects=[f"{s.prefix}.evt.>"], max_age=EVT_MAX_AGE_S,
+                     num_replicas=replicas),
+    ]
+
+
+async def ensure_jetstream(js: JetStreamContext, settings: Settings, denials: Denials) -> Buckets:
+    """Every stream and KV bucket of the agent, made or found; raises nats-py's errors (NoRespondersError: no
+    JetStream)."""
+    s, replicas = settings.subjects, settings.replicas
+    for cfg in streams(s, replicas):
+        await _ensure_stream(js, cfg, denials)
+    backup_replicas = settings.backup_replicas or replicas
+    return (
+        await _ensure_kv(js, KeyValueConfig(bucket=s.outcomes_bucket, ttl=OUTCOME_TTL_S, replicas=replicas)),
+        await _ensure_kv(js, KeyValueConfig(bucket=s.inventory_bucket, history=1, replicas=replicas)),
+        await _ensure_kv(js, KeyValueConfig(bucket=s.catalog_bucket, history=1, replicas=backup_replicas)),
+    )
+
+
+async def _ensure_stream(js: JetStreamContext, cfg: StreamConfig, denials: Denials) -> None:
+    try:
+        await js.add_stream(cfg)
+    except nats.js.errors.BadRequestError:
+        # It exists with another config (another agent version or an operator's change): converge, if we may.
+        try:
+            await denials.call(f"$JS.API.STREAM.UPDATE.{cfg.name}", js.update_stream(cfg))
+        except Denied:
+            log.warning("nats.stream_not_updated", stream=cfg.name, why=ADMIN_JOB,
+                        wanted={"subjects": cfg.subjects, "max_age_s": cfg.max_age,
+                                "duplicate_window_s": cfg.duplicate_window, "replicas": cfg.num_replicas})
+
+
+async def _ensure_kv(js: JetStreamContext, cfg: KeyValueConfig) -> KeyValue:
+    try:
+        return await js.create_key_value(cfg)
+    except nats.js.errors.BadRequestError:
+        # It exists with another config: use it as it is (its keys and values are the same either way).
+        log.warning("nats.bucket_differs", bucket=cfg.bucket, why=ADMIN_JOB,
+                    wanted={"ttl_s": cfg.ttl, "history": cfg.history, "replicas": cfg.replicas})
+        return await js.key_value(cfg.bucket)
+
+
+async def ensure_object_store(js: JetStreamContext, bucket: str, replicas: int) -> ObjectStore:
+    """This host's backup bucket, made or found."""
+    try:
+        return await js.create_object_store(
+            bucket=bucket, config=ObjectStoreConfig(description="volume-agent backups", replicas=replicas))
+    except nats.js.errors.BadRequestError:
+        log.warning("nats.bucket_differs", bucket=bucket, why=ADMIN_JOB, wanted={"replicas": replicas})
+        return await js.object_store(bucket)
