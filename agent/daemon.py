@@ -190,7 +190,12 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `volume-agent`."""
+    """Entry point of `volume-agent`; `volume-agent auth ...` sets up identities (agent/auth/cli.py)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["auth"]:
+        from .auth.cli import main as auth_main
+
+        return auth_main(argv[1:])
     settings = parse_args(argv)
     configure()
     return asyncio.run(_main(settings))
