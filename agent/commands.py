@@ -56,6 +56,9 @@ class Commands:
             return
         stream = self.bus.subjects.cmd_stream
         config = ConsumerConfig(
+            # Named as well as durable: nats-py then creates it on CONSUMER.CREATE.<stream>.<name>.<filter>, and NATS
+            # permissions can hold an agent to its own consumer and its own hosts' filter (agent/auth/permissions.py).
+            name=self.durable,
             durable_name=self.durable,
             filter_subject=f"{self._prefix}>",
             ack_policy=AckPolicy.EXPLICIT,

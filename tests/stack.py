@@ -51,9 +51,9 @@ def venv_bin(name: str) -> str:
     return found
 
 
-def write_config(path: Path, sync: str | None, max_payload: str | None = None) -> list[str]:
+def write_config(path: Path, sync: str | None, max_payload: str | None = None, extra: str | None = None) -> list[str]:
     """A nats-server config file for what only a config file can set; the `-c` arguments, or none."""
-    lines = []
+    lines = [extra] if extra else []
     if max_payload:
         lines.append(f"max_payload: {max_payload}")
     if sync:
@@ -165,6 +165,8 @@ class NatsServer:
     """e.g. "8MB" (the server's default is 1 MiB; only a config file can change it)."""
     sync: str | None = SYNC
     """JetStream's sync_interval: "always", a duration ("2m"), or None for the server's default."""
+    config: str | None = None
+    """More config text, e.g. `include nats-auth.conf` (a path relative to `root`, where the config file is)."""
 
     @property
     def url(self) -> str:
@@ -172,7 +174,7 @@ class NatsServer:
 
     def start(self) -> NatsServer:
         self.root.mkdir(parents=True, exist_ok=True)
-        config = write_config(self.root / "nats.conf", self.sync, self.max_payload)
+        config = write_config(self.root / "nats.conf", self.sync, self.max_payload, self.config)
         with open(self.root / "nats.log", "ab") as log:
             self.proc = subprocess.Popen(
                 [venv_bin("nats-server"), *config, "-a", "127.0.0.1", "-p", str(self.port), "-js",
