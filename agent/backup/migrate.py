@@ -31,6 +31,7 @@ from contracts import (
 from volumectl.client import AgentClient, NoAgent
 
 from ..bus import Bus
+from ..denials import Denied
 from ..errors import AgentError, Corrupt, Invalid, Unavailable, from_wire
 from ..locks import KeyedLocks
 from ..typing import Engine, Peers
@@ -158,7 +159,12 @@ class BusPeers:
 
     async def request(self, host: str, op: str, body: msgspec.Struct, timeout: float) -> Reply:  # noqa: ASYNC109
         client = AgentClient(self.bus.nc, self.bus.subjects.prefix)
+        subject = self.bus.subjects.req(host, op)
         try:
-            return await client.request(host, op, body, timeout=timeout)
+            # A request our NATS permissions refuse gets no reply at all: fail when the server says so, not after
+            # `timeout` (an agent may ask its peers for restore and digest only).
+            return await self.bus.denials.call(subject, client.request(host, op, body, timeout=timeout))
         except NoAgent as exc:
             raise Unavailable(str(exc)) from exc
+        except Denied as exc:
+            raise Unavailable(f"This agent's NATS user may not send {op} to host {host} ({subject}).") from exc
