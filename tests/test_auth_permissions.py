@@ -14,6 +14,7 @@ from agent.auth.cli import main as auth_main
 from agent.auth.permissions import permissions, render_authorization
 from agent.auth.policy import IdentityEntry, load_policy
 from agent.daemon import main as daemon_main
+from agent.denials import denied_subject
 from volumectl.signing import Signer, new_user_seed
 
 from .stack import venv_bin
@@ -213,3 +214,11 @@ def test_auth_init_refuses_bad_names(tmp_path: Path, capsys, args: list[str], wh
     assert _init(tmp_path / "auth", *args) == 2
     assert why in capsys.readouterr().err
     assert not (tmp_path / "auth" / "identities.json").exists()
+
+
+def test_a_permissions_violation_names_its_subject() -> None:
+    assert denied_subject('nats: permissions violation for publish to "$js.api.stream.update.vol_cmd"') == \
+        ("publish", "$js.api.stream.update.vol_cmd")
+    assert denied_subject("nats: Permissions Violation for Subscription to \"vol.req.b.>\"") == \
+        ("subscription", "vol.req.b.>")
+    assert denied_subject("nats: stale connection") is None
