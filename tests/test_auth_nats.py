@@ -24,7 +24,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from agent.denials import Denials, Denied
-from contracts import inbox_prefix
+from contracts import catalog_key, inbox_prefix
 from volumectl.client import AgentClient
 from volumectl.signing import new_user_seed
 
@@ -251,6 +251,37 @@ async def test_an_agents_credentials_reach_only_its_own(who: Any) -> None:
         assert "error" in json.loads(reply.data), reply.data
     info = await adm.nc.jetstream().consumer_info("VOL_CMD", f"agent_{SA}")
     assert info.config.filter_subject == f"vol.cmd.{SA}.>" and not info.config.filter_subjects
+
+
+async def test_a_record_a_host_writes_about_another_hosts_backup_is_never_used(who: Any, dockerd: Dockerd) -> None:
+    """Host B's credentials may write catalog keys under `sec-b.` only: a record there that names host A is refused,
+    and one that claims A's backup id for B makes that id ambiguous (conflict), never B's data restored as A's."""
+    ops, b = await who("ops"), await who(SB)
+    await ops.ok(SA, "create", {"name": "forge-src"})
+    rec = await ops.ok(SA, "backup", {"volume": "forge-src", "store": "nats"})
+    catalog = await b.nc.jetstream().key_value("vol_backup_catalog")  # with B's own credentials
+
+    async def forge(backup_id: str, host: str) -> None:
+        forged = {**rec, "backup_id": backup_id, "host": host}
+        await catalog.put(catalog_key(SB, backup_id), json.dumps(forged).encode())
+
+    # A record under B's key naming A: not listed, not restorable.
+    await forge("forge-src.20260101T000000000000Z.aaaaaa", SA)
+    reply = await ops.client.request(SA, "restore", {"backup_id": "forge-src.20260101T000000000000Z.aaaaaa",
+                                                     "volume": "forged"})
+    assert reply.error is not None and reply.error.code == "corrupt" and "only that host" in reply.error.message
+    listed = [x["backup_id"] for x in (await ops.ok(SA, "backups", {"volume": "forge-src"}))["backups"]]
+    assert listed == [rec["backup_id"]]
+    # The same beside A's own record of that id: A's is used.
+    await forge(rec["backup_id"], SA)
+    await ops.ok(SB, "restore", {"backup_id": rec["backup_id"], "volume": "forge-copy"})
+    # B claiming A's id as its own: the id is ambiguous, nothing is restored.
+    await forge(rec["backup_id"], SB)
+    reply = await ops.client.request(SB, "restore", {"backup_id": rec["backup_id"], "volume": "forge-copy2"})
+    assert reply.error is not None and reply.error.code == "conflict" and f"{SA}, {SB}" in reply.error.message
+    assert "forge-copy2" not in dockerd.docker("volume", "ls", "-q").split()
+    await catalog.delete(catalog_key(SB, rec["backup_id"]))
+    await ops.ok(SB, "restore", {"backup_id": rec["backup_id"], "volume": "forge-copy2"})
 
 
 async def test_a_refused_request_fails_when_the_server_says_so_not_at_its_timeout(server: NatsServer, auth: Path,

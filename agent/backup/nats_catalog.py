@@ -5,7 +5,8 @@ and its bytes in that host's own Object Store `<prefix>_backups_<host>`. NATS pe
 credentials write only its own keys and its own bucket (an Object Store's subjects cannot be scoped inside one
 bucket, hence a bucket per host), so a record under `web-1.` was written by web-1's agent. A record is believed
 only when its `host` is the host its key is under, and its `backup_id` the id its key encodes: anything else
-was written by a host about another host's backups, and is refused as `corrupt`.
+was written by a host about another host's backups. It is never listed nor used; a restore whose id has no other
+record is refused as `corrupt`.
 
 Finding a backup by its id alone (`get`): one `STREAM.INFO` with the subjects filter `$KV.<bucket>.*.<base64url(id)>`
 lists the hosts that ever recorded that id (deleted keys keep their subject), then each of those keys is read.
@@ -89,21 +90,29 @@ class Catalog:
             info = await self.bus.js.stream_info(f"KV_{self._bucket}",
                                                  subjects_filter=prefix + catalog_key("*", backup_id))
             found: list[BackupRecord] = []
+            refused: list[Corrupt] = []
             for subject in sorted(info.state.subjects or {}):
                 key = subject[len(prefix):]
                 try:
                     entry = await self.bus.catalog_kv().get(key)
                 except nats.js.errors.KeyNotFoundError:  # forgotten: the subject keeps its delete marker
                     continue
-                if entry.value:
+                if not entry.value:
+                    continue
+                try:
                     found.append(_checked(key, entry.value))
-        if not found:
-            raise missing
+                except Corrupt as exc:  # written by a host about another's backup: never used
+                    log.warning("objstore.record_refused", key=key, why=exc.message)
+                    refused.append(exc)
         if len(found) > 1:
             hosts = ", ".join(r.host for r in found)
             raise Conflict(f"Backup {backup_id!r} is recorded in the nats store by several hosts ({hosts}); ids are "
                            "unique, so one of them recorded another's id. Forget it on the host that did not make it.")
-        return found[0]
+        if found:
+            return found[0]
+        if refused:
+            raise refused[0]
+        raise missing
 
 
 def _checked(key: str, value: bytes) -> BackupRecord:
@@ -114,6 +123,6 @@ def _checked(key: str, value: bytes) -> BackupRecord:
         raise Corrupt(f"The shared catalog's record under {key!r} cannot be read: {exc}.") from exc
     parts = catalog_key_parts(key)
     if parts is None or parts != (record.host, record.backup_id):
-        raise Corrupt(f"The shared catalog's record of backup {record.backup_id!r} names host {record.host} but is "
-                      f"kept under the key {key!r}, which only another host may write; it is not used.")
+        raise Corrupt(f"The shared catalog's record under {key!r} is of backup {record.backup_id!r} made on host "
+                      f"{record.host}: only that host may record it, under its own key; it is not used.")
     return record
