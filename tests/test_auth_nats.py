@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import shutil
+import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -318,3 +319,25 @@ async def test_an_agent_that_may_not_update_a_stream_says_so_and_starts(who: Any
         cfg.max_age = wanted
         with contextlib.suppress(Exception):
             await js.update_stream(cfg)
+
+
+async def test_revoking_an_identity_closes_its_connections_at_the_reload(who: Any, server: NatsServer, auth: Path,
+                                                                         agents: dict[str, Agent]) -> None:
+    rd = await who("rd")
+    assert "volumes" in await rd.ok(SA, "list")
+    registry = json.loads((auth / "identities.json").read_text())
+    registry["identities"] = [i for i in registry["identities"] if i["name"] != "rd"]
+    (auth / "identities.json").write_text(json.dumps(registry))
+    out = subprocess.run([venv_bin("volume-agent"), "auth", "init", str(auth)], check=True, capture_output=True)
+    assert b"seeds/rd.nk is no identity's" in out.stdout
+    shutil.copy(auth / "nats-auth.conf", server.root / "nats-auth.conf")
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGHUP)  # nats-server --signal reload
+
+    async def dropped() -> bool:
+        return not rd.nc.is_connected
+
+    await eventually(dropped, 10, "the revoked reader's connection closed")
+    with pytest.raises(nats.errors.Error):
+        await connect(server, auth / "seeds" / "rd.nk", "rd")
+    assert "volumes" in await (await who("ops")).ok(SA, "list")  # the others go on
