@@ -44,7 +44,7 @@ from .volumes import (
     VolumeRecord,
 )
 
-CONTRACT_VERSION = "1.3.0"
+CONTRACT_VERSION = "2.0.0"
 """Semantic version of the bus API: a breaking change bumps the major."""
 
 __all__ = [
