@@ -52,9 +52,10 @@ def nats_server(stack_dir: Path) -> Iterator[NatsServer]:
 @pytest.fixture(scope="session")
 def identities(tmp_path_factory: pytest.TempPathFactory) -> Identities:
     """Keys and the policy every test agent runs under: host paths under the tests' temporary directory may be
-    mounted (bind_roots), and the test image may be shared (and `nope:1`, which is never there: not_found)."""
+    mounted (bind_roots), and the test image may be shared (and `nope:1`, which is never there: not_found).
+    Besides ops, viewer and agents: `far`, an operator only on host `elsewhere`."""
     return Identities.make(tmp_path_factory.mktemp("keys"), bind_roots=[tmp_path_factory.getbasetemp()],
-                           images=[BUSYBOX_IMAGE, "nope:1"])
+                           images=[BUSYBOX_IMAGE, "nope:1"], extra=[("far", "operator", ["elsewhere"])])
 
 
 @pytest.fixture(scope="session")
