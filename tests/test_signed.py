@@ -182,3 +182,4 @@ async def test_migrate_signs_its_peer_requests_with_the_agent_key(host: Host, ma
     assert out["target"] == "moved"  # the same dockerd stands for the other host here
     restored = await logged(target, "command.done")
     assert restored["caller"] == "agents" and restored["op"] in ("restore", "digest")
+    await host.ok("forget", {"backup_id": out["backup_id"]})  # the shared store is every test's
