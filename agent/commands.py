@@ -113,7 +113,8 @@ class Commands:
         keepalive = asyncio.create_task(self._keepalive(msg))
         try:
             outcome = await self.dispatcher.execute(
-                op, msg.data, fallback_id=msg_id, new_id=cmd_id, redelivers=functools.partial(_redelivers, msg)
+                op, msg.data, subject=msg.subject, headers=msg.headers, fallback_id=msg_id, new_id=cmd_id,
+                redelivers=functools.partial(_redelivers, msg),
             )
         finally:
             keepalive.cancel()

@@ -15,6 +15,7 @@ __all__ = ["NatsAuth", "Settings", "parse_args"]
 
 DEFAULT_DOCKER = "unix:///var/run/docker.sock"
 DEFAULT_DATA_DIR = "/var/lib/volume-agent"
+DEFAULT_POLICY = "/etc/volume-agent/policy.toml"
 DEFAULT_EMBEDDED_LISTEN = "127.0.0.1:4222"
 # NATS' own default max payload; a larger body could not arrive anyway.
 DEFAULT_MAX_BODY = 1024 * 1024
@@ -48,6 +49,8 @@ class Settings:
     docker_url: str
     host_id: str
     data_dir: Path
+    policy: Path = Path(DEFAULT_POLICY)
+    """The local policy file (agent/auth/policy.py): read once at start; the agent does not start without it."""
     subject_prefix: str = DEFAULT_PREFIX
     embedded_listen: str = DEFAULT_EMBEDDED_LISTEN
     max_body: int = DEFAULT_MAX_BODY
@@ -94,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument("--docker", default=_env("DOCKER") or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER)
     p.add_argument("--host-id", default=_env("HOST_ID") or _default_host_id())
     p.add_argument("--data-dir", default=_env("DATA_DIR") or DEFAULT_DATA_DIR)
+    p.add_argument("--policy", default=_env("POLICY") or DEFAULT_POLICY,
+                   help="the local policy file: who may do what here, and what risky requests are allowed at all")
     p.add_argument("--subject-prefix", default=_env("SUBJECT_PREFIX") or DEFAULT_PREFIX)
     p.add_argument("--embedded-listen", default=_env("EMBEDDED_LISTEN") or DEFAULT_EMBEDDED_LISTEN,
                    help="host:port of the embedded nats-server")
@@ -117,7 +122,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
                    help="seconds between volume size computations (Docker's /system/df); 0: never")
     auth = p.add_argument_group("NATS authentication")
     for name in ("user", "password", "token", "nkey-seed", "creds", "tls-ca", "tls-cert", "tls-key"):
-        auth.add_argument(f"--nats-{name}", default=_env("NATS_" + name.replace("-", "_").upper()))
+        auth.add_argument(f"--nats-{name}", default=_env("NATS_" + name.replace("-", "_").upper()),
+                          help="the agent's own identity: it also signs the agent's requests to other agents (migrate)"
+                          if name == "nkey-seed" else None)
     a = p.parse_args(argv)
 
     if not valid_host_id(a.host_id):
@@ -137,6 +144,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         docker_url=a.docker,
         host_id=a.host_id,
         data_dir=Path(a.data_dir),
+        policy=Path(a.policy),
         subject_prefix=a.subject_prefix,
         embedded_listen=a.embedded_listen,
         max_body=a.max_body,

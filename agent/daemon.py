@@ -11,9 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import nkeys
 import structlog
 
+from volumectl.signing import Signer
+
 from . import __version__
+from .auth.policy import Policy, load_policy
+from .auth.rules import Rules
+from .auth.verify import Verifier
 from .backoff import until_ok
 from .backup.backups import Backups
 from .backup.digest import Digests
@@ -30,7 +36,7 @@ from .config import Settings, parse_args
 from .dispatch import Dispatcher, Handler
 from .docker import DockerEngine
 from .embedded import EmbeddedNats
-from .errors import AgentError, Transient
+from .errors import AgentError, Invalid, Transient
 from .events.inventory import Inventory
 from .events.news import VolumeNews
 from .events.onstop import OnStop
@@ -40,6 +46,7 @@ from .logging import configure
 from .outcomes import KvOutcomes
 from .requests import RequestService
 from .share import Shares
+from .streams import OUTCOME_TTL_S
 from .tasks import Tasks
 from .typing import Engine, EventSink, Peers
 from .volumes import Volumes
@@ -69,20 +76,22 @@ class Domain:
     @classmethod
     def wire(
         cls, engine: Engine, events: EventSink, stores: Stores, inventory: Inventory, peers: Peers, *, host: str,
-        data_path: DataPath, notes: Path | None = None,
+        data_path: DataPath, notes: Path | None = None, rules: Rules | None = None,
     ) -> Domain:
-        """`notes`: where restores keep a note per target while they write (None: in memory only)."""
+        """`notes`: where restores keep a note per target while they write (None: in memory only);
+        `rules`: what the policy allows to be made or mounted (None: the default policy's, the strictest)."""
         locks, causes = KeyedLocks(), Causes()
+        rules = rules if rules is not None else Rules(Policy(), "(the default policy)")
         backups = Backups(engine, locks, causes, events, stores, host=host, data_path=data_path,
                           on_backup=inventory.backed_up, on_forget=inventory.forgotten)
-        volumes = Volumes(engine, locks, causes, final_backup=backups.final)
+        volumes = Volumes(engine, locks, causes, rules, final_backup=backups.final)
         digests = Digests(engine, data_path=data_path)
         return cls(
             engine=engine, locks=locks, causes=causes, volumes=volumes, backups=backups,
             restores=Restores(engine, locks, causes, events, stores, volumes, data_path=data_path, notes=notes),
             digests=digests,
             migrations=Migrations(engine, locks, volumes, backups, digests, peers, host=host),
-            shares=Shares(engine, locks, causes), inventory=inventory,
+            shares=Shares(engine, locks, causes, rules), inventory=inventory,
         )
 
     def handlers(self) -> dict[str, Handler]:
@@ -134,9 +143,33 @@ async def _unless_stopped(aw: Awaitable[T], stop: asyncio.Event) -> T:
     return task.result()
 
 
+def local_policy(settings: Settings) -> tuple[Verifier, Rules, Signer | None]:
+    """The policy file and the agent's own key, read once at start; `Invalid` with a sentence if either cannot be
+    used: the agent does not start without them."""
+    seed = settings.auth.nkey_seed
+    try:
+        policy = load_policy(settings.policy)
+        rules = Rules(policy, settings.policy)
+        signer = Signer.from_file(seed) if seed else None
+    except (ValueError, OSError, nkeys.NkeysError) as exc:
+        raise Invalid(str(exc) or f"The nkey seed {seed} cannot be used.") from exc
+    v, g = policy.volumes, policy.signatures
+    log.info("policy.loaded", file=str(settings.policy), identities=len(policy.identity), bind_roots=v.bind_roots,
+             drivers=v.drivers, local_types=v.local_types, share_images=policy.share.images,
+             signed_as=signer.public_key if signer else None)
+    if signer is None:
+        log.warning("policy.unsigned_peers", why="no --nats-nkey-seed: this agent's requests to other agents "
+                    "(migrate) are not signed, and they refuse them")
+    if g.max_command_age_s > OUTCOME_TTL_S:
+        log.warning("policy.replay_window", why=f"max_command_age_s is longer than outcomes are kept "
+                    f"({OUTCOME_TTL_S:g} s): a durable command replayed after that would be applied again")
+    return Verifier(policy, settings.policy, host=settings.host_id), rules, signer
+
+
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the agent until `stop` is set; then stop taking work, drain, and close down."""
     log.info("agent.starting", version=__version__, host=settings.host_id, docker=settings.docker_url)
+    verifier, rules, signer = local_policy(settings)  # before anything starts: nothing runs without a policy
     async with AsyncExitStack() as stack:
         urls = settings.nats_urls
         if not urls:
@@ -159,10 +192,10 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         await _unless_stopped(_persist("removing leftover helpers", lambda: remove_leftover_helpers(engine)), stop)
         inventory = Inventory(engine, stores, bus, settings.host_id, heartbeat_s=settings.heartbeat_s,
                               sizes_every_s=settings.sizes_every_s)
-        domain = Domain.wire(engine, bus, stores, inventory, BusPeers(bus), host=settings.host_id,
-                             data_path=settings.data_path, notes=settings.data_dir / "restoring")
+        domain = Domain.wire(engine, bus, stores, inventory, BusPeers(bus, signer), host=settings.host_id,
+                             data_path=settings.data_path, notes=settings.data_dir / "restoring", rules=rules)
         await domain.restores.cleanup()
-        dispatcher = Dispatcher(settings.host_id, domain.handlers(), KvOutcomes(bus), bus, tasks,
+        dispatcher = Dispatcher(settings.host_id, domain.handlers(), KvOutcomes(bus), bus, tasks, verifier,
                                 max_body=settings.max_body)
         # Exit stack order (last in, first out): stop taking work and events, then drain, then close.
         cursor = Cursor(settings.data_dir / "events.cursor")

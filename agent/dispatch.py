@@ -16,10 +16,10 @@ import structlog
 
 from contracts import OPS, BaseRequest, ErrorBody, Reply
 
-from .errors import AgentError, Conflict, Expired, Internal, Invalid, Transient, Unavailable, is_final
+from .errors import AgentError, Conflict, Expired, Forbidden, Internal, Invalid, Transient, Unavailable, is_final
 from .outcomes import StoredOutcome
 from .tasks import Tasks
-from .typing import OutcomeStore, ResultSink
+from .typing import OutcomeStore, ResultSink, Verifier
 
 __all__ = ["Dispatcher", "Handler", "Outcome"]
 
@@ -71,9 +71,10 @@ class Dispatcher:
 
     def __init__(
         self, host: str, handlers: Mapping[str, Handler], outcomes: OutcomeStore, results: ResultSink, tasks: Tasks,
-        *, max_body: int,
+        verifier: Verifier, *, max_body: int,
     ) -> None:
         self.host = host
+        self.verifier = verifier
         self.outcomes = outcomes
         self.results = results
         self.tasks = tasks
@@ -91,11 +92,14 @@ class Dispatcher:
         return given or fallback_id or _new_id()
 
     async def execute(
-        self, op: str, data: bytes, *, fallback_id: str | None = None, new_id: str | None = None,
-        early: Responder | None = None, redelivers: Redelivers | None = None,
+        self, op: str, data: bytes, *, subject: str = "", headers: Mapping[str, str] | None = None,
+        fallback_id: str | None = None, new_id: str | None = None, early: Responder | None = None,
+        redelivers: Redelivers | None = None,
     ) -> Outcome:
         """Apply one command; return its outcome once it is recorded and published.
 
+        `subject` and `headers` are the message's: its signature is checked first (`Verifier.caller`), and a
+        refused command is answered and published, never applied nor recorded.
         `fallback_id` (a durable command's Nats-Msg-Id) names the command when its body carries no id;
         `new_id` names it when neither does (it is new: no recorded outcome is looked up).
         `early` is given the outcome as soon as it is known, before it is recorded: the request path
@@ -104,8 +108,15 @@ class Dispatcher:
         is not final and is not published, and a command whose outcome is recorded publishes it again (the
         stream keeps one copy), in case the delivery that recorded it died before publishing it.
         """
+        refusal: Forbidden | None = None
+        caller: str | None
         try:
-            return await self._execute(op, data, fallback_id, new_id or _new_id(), early, redelivers)
+            try:
+                caller = self.verifier.caller(op, subject, headers, data, durable=redelivers is not None).name
+            except Forbidden as exc:
+                caller, refusal = exc.caller, exc
+            with structlog.contextvars.bound_contextvars(caller=caller):
+                return await self._execute(op, data, refusal, fallback_id, new_id or _new_id(), early, redelivers)
         except Exception:  # a bug below: still one answer, never an escaped exception
             cmd_id = fallback_id or new_id or _new_id()
             log.exception("command.crashed", cmd_id=cmd_id, op=op)
@@ -114,12 +125,15 @@ class Dispatcher:
             return outcome
 
     async def _execute(
-        self, op: str, data: bytes, fallback_id: str | None, new_id: str, early: Responder | None,
-        redelivers: Redelivers | None,
+        self, op: str, data: bytes, refusal: Forbidden | None, fallback_id: str | None, new_id: str,
+        early: Responder | None, redelivers: Redelivers | None,
     ) -> Outcome:
         try:
+            if refusal is not None:
+                raise refusal
             req = self.decode(op, data)
-        except Invalid as exc:
+        except (Forbidden, Invalid) as exc:
+            log.info("command.refused", cmd_id=fallback_id or new_id, op=op, code=exc.code, message=exc.message)
             outcome = self._error(op, fallback_id or new_id, exc)
             await _tell(early, outcome)
             return await asyncio.shield(self._audit(op, outcome, redelivers))
@@ -216,7 +230,7 @@ class Dispatcher:
             log.exception("command.crashed")
             return self._crashed(op, cmd_id)
         log.info("command.done", duration_ms=round((time.perf_counter() - started) * 1000, 2))
-        reply = Reply(id=cmd_id, host=self.host, op=op, ok=True, result=msgspec.to_builtins(result))
+        reply = Reply(id=cmd_id, host=self.host, op=op, ok=True, result=msgspec.to_builtins(result), caller=_caller())
         return Outcome(_ENCODER.encode(reply))
 
     async def _record(
@@ -261,8 +275,14 @@ class Dispatcher:
 
     def _error(self, op: str, cmd_id: str, exc: AgentError) -> Outcome:
         error = exc.body()
-        reply = Reply(id=cmd_id, host=self.host, op=op, ok=False, error=error)
+        reply = Reply(id=cmd_id, host=self.host, op=op, ok=False, error=error, caller=_caller())
         return Outcome(_ENCODER.encode(reply), error, final=is_final(exc), retry=isinstance(exc, Transient))
+
+
+def _caller() -> str | None:
+    """Who sent the command being run (bound by `execute`): named in its reply and outcome."""
+    name = structlog.contextvars.get_contextvars().get("caller")
+    return name if isinstance(name, str) else None
 
 
 def _new_id() -> str:

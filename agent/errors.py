@@ -8,11 +8,14 @@
     ├── InUse                in_use        a container uses the volume
     ├── Expired              expired       the command's deadline passed before it was applied
     ├── Corrupt              corrupt       a backup's bytes do not match their recorded sha256
+    ├── Forbidden            forbidden     the local policy refuses it: signature, role, host, or a risky request
     └── Transient            (abstract)    a retry may succeed: durable commands are redelivered
         ├── Unavailable      unavailable   Docker, NATS or storage cannot be reached or used right now
         │   └── ToolFailed   unavailable   tar, zstd or gzip failed: a volume or store could not be read or written
         └── Timeout          timeout       the operation did not finish in time
 
+A `Forbidden` refusal is final (never redelivered) but never recorded under the command's id: it says nothing
+about the command itself, and must not stand in for the outcome of the command that id really names.
 Retries are decided by type (`isinstance(exc, Transient)`), never by code. Foreign exceptions (aiodocker,
 nats, OSError) are translated where they enter: `agent/docker.py`, `agent/bus.py`, `store_errors`.
 Errors that come back from a peer agent are mapped to the same classes by `from_wire`.
@@ -28,6 +31,7 @@ __all__ = [
     "Conflict",
     "Corrupt",
     "Expired",
+    "Forbidden",
     "InUse",
     "Internal",
     "Invalid",
@@ -84,6 +88,17 @@ class Corrupt(AgentError):
     code = "corrupt"
 
 
+class Forbidden(AgentError):
+    """The agent's policy refuses the request; the message names the setting that would allow it.
+    `caller`: who asked, when the signature was good (a role or host refusal)."""
+
+    code = "forbidden"
+
+    def __init__(self, message: str, caller: str | None = None) -> None:
+        super().__init__(message)
+        self.caller = caller
+
+
 class Transient(AgentError):
     """A failure that says nothing final about the command: not recorded, and durable commands are retried."""
 
@@ -107,7 +122,8 @@ class ToolFailed(Unavailable):
 
 
 _BY_CODE: dict[str, type[AgentError]] = {
-    cls.code: cls for cls in (Internal, Invalid, NotFound, Conflict, InUse, Expired, Corrupt, Unavailable, Timeout)
+    cls.code: cls for cls in (
+        Internal, Invalid, NotFound, Conflict, InUse, Expired, Corrupt, Forbidden, Unavailable, Timeout)
 }
 
 
@@ -118,5 +134,6 @@ def from_wire(code: str, message: str) -> AgentError:
 
 def is_final(exc: AgentError) -> bool:
     """Whether this failure is the command's outcome for good (recorded under its id): not a transient
-    failure, which a retry may overcome, and not a bug, which a fixed agent should get to run again."""
-    return not isinstance(exc, Transient | Internal) and type(exc) is not AgentError
+    failure, which a retry may overcome, not a bug, which a fixed agent should get to run again, and not a refusal,
+    which a changed policy may lift."""
+    return not isinstance(exc, Transient | Internal | Forbidden) and type(exc) is not AgentError

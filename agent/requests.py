@@ -89,7 +89,8 @@ class RequestService:
             await self._respond(req, outcome)
 
         try:
-            await self.dispatcher.execute(op, req.data, new_id=cmd_id, early=respond)
+            await self.dispatcher.execute(op, req.data, subject=req.subject, headers=req.headers, new_id=cmd_id,
+                                          early=respond)
         except asyncio.CancelledError:
             if not replied:
                 await asyncio.shield(self._respond(req, self.dispatcher.interrupted(op, req.data)))

@@ -8,6 +8,7 @@ import structlog
 
 from contracts import ShareRequest, ShareResult, labels
 
+from .auth.rules import Rules
 from .causes import Causes
 from .errors import AgentError, NotFound
 from .locks import KeyedLocks
@@ -21,10 +22,14 @@ log = structlog.get_logger(__name__)
 
 
 class Shares:
-    """The `share` op: containers that take another's volumes (`--volumes-from`) or mount named volumes."""
+    """The `share` op: containers that take another's volumes (`--volumes-from`) or mount named volumes.
 
-    def __init__(self, engine: Engine, locks: KeyedLocks, causes: Causes) -> None:
+    Only from images the policy lists, and only named volumes that are not host paths outside its bind roots.
+    """
+
+    def __init__(self, engine: Engine, locks: KeyedLocks, causes: Causes, rules: Rules) -> None:
         self.engine = engine
+        self.rules = rules
         self.locks = locks
         self.causes = causes
 
@@ -34,8 +39,9 @@ class Shares:
 
 
 async def _share(shares: Shares, req: ShareRequest) -> ShareResult:
-    engine = shares.engine
+    engine, rules = shares.engine, shares.rules
     spec = req.container
+    rules.image(spec.image)
     try:
         await engine.image_inspect(spec.image)
     except NotFound as exc:
@@ -49,6 +55,9 @@ async def _share(shares: Shares, req: ShareRequest) -> ShareResult:
             source = await engine.container_inspect(vf.container)
         except NotFound as exc:
             raise NotFound(f"Container {vf.container!r} (volumes_from) does not exist on this host.") from exc
+        rules.only_named_volumes(vf.container, source.get("Mounts") or [])
+        for name in named_volumes(source.get("Mounts")):
+            rules.existing_volume(await engine.volume_inspect(name))
         volumes_from.append(f"{vf.container}:{'ro' if vf.readonly else 'rw'}")
         shared += named_volumes(source.get("Mounts"))
 
@@ -59,7 +68,7 @@ async def _share(shares: Shares, req: ShareRequest) -> ShareResult:
         try:
             for name in names:
                 try:
-                    await engine.volume_inspect(name)
+                    rules.existing_volume(await engine.volume_inspect(name))
                 except NotFound:
                     shares.causes.note("volume.created", name)
                     await engine.volume_create({"Name": name, "Driver": "local"})

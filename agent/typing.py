@@ -8,6 +8,7 @@
     BackupStore     a place for backups and their catalog (agent/backup/local_store.py, nats_store.py)
     EventHandler    a consumer of Docker's events (agent/events/*)
     Peers           requests to other hosts' agents (agent/backup/migrate.py BusPeers)
+    Verifier        who sent a command, and may they (agent/auth/verify.py Verifier; tests TrustAll)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import msgspec
 from contracts import BackupRecord, Compression, Reply
 
 if TYPE_CHECKING:
+    from .auth.verify import Caller
     from .backup.stores import StoreWriter
     from .outcomes import StoredOutcome
 
@@ -34,6 +36,7 @@ __all__ = [
     "OutcomeStore",
     "Peers",
     "ResultSink",
+    "Verifier",
 ]
 
 
@@ -115,3 +118,13 @@ class Peers(Protocol):
     """Requests to other hosts' agents."""
 
     async def request(self, host: str, op: str, body: msgspec.Struct, timeout: float) -> Reply: ...  # noqa: ASYNC109
+
+
+class Verifier(Protocol):
+    """Checks a message's signature and the caller's rights against the local policy."""
+
+    def caller(
+        self, op: str, subject: str, headers: Mapping[str, str] | None, body: bytes, *, durable: bool
+    ) -> Caller:
+        """The verified caller, if it may run `op` here; else raises `errors.Forbidden`."""
+        ...

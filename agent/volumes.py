@@ -22,6 +22,7 @@ from contracts import (
     VolumeRecord,
 )
 
+from .auth.rules import Rules
 from .causes import Causes
 from .errors import Conflict, InUse, NotFound, Unavailable
 from .locks import KeyedLocks
@@ -84,11 +85,15 @@ FinalBackup = Callable[[str], Awaitable[BackupRecord]]
 class Volumes:
     """The volume operations; each one holds the lock of every volume it touches.
 
-    `causes` notes what the agent does itself before Docker reports it (`volume.*` events carry the command).
+    `causes` notes what the agent does itself before Docker reports it (`volume.*` events carry the command);
+    `rules` say what volumes the policy allows to be made (every new volume goes through `create_volume`).
     """
 
-    def __init__(self, engine: Engine, locks: KeyedLocks, causes: Causes, *, final_backup: FinalBackup) -> None:
+    def __init__(
+        self, engine: Engine, locks: KeyedLocks, causes: Causes, rules: Rules, *, final_backup: FinalBackup
+    ) -> None:
         self.engine = engine
+        self.rules = rules
         self.locks = locks
         self.causes = causes
         self.final_backup = final_backup
@@ -100,6 +105,7 @@ class Volumes:
         return await used_by(self.engine, name)
 
     async def create(self, req: CreateRequest) -> VolumeRecord:
+        self.rules.new_volume(req.name, req.driver, req.driver_opts)  # even one that exists: refused is refused
         async with self.locks.hold(req.name):
             try:
                 existing = await self.engine.volume_inspect(req.name)
@@ -115,7 +121,8 @@ class Volumes:
             return volume_record(created, [])
 
     async def create_volume(self, spec: Mapping[str, Any]) -> dict[str, Any]:
-        """Ask Docker for a new volume, noting a create it cut short (see `remake_cut_short`)."""
+        """Ask Docker for a new volume the policy allows, noting a create it cut short (see `remake_cut_short`)."""
+        self.rules.new_volume(spec["Name"], spec.get("Driver") or "local", spec.get("DriverOpts") or {})
         self.causes.note("volume.created", spec["Name"])
         try:
             v = await self.engine.volume_create(spec)

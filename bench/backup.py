@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.identities import Identities
 from tests.stack import BUSYBOX_IMAGE, Agent, Dockerd, NatsServer
 from volumectl.client import AgentClient
 
@@ -62,9 +63,10 @@ async def main() -> None:
         d = Dockerd(Path(tmp, "dk")).start()
         d.import_busybox()
         n = NatsServer(Path(tmp, "nats")).start()
-        agent = Agent("bench", d.url, n.url, Path(tmp, "agent")).start()
+        ids = Identities.make(Path(tmp, "keys"))
+        agent = Agent("bench", d.url, n.url, Path(tmp, "agent"), auth=ids).start()
         assert agent.proc is not None
-        client = await AgentClient.connect([n.url])
+        client = await AgentClient.connect([n.url], signer=ids.operator)
         rows = []
         try:
             for kind, fill in (("random", fill_random), ("text", fill_text)):

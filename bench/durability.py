@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fleet import HOST, backup_restore, fill_big
 from contracts import Reply
+from tests.identities import Identities
 from tests.stack import Agent, Dockerd, NatsCluster, NatsServer
 from volumectl.client import AgentClient
 
@@ -114,10 +115,12 @@ async def start_side(
         stop.append(c.stop)
         urls = c.urls
     host = HOST  # what bench/fleet.py's store_throughput talks to; each stack has its own bus
-    agent = Agent(host, d.url, ",".join(urls), root / "agent", ["--replicas", str(a.replicas)]).start(wait=False)
+    ids = Identities.make(root / "keys")
+    agent = Agent(host, d.url, ",".join(urls), root / "agent", ["--replicas", str(a.replicas)],
+                  auth=ids).start(wait=False)
     stop.append(agent.stop)
     agent.wait_ready(120)  # a cluster elects its meta leader first
-    client = await AgentClient.connect(urls)
+    client = await AgentClient.connect(urls, signer=ids.operator)
     side = Side(label, host, d, client)
     await side.listen()
     return side

@@ -29,6 +29,7 @@ from agent.backup.local_store import LocalStore
 from agent.backup.stores import Stores
 from agent.docker import DockerEngine
 from agent.events.inventory import Inventory
+from tests.identities import Identities
 from tests.stack import BUSYBOX_IMAGE, Agent, Dockerd, NatsServer
 from volumectl.client import AgentClient
 
@@ -135,8 +136,9 @@ async def main() -> None:
         d = Dockerd(Path(tmp, "dk")).start()
         d.import_busybox()
         n = NatsServer(Path(tmp, "nats"), max_payload=a.max_payload).start()
-        agent = Agent(HOST, d.url, n.url, Path(tmp, "agent")).start()
-        client = await AgentClient.connect([n.url])
+        ids = Identities.make(Path(tmp, "keys"))
+        agent = Agent(HOST, d.url, n.url, Path(tmp, "agent"), auth=ids).start()
+        client = await AgentClient.connect([n.url], signer=ids.operator)
         try:
             totals, own = await stop_latency(d, client, a.rounds)
             rows = await store_throughput(d, client, a.mib)

@@ -21,6 +21,7 @@ import aiodocker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.identities import Identities
 from tests.stack import Agent, Dockerd, NatsServer
 from volumectl.client import AgentClient
 
@@ -114,9 +115,10 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vb") as tmp:
         d = Dockerd(Path(tmp, "dk")).start()
         n = NatsServer(Path(tmp, "nats")).start()
-        agent = Agent("bench", d.url, n.url, Path(tmp, "agent")).start()
+        ids = Identities.make(Path(tmp, "keys"))
+        agent = Agent("bench", d.url, n.url, Path(tmp, "agent"), auth=ids).start()
         try:
-            client = await AgentClient.connect([n.url])
+            client = await AgentClient.connect([n.url], signer=ids.operator)
             await through_agent(client, "bench", 20)  # warm up both sides
             await through_api(d.url, 20)
             # Interleaved in blocks, so drift on the machine (page cache, fsync) hits both alike.

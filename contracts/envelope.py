@@ -27,12 +27,14 @@ ErrorCode = Literal[
     "timeout",
     "internal",
     "corrupt",
+    "forbidden",
 ]
 ERROR_CODES: tuple[str, ...] = ErrorCode.__args__  # type: ignore[attr-defined]
 
 # The numeric code in the NATS micro error header (`Nats-Service-Error-Code`), HTTP-like.
 ERROR_STATUS: dict[str, int] = {
     "invalid": 400,
+    "forbidden": 403,
     "corrupt": 422,
     "not_found": 404,
     "expired": 408,
@@ -73,7 +75,8 @@ class ErrorBody(msgspec.Struct, forbid_unknown_fields=True):
 class Reply(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """The envelope of every reply and every outcome on `vol.res`.
 
-    Exactly one of `result` (when `ok`) and `error` (when not) is present.
+    Exactly one of `result` (when `ok`) and `error` (when not) is present. `caller` is the name, in the agent's
+    policy file, of the identity that signed the command (absent when the agent could not tell who it was).
     """
 
     id: str
@@ -82,3 +85,4 @@ class Reply(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     ok: bool
     result: dict[str, Any] | None = None
     error: ErrorBody | None = None
+    caller: str | None = None

@@ -16,7 +16,8 @@ import pytest_asyncio
 from contracts import Reply
 from volumectl.client import AgentClient
 
-from .stack import Agent, Dockerd, NatsServer
+from .identities import Identities
+from .stack import BUSYBOX_IMAGE, Agent, Dockerd, NatsServer
 
 HOST_ID = "host-a"
 
@@ -49,9 +50,18 @@ def nats_server(stack_dir: Path) -> Iterator[NatsServer]:
 
 
 @pytest.fixture(scope="session")
-def agent(dockerd: Dockerd, nats_server: NatsServer, stack_dir: Path) -> Iterator[Agent]:
+def identities(tmp_path_factory: pytest.TempPathFactory) -> Identities:
+    """Keys and the policy every test agent runs under: host paths under the tests' temporary directory may be
+    mounted (bind_roots), and the test image may be shared (and `nope:1`, which is never there: not_found).
+    Besides ops, viewer and agents: `far`, an operator only on host `elsewhere`."""
+    return Identities.make(tmp_path_factory.mktemp("keys"), bind_roots=[tmp_path_factory.getbasetemp()],
+                           images=[BUSYBOX_IMAGE, "nope:1"], extra=[("far", "operator", ["elsewhere"])])
+
+
+@pytest.fixture(scope="session")
+def agent(dockerd: Dockerd, nats_server: NatsServer, stack_dir: Path, identities: Identities) -> Iterator[Agent]:
     extra = ["--ack-wait", "2", "--max-body", "65536"]
-    a = Agent(HOST_ID, dockerd.url, nats_server.url, stack_dir / "agent-a", extra).start()
+    a = Agent(HOST_ID, dockerd.url, nats_server.url, stack_dir / "agent-a", extra, auth=identities).start()
     yield a
     a.stop()
 
@@ -60,17 +70,20 @@ ARCHIVE_HOST_ID = "host-arch"
 
 
 @pytest.fixture(scope="session")
-def archive_agent(dockerd: Dockerd, nats_server: NatsServer, stack_dir: Path) -> Iterator[Agent]:
+def archive_agent(
+    dockerd: Dockerd, nats_server: NatsServer, stack_dir: Path, identities: Identities
+) -> Iterator[Agent]:
     """A second agent on the same Docker host that reaches volume files only through the archive API."""
     a = Agent(ARCHIVE_HOST_ID, dockerd.url, nats_server.url, stack_dir / "agent-arch",
-              ["--data-path", "archive"]).start()
+              ["--data-path", "archive"], auth=identities).start()
     yield a
     a.stop()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def client(nats_server: NatsServer) -> AsyncIterator[AgentClient]:
-    c = await AgentClient.connect([nats_server.url])
+async def client(nats_server: NatsServer, identities: Identities) -> AsyncIterator[AgentClient]:
+    """Signs as the operator `ops`."""
+    c = await AgentClient.connect([nats_server.url], signer=identities.operator)
     yield c
     await c.close()
 
@@ -119,14 +132,16 @@ def any_path_host(request: pytest.FixtureRequest, dockerd: Dockerd, client: Agen
 
 
 @pytest.fixture
-def make_agent(dockerd: Dockerd, nats_server: NatsServer, tmp_path: Path) -> Iterator[Any]:
-    """Agents of a test's own (a fresh host id each), on the shared dockerd and nats-server; stopped after."""
+def make_agent(dockerd: Dockerd, nats_server: NatsServer, tmp_path: Path, identities: Identities) -> Iterator[Any]:
+    """Agents of a test's own (a fresh host id each), on the shared dockerd and nats-server; stopped after.
+    `policy`: another policy file for the same keys (default: the session's)."""
     made: list[Agent] = []
     dockerd.reset()
 
-    def make(data_dir: Path | None = None, extra: list[str] | None = None, *, start: bool = True) -> Agent:
-        a = Agent(f"own-{uuid.uuid4().hex[:8]}", dockerd.url, nats_server.url, data_dir or tmp_path / "agent",
-                  extra or ["--ack-wait", "2"])
+    def make(data_dir: Path | None = None, extra: list[str] | None = None, *, start: bool = True,
+             policy: Path | None = None, host_id: str | None = None) -> Agent:
+        a = Agent(host_id or f"own-{uuid.uuid4().hex[:8]}", dockerd.url, nats_server.url,
+                  data_dir or tmp_path / "agent", extra or ["--ack-wait", "2"], auth=identities, policy=policy)
         made.append(a)
         return a.start() if start else a
 

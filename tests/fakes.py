@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import msgspec
 
+from agent.auth.rules import Rules
+from agent.auth.verify import Caller
 from agent.backup.backups import Backups
 from agent.backup.local_store import LocalStore
 from agent.backup.restore import Restores
@@ -28,7 +30,7 @@ from agent.dispatch import Handler
 from agent.errors import AgentError, InUse, NotFound, Unavailable
 from agent.events.inventory import Inventory
 from agent.outcomes import StoredOutcome
-from agent.typing import BackupStore, Engine, EventSink, InventorySink, OutcomeStore, Peers, ResultSink
+from agent.typing import BackupStore, Engine, EventSink, InventorySink, OutcomeStore, Peers, ResultSink, Verifier
 from agent.volumes import Volumes
 from contracts import BackupRecord, Compression, Reply, outcome_key
 
@@ -259,6 +261,19 @@ class MemoryStore:
         return 0
 
 
+class TrustAll:
+    """A `Verifier` that takes every message as signed by an admin: for tests of what comes after the check."""
+
+    def caller(
+        self, op: str, subject: str, headers: Mapping[str, str] | None, body: bytes, *, durable: bool
+    ) -> Caller:
+        return Caller(TESTER, "admin", "U" + "A" * 55)
+
+
+TESTER = "tester"
+"""The caller `TrustAll` names in every outcome."""
+
+
 class NoPeers:
     """`Peers` for an agent alone on its bus: every other host is unreachable."""
 
@@ -307,7 +322,7 @@ class FakeAgent:
 
 def fake_agent(
     engine: FakeEngine | None = None, sink: Sink | None = None, *stores: BackupStore, host: str = "h1",
-    data_path: DataPath = "auto", notes: Path | None = None,
+    data_path: DataPath = "auto", notes: Path | None = None, rules: Rules | None = None,
 ) -> FakeAgent:
     """The agent's parts over a fake engine and sink (default: a throwaway local store).
 
@@ -319,7 +334,7 @@ def fake_agent(
     all_stores = Stores(*stores)
     inventory = Inventory(engine, all_stores, sink, host, heartbeat_s=HEARTBEAT_S, sizes_every_s=0)
     domain = Domain.wire(engine, sink, all_stores, inventory, NoPeers(), host=host, data_path=data_path,
-                         notes=notes)
+                         notes=notes, rules=rules)
     return FakeAgent(engine, sink, all_stores, domain)
 
 
@@ -378,3 +393,4 @@ if TYPE_CHECKING:  # mypy proves that each fake satisfies the Protocol it stands
     _store: BackupStore = MemoryStore("nats", Path())
     _peers: Peers = NoPeers()
     _outcomes: OutcomeStore = MemoryOutcomes()
+    _verifier: Verifier = TrustAll()

@@ -16,6 +16,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .identities import Identities
 
 BUSYBOX_IMAGE = "test/busybox:1"
 # JetStream's sync_interval, as production runs it (deploy/, the embedded server): every write fsynced before
@@ -194,13 +198,16 @@ class NatsServer:
 
 @dataclass
 class Agent:
-    """A `volume-agent` process, as an operator runs it."""
+    """A `volume-agent` process, as an operator runs it: under `auth`'s policy file (or `policy`, another one
+    for the same keys), signing its own requests to other agents with `auth`'s agent key."""
 
     host_id: str
     docker_url: str
     nats_url: str
     data_dir: Path
     extra: list[str] = field(default_factory=list)
+    auth: Identities = field(kw_only=True)
+    policy: Path | None = field(default=None, kw_only=True)
     proc: subprocess.Popen[bytes] | None = None
     _readies: int = 0
 
@@ -216,7 +223,8 @@ class Agent:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [venv_bin("volume-agent"), "--nats", self.nats_url, "--docker", self.docker_url,
-                 "--host-id", self.host_id, "--data-dir", str(self.data_dir), *self.extra],
+                 "--host-id", self.host_id, "--data-dir", str(self.data_dir), *self.auth.agent_args(self.policy),
+                 *self.extra],
                 stdout=log, stderr=log, env=env,
             )
         if wait:

@@ -28,7 +28,9 @@ from nats.aio.client import Client
 
 from contracts import Reply
 from volumectl.client import AgentClient
+from volumectl.signing import Signer
 
+from .identities import Identities
 from .stack import Agent, Dockerd, NatsCluster
 from .volfiles import mountpoint
 
@@ -58,11 +60,13 @@ def dockers(stack_dir: Path) -> Iterator[dict[str, Dockerd]]:
 
 
 @pytest.fixture(scope="module")
-def agents(cluster: NatsCluster, dockers: dict[str, Dockerd], stack_dir: Path) -> Iterator[dict[str, Agent]]:
+def agents(
+    cluster: NatsCluster, dockers: dict[str, Dockerd], stack_dir: Path, identities: Identities
+) -> Iterator[dict[str, Agent]]:
     # A short ack wait: a command whose agent was killed comes again within seconds, not the default 30 s.
     extra = ["--replicas", "3", "--ack-wait", "4", "--docker-timeout", "15", "--heartbeat", "30"]
-    made = {h: Agent(h, dockers[h].url, ",".join(cluster.urls), stack_dir / f"chaos-agent-{h}", extra)
-            for h in HOSTS}
+    made = {h: Agent(h, dockers[h].url, ",".join(cluster.urls), stack_dir / f"chaos-agent-{h}", extra,
+                     auth=identities) for h in HOSTS}
     for a in made.values():
         a.start(wait=False)
     for a in made.values():
@@ -103,14 +107,17 @@ class World:
     faults: list[str] = field(default_factory=list)
 
 
-async def publish_command(nc: Client, cmd: Sent) -> None:
-    """A durable command, published until JetStream acks it; the same Nats-Msg-Id makes every retry safe."""
+async def publish_command(nc: Client, cmd: Sent, signer: Signer) -> None:
+    """A durable command, signed and published until JetStream acks it; the same Nats-Msg-Id makes every retry
+    safe."""
     js, data = nc.jetstream(), msgspec.json.encode({**cmd.body, "id": cmd.id})
+    subject = f"vol.cmd.{cmd.host}.{cmd.op}"
+    headers = {"Nats-Msg-Id": cmd.id, **signer.headers(subject, data, cmd.id)}
     loop = asyncio.get_running_loop()
     end = loop.time() + 60
     while True:
         try:
-            await js.publish(f"vol.cmd.{cmd.host}.{cmd.op}", data, headers={"Nats-Msg-Id": cmd.id}, timeout=5)
+            await js.publish(subject, data, headers=headers, timeout=5)
             return
         except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
             if loop.time() > end:
@@ -204,7 +211,7 @@ class Chaos:
             self.busy.discard(target)
 
 
-async def workload(nc: Client, rng: random.Random, world: World, until: float) -> None:
+async def workload(nc: Client, rng: random.Random, world: World, until: float, signer: Signer) -> None:
     """Durable creates, backups (local and nats stores) and restores of backups reported done, at random."""
     loop = asyncio.get_running_loop()
     n = 0
@@ -221,15 +228,15 @@ async def workload(nc: Client, rng: random.Random, world: World, until: float) -
             backup = rng.choice(usable)
             cmd = Sent(f"restore-{n}", host, "restore", {"backup_id": backup["backup_id"], "volume": f"r{n}"})
         world.sent[cmd.id] = cmd
-        await publish_command(nc, cmd)
+        await publish_command(nc, cmd, signer)
         await asyncio.sleep(rng.uniform(0.1, 0.4))
 
 
 async def test_faults_together_every_command_gets_one_final_outcome_that_the_hosts_match(
-    nc: Client, cluster: NatsCluster, dockers: dict[str, Dockerd], agents: dict[str, Agent],
+    nc: Client, cluster: NatsCluster, dockers: dict[str, Dockerd], agents: dict[str, Agent], identities: Identities,
 ) -> None:
     rng, world = random.Random(SEED), World()
-    client = AgentClient(nc)
+    client = AgentClient(nc, signer=identities.operator)
     for h in HOSTS:
         for i in range(SOURCES):
             name = f"src-{h[-1]}-{i}"
@@ -248,7 +255,7 @@ async def test_faults_together_every_command_gets_one_final_outcome_that_the_hos
     loop = asyncio.get_running_loop()
     until = loop.time() + CHAOS_S
     chaos = Chaos(random.Random(SEED + 1), cluster, dockers, agents, world)
-    await asyncio.gather(workload(nc, rng, world, until), chaos.run(until))
+    await asyncio.gather(workload(nc, rng, world, until, identities.operator), chaos.run(until))
     await live.unsubscribe()
 
     # Settle: wait for the markers, never for a fixed time. Every command has an outcome on the stream, and no

@@ -15,7 +15,7 @@ from agent.errors import Unavailable
 from agent.tasks import Tasks
 from contracts import ErrorBody, Subjects
 
-from .fakes import FakeEngine, MemoryOutcomes, RecordingSink, fake_handlers
+from .fakes import FakeEngine, MemoryOutcomes, RecordingSink, TrustAll, fake_handlers
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -59,10 +59,11 @@ class FakeDispatcher:
         self.seen: list[tuple[str, str | None]] = []
 
     async def execute(
-        self, op: str, data: bytes, *, fallback_id: str | None = None, new_id: str | None = None,
-        redelivers: Any = None,
+        self, op: str, data: bytes, *, subject: str = "", headers: Any = None, fallback_id: str | None = None,
+        new_id: str | None = None, redelivers: Any = None,
     ) -> Outcome:
         self.seen.append((op, fallback_id))
+        self.signed = (subject, headers)  # what the signature check gets: the subject published on, the headers
         self.redelivers = redelivers
         return self.outcome
 
@@ -79,6 +80,7 @@ async def test_pull_loop_survives_failed_fetches_and_acks_the_outcome(monkeypatc
     loop = asyncio.create_task(consumer(dispatcher)._pull(FakeSub([msg])))  # type: ignore[arg-type]
     await asyncio.wait_for(msg.acked.wait(), 5)
     assert dispatcher.seen == [("create", "m1")]
+    assert dispatcher.signed == ("vol.cmd.h1.create", {"Nats-Msg-Id": "m1"})  # checked as published
     assert not loop.done()
     loop.cancel()
 
@@ -88,7 +90,7 @@ async def _outcome_of_create_failing_with(exc: Exception) -> Outcome:
     engine = FakeEngine()
     engine.fail_with = exc
     dispatcher = Dispatcher("h1", fake_handlers(engine, RecordingSink()), MemoryOutcomes(), RecordingSink(), Tasks(8),
-                            max_body=4096)
+                            TrustAll(), max_body=4096)
     return await dispatcher.execute("create", b'{"name": "v1"}', fallback_id="m1")
 
 

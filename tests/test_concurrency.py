@@ -15,7 +15,7 @@ from agent.requests import RequestService
 from agent.tasks import Tasks
 from volumectl.client import AgentClient
 
-from .fakes import FakeEngine, fake_handlers
+from .fakes import FakeEngine, TrustAll, fake_handlers
 from .stack import NatsServer
 
 pytestmark = pytest.mark.integration
@@ -29,7 +29,8 @@ async def test_a_blocked_request_does_not_block_the_next_ones(nats_server: NatsS
     engine = FakeEngine()
     engine.gate = asyncio.Event()
     tasks = Tasks(limit=8)
-    dispatcher = Dispatcher("conc", fake_handlers(engine, bus), KvOutcomes(bus), bus, tasks, max_body=4096)
+    dispatcher = Dispatcher("conc", fake_handlers(engine, bus), KvOutcomes(bus), bus, tasks, TrustAll(),
+                            max_body=4096)
     service = RequestService(bus, dispatcher, tasks)
     await service.start()
     try:

@@ -18,7 +18,7 @@ from agent.tasks import Tasks
 from contracts import OPS, BaseRequest, Subjects, valid_host_id
 from contracts.schema import SCHEMA_PATH, render
 
-from .fakes import FakeEngine, MemoryOutcomes, RecordingSink, fake_handlers
+from .fakes import FakeEngine, MemoryOutcomes, RecordingSink, TrustAll, fake_handlers
 
 
 def test_checked_in_schema_is_current() -> None:
@@ -66,7 +66,7 @@ def test_host_ids(host: str, ok: bool) -> None:
 
 
 _DISPATCHER = Dispatcher("h1", fake_handlers(FakeEngine(), RecordingSink()), MemoryOutcomes(), RecordingSink(),
-                         Tasks(8), max_body=1024 * 1024)
+                         Tasks(8), TrustAll(), max_body=1024 * 1024)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),

@@ -18,14 +18,15 @@ from agent.locks import KeyedLocks
 from agent.tasks import Tasks
 from contracts import Reply
 
-from .fakes import FakeEngine, MemoryOutcomes, RecordingSink, fake_handlers
+from .fakes import FakeEngine, MemoryOutcomes, RecordingSink, TrustAll, fake_handlers
 
 pytestmark = pytest.mark.timeout(10)
 
 
 def make(max_body: int = 4096) -> tuple[Dispatcher, FakeEngine, RecordingSink, MemoryOutcomes]:
     engine, sink, outcomes = FakeEngine(), RecordingSink(), MemoryOutcomes()
-    dispatcher = Dispatcher("h1", fake_handlers(engine, sink), outcomes, sink, Tasks(8), max_body=max_body)
+    dispatcher = Dispatcher("h1", fake_handlers(engine, sink), outcomes, sink, Tasks(8), TrustAll(),
+                            max_body=max_body)
     return dispatcher, engine, sink, outcomes
 
 
@@ -224,7 +225,7 @@ async def test_a_durable_command_whose_outcome_is_recorded_publishes_it_again() 
 
 async def test_an_outcome_nats_will_not_take_is_recorded_and_reported_unpublished() -> None:
     engine, sink, outcomes = FakeEngine(), FlakySink(), MemoryOutcomes()
-    d = Dispatcher("h1", fake_handlers(engine, sink), outcomes, sink, Tasks(8), max_body=4096)
+    d = Dispatcher("h1", fake_handlers(engine, sink), outcomes, sink, Tasks(8), TrustAll(), max_body=4096)
     sink.down = True
     out = await d.execute("create", b'{"name": "v1", "id": "k1"}', redelivers=durable)
     assert out.error is None and not out.published
@@ -265,7 +266,7 @@ class CutShort(FakeEngine):
 
 async def test_a_create_docker_cut_short_going_down_is_made_again_whole_when_retried() -> None:
     engine, sink, outcomes = CutShort(), RecordingSink(), MemoryOutcomes()
-    d = Dispatcher("h1", fake_handlers(engine, sink), outcomes, sink, Tasks(8), max_body=4096)
+    d = Dispatcher("h1", fake_handlers(engine, sink), outcomes, sink, Tasks(8), TrustAll(), max_body=4096)
     cmd = b'{"name": "v1", "id": "k1", "labels": {"team": "db"}}'
     assert (await d.execute("create", cmd, redelivers=durable)).retry
     assert engine.volumes["v1"]["Labels"] == {}  # what Docker left

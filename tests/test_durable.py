@@ -16,6 +16,7 @@ from contracts import Reply, Subjects
 from volumectl.client import AgentClient, NoAgent
 
 from .conftest import Host
+from .identities import Identities
 from .stack import Agent, Dockerd, NatsServer
 from .test_events import eventually
 
@@ -281,10 +282,10 @@ async def test_agent_killed_mid_command_applies_it_after_restart(
 
 
 async def test_docker_down_is_unavailable_and_the_agent_recovers_when_it_returns(
-    nats_server: NatsServer, client: AgentClient, tmp_path: Path
+    nats_server: NatsServer, client: AgentClient, tmp_path: Path, identities: Identities
 ) -> None:
     d = Dockerd(tmp_path / "dk2").start()
-    a = Agent("flaky", d.url, nats_server.url, tmp_path / "agent").start()
+    a = Agent("flaky", d.url, nats_server.url, tmp_path / "agent", auth=identities).start()
     try:
         d.stop()
         reply = await client.request("flaky", "list", {})
@@ -303,9 +304,12 @@ async def test_docker_down_is_unavailable_and_the_agent_recovers_when_it_returns
         d.stop()
 
 
-async def test_stuck_docker_is_timeout(nats_server: NatsServer, client: AgentClient, tmp_path: Path) -> None:
+async def test_stuck_docker_is_timeout(
+    nats_server: NatsServer, client: AgentClient, tmp_path: Path, identities: Identities
+) -> None:
     d = Dockerd(tmp_path / "dk3").start()
-    a = Agent("stuck", d.url, nats_server.url, tmp_path / "agent", ["--docker-timeout", "1"]).start()
+    a = Agent("stuck", d.url, nats_server.url, tmp_path / "agent", ["--docker-timeout", "1"],
+              auth=identities).start()
     try:
         d.pause()
         reply = await client.request("stuck", "inspect", {"name": "any1"})
@@ -317,10 +321,10 @@ async def test_stuck_docker_is_timeout(nats_server: NatsServer, client: AgentCli
 
 
 async def test_agent_started_before_docker_waits_and_says_so(
-    nats_server: NatsServer, client: AgentClient, tmp_path: Path
+    nats_server: NatsServer, client: AgentClient, tmp_path: Path, identities: Identities
 ) -> None:
     d = Dockerd(tmp_path / "dk4")
-    a = Agent("early", d.url, nats_server.url, tmp_path / "agent").start(wait=False)
+    a = Agent("early", d.url, nats_server.url, tmp_path / "agent", auth=identities).start(wait=False)
     try:
         said = await logged(a, "docker.unreachable")
         assert said["url"] == d.url and "Traceback" not in a.log()
@@ -333,16 +337,16 @@ async def test_agent_started_before_docker_waits_and_says_so(
 
 
 async def test_agent_started_before_nats_says_so_and_connects_when_it_comes(
-    dockerd: Dockerd, tmp_path: Path
+    dockerd: Dockerd, tmp_path: Path, identities: Identities
 ) -> None:
     late = NatsServer(tmp_path / "nats-late")
-    a = Agent("early-nats", dockerd.url, late.url, tmp_path / "agent").start(wait=False)
+    a = Agent("early-nats", dockerd.url, late.url, tmp_path / "agent", auth=identities).start(wait=False)
     try:
         said = await logged(a, "nats.unreachable")
         assert said["urls"] == [late.url] and "Traceback" not in a.log()
         late.start()
         await asyncio.to_thread(a.wait_ready, 60)
-        c = await AgentClient.connect([late.url])
+        c = await AgentClient.connect([late.url], signer=identities.operator)
         try:
             assert (await c.request("early-nats", "list", {})).ok
         finally:
@@ -352,9 +356,11 @@ async def test_agent_started_before_nats_says_so_and_connects_when_it_comes(
         late.stop()
 
 
-async def test_agent_reconnects_after_the_nats_server_restarts(dockerd: Dockerd, tmp_path: Path) -> None:
+async def test_agent_reconnects_after_the_nats_server_restarts(
+    dockerd: Dockerd, tmp_path: Path, identities: Identities
+) -> None:
     n = NatsServer(tmp_path / "nats").start()
-    a = Agent("reconnects", dockerd.url, n.url, tmp_path / "agent").start()
+    a = Agent("reconnects", dockerd.url, n.url, tmp_path / "agent", auth=identities).start()
     try:
         n.stop()
         await logged(a, "nats.disconnected")
@@ -364,7 +370,7 @@ async def test_agent_reconnects_after_the_nats_server_restarts(dockerd: Dockerd,
 
         await eventually(attempts_failed, 30, "three failed reconnect attempts")
         n.start()  # same port, same JetStream store
-        c = await AgentClient.connect([n.url])
+        c = await AgentClient.connect([n.url], signer=identities.operator)
         try:
             for _ in range(100):
                 try:

@@ -18,6 +18,7 @@ import pytest_asyncio
 from volumectl.client import AgentClient
 
 from .conftest import Host
+from .identities import Identities
 from .stack import BUSYBOX_IMAGE, Agent, Dockerd, NatsCluster
 from .test_events import ON_STOP, eventually, snapshot_of, subscribe
 from .volfiles import fill_tricky, listing, mountpoint
@@ -51,16 +52,19 @@ def docker_b(stack_dir: Path) -> Iterator[Dockerd]:
     yield from _host_docker(stack_dir / "dkb")
 
 
-def _agent(host: str, d: Dockerd, cluster: NatsCluster, root: Path) -> Agent:
-    a = Agent(host, d.url, ",".join(cluster.urls), root / f"agent-{host}", ["--replicas", "3", "--heartbeat", "5"])
+def _agent(host: str, d: Dockerd, cluster: NatsCluster, root: Path, identities: Identities) -> Agent:
+    a = Agent(host, d.url, ",".join(cluster.urls), root / f"agent-{host}", ["--replicas", "3", "--heartbeat", "5"],
+              auth=identities)
     a.start(wait=False)
     a.wait_ready(90)  # the cluster elects its JetStream leader in its own time
     return a
 
 
 @pytest.fixture(scope="module")
-def agents(cluster: NatsCluster, docker_a: Dockerd, docker_b: Dockerd, stack_dir: Path) -> Iterator[dict[str, Agent]]:
-    made = {A: _agent(A, docker_a, cluster, stack_dir), B: _agent(B, docker_b, cluster, stack_dir)}
+def agents(
+    cluster: NatsCluster, docker_a: Dockerd, docker_b: Dockerd, stack_dir: Path, identities: Identities
+) -> Iterator[dict[str, Agent]]:
+    made = {h: _agent(h, d, cluster, stack_dir, identities) for h, d in ((A, docker_a), (B, docker_b))}
     yield made
     for a in made.values():
         a.stop()
@@ -68,10 +72,10 @@ def agents(cluster: NatsCluster, docker_a: Dockerd, docker_b: Dockerd, stack_dir
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def fleet(agents: dict[str, Agent], cluster: NatsCluster, docker_a: Dockerd,
-                docker_b: Dockerd) -> AsyncIterator[dict[str, Host]]:
+                docker_b: Dockerd, identities: Identities) -> AsyncIterator[dict[str, Host]]:
     docker_a.reset()
     docker_b.reset()
-    client = await AgentClient.connect(cluster.urls)
+    client = await AgentClient.connect(cluster.urls, signer=identities.operator)
     yield {A: Host(A, docker_a, agents[A], client), B: Host(B, docker_b, agents[B], client)}
     await client.close()
 
@@ -230,12 +234,12 @@ def _connected_node(agent: Agent, cluster: NatsCluster) -> int:
 
 
 async def test_with_one_nats_node_killed_the_agents_keep_answering(
-    fleet: dict[str, Host], cluster: NatsCluster
+    fleet: dict[str, Host], cluster: NatsCluster, identities: Identities
 ) -> None:
     a = fleet[A]
     victim = _connected_node(a.agent, cluster)
     survivor = next(i for i in range(cluster.size) if i != victim)
-    client = await AgentClient.connect([cluster.urls[survivor]])
+    client = await AgentClient.connect([cluster.urls[survivor]], signer=identities.operator)
     try:
         cluster.kill_node(victim)
         await asyncio.sleep(1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import pytest
@@ -15,11 +14,11 @@ from .volfiles import mountpoint
 pytestmark = pytest.mark.integration
 
 
-def ctl(host: Host, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VOLUME_AGENT_")}
+def ctl(host: Host, *args: str, identity: str = "ops") -> subprocess.CompletedProcess[str]:
+    """volumectl, signing as `identity` (its seed in VOLUME_AGENT_SEED, as a person would set it)."""
     return subprocess.run(
         [venv_bin("volumectl"), "--nats", host.agent.nats_url, "--host", host.id, *args],
-        capture_output=True, text=True, timeout=60, env=env,
+        capture_output=True, text=True, timeout=60, env=host.agent.auth.env(identity),
     )
 
 

@@ -176,12 +176,14 @@ async def test_bad_input_is_invalid_with_a_sentence_and_changes_nothing(
 
 
 async def test_error_replies_carry_the_micro_error_headers(host: Host) -> None:
-    msg = await host.client.nc.request(f"vol.req.{host.id}.inspect", b'{"name": "ghost"}', timeout=10)
+    subject, body = f"vol.req.{host.id}.inspect", b'{"name": "ghost"}'
+    assert host.client.signer is not None
+    msg = await host.client.nc.request(subject, body, timeout=10, headers=host.client.signer.headers(subject, body))
     assert msg.headers is not None
     assert msg.headers["Nats-Service-Error-Code"] == "404"
     assert msg.headers["Nats-Service-Error"] == "Volume 'ghost' does not exist on this host."
-    body = msgspec.json.decode(msg.data)
-    assert body["error"]["code"] == "not_found" and body["host"] == host.id and body["op"] == "inspect"
+    reply = msgspec.json.decode(msg.data)
+    assert reply["error"]["code"] == "not_found" and reply["host"] == host.id and reply["op"] == "inspect"
 
 
 async def test_expired_deadline_is_not_applied(host: Host) -> None:

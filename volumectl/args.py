@@ -28,6 +28,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=os.environ.get("VOLUME_AGENT_HOST_ID") or socket.gethostname().split(".")[0],
                    help="the agent's host id (default: this machine)")
     p.add_argument("--prefix", default=os.environ.get("VOLUME_AGENT_SUBJECT_PREFIX") or "vol")
+    p.add_argument("--seed", default=os.environ.get("VOLUME_AGENT_SEED"), metavar="FILE",
+                   help="your nkey seed file (SU..., mode 600): every request is signed with it; agents refuse "
+                   "what is not signed by a key in their policy file")
+    p.add_argument("--name", default=os.environ.get("VOLUME_AGENT_NAME"),
+                   help="your identity's name: replies come to the inbox _INBOX_<name>, which NATS may allow you alone")
     p.add_argument("--timeout", type=float, help="seconds to wait for a reply (default 30; an hour for backup, "
                    "restore, clone, migrate, digest and rm --backup-first)")
     p.add_argument("--json", action="store_true", help="print the reply envelope as JSON")

@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import re
 import sys
 import uuid
 from typing import Any
 
 import msgspec
+import nkeys
 
 from contracts import Reply
 
@@ -21,6 +23,7 @@ from . import args, render
 from .client import AgentClient, NoAgent
 from .fleet import fleet_rows, unprotected
 from .kv import READ_TIMEOUT_S, IncompleteRead
+from .signing import Signer
 
 __all__ = ["main"]
 
@@ -65,7 +68,13 @@ async def _show_progress(client: AgentClient, host: str, kind: str, cmd_id: str)
 async def _run(a: argparse.Namespace, op: str, body: dict[str, Any]) -> int:
     urls = [u.strip() for u in a.nats.split(",") if u.strip()]
     try:
-        client = await AgentClient.connect(urls, a.prefix)
+        signer = Signer.from_file(a.seed) if a.seed else None
+    except (OSError, ValueError, nkeys.NkeysError) as exc:
+        print(f"volumectl: cannot sign with the seed file {a.seed}: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
+    try:
+        client = await AgentClient.connect(urls, a.prefix, signer=signer,
+                                           inbox_prefix=f"_INBOX_{a.name}" if a.name else None)
     except Exception as exc:  # any connect failure is one sentence for a person
         print(f"volumectl: cannot connect to NATS at {a.nats}: {exc or type(exc).__name__}", file=sys.stderr)
         return 1
@@ -138,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         at = argv.index("--")
         argv, command = argv[:at], argv[at + 1:]
     a = p.parse_args(argv)
+    if a.name is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", a.name):
+        p.error(f"--name {a.name!r} must match [A-Za-z0-9_-]{{1,64}}")
     if command and a.cmd != "share":
         p.error("only share takes a command after --")
     a.command = command

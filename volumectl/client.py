@@ -15,6 +15,7 @@ from nats.aio.client import Client
 from contracts import InventorySnapshot, Reply, Subjects
 
 from .kv import READ_TIMEOUT_S, read_bucket
+from .signing import Signer
 
 __all__ = ["AgentClient", "NoAgent"]
 
@@ -44,18 +45,29 @@ def _body(body: msgspec.Struct | dict[str, Any] | bytes | None) -> bytes:
 
 
 class AgentClient:
-    """Requests, durable commands and fleet reads over one NATS connection."""
+    """Requests, durable commands and fleet reads over one NATS connection, signed by `signer` if given
+    (agents refuse what is not signed by a key in their policy: `contracts.auth`)."""
 
-    def __init__(self, nc: Client, prefix: str = "vol") -> None:
+    def __init__(self, nc: Client, prefix: str = "vol", *, signer: Signer | None = None) -> None:
         self.nc = nc
         self.subjects = Subjects(prefix)
+        self.signer = signer
 
     @classmethod
-    async def connect(cls, urls: list[str], prefix: str = "vol", **kw: Any) -> AgentClient:
+    async def connect(
+        cls, urls: list[str], prefix: str = "vol", *, signer: Signer | None = None, inbox_prefix: str | None = None,
+        **kw: Any,
+    ) -> AgentClient:
+        """`inbox_prefix`: where replies come (`_INBOX_<name>`: NATS may allow each identity only its own inbox)."""
+        if inbox_prefix:
+            kw["inbox_prefix"] = inbox_prefix
         nc = await nats.connect(
             servers=urls, connect_timeout=5, allow_reconnect=False, max_reconnect_attempts=1, error_cb=_quiet, **kw
         )
-        return cls(nc, prefix)
+        return cls(nc, prefix, signer=signer)
+
+    def _signed(self, subject: str, data: bytes, msg_id: str | None = None) -> dict[str, str] | None:
+        return self.signer.headers(subject, data, msg_id) if self.signer is not None else None
 
     async def close(self) -> None:
         await self.nc.close()
@@ -69,8 +81,9 @@ class AgentClient:
         self, host: str, op: str, body: msgspec.Struct | dict[str, Any] | bytes | None = None, timeout: float = 30.0  # noqa: ASYNC109
     ) -> Reply:
         """One request/reply; raises NoAgent when nobody answers."""
+        subject, data = self.subjects.req(host, op), _body(body)
         try:
-            msg = await self.nc.request(self.subjects.req(host, op), _body(body), timeout=timeout)
+            msg = await self.nc.request(subject, data, timeout=timeout, headers=self._signed(subject, data))
         except nats.errors.NoRespondersError as exc:
             raise NoAgent(host, self.url, "no responders") from exc
         except nats.errors.TimeoutError as exc:
@@ -89,14 +102,15 @@ class AgentClient:
             as_dict.setdefault("id", cmd_id)
             data = msgspec.json.encode(as_dict)
         js, subject = self.nc.jetstream(), self.subjects.cmd(host, op)
+        headers = {"Nats-Msg-Id": cmd_id, **(self._signed(subject, data, cmd_id) or {})}
         for pause in COMMAND_RETRY_PAUSES_S:
             try:
-                await js.publish(subject, data, headers={"Nats-Msg-Id": cmd_id})
+                await js.publish(subject, data, headers=headers)
                 return cmd_id
             except nats.js.errors.NoStreamResponseError:
                 # The stream is electing a leader (a node went down): the same Nats-Msg-Id makes a retry safe.
                 await asyncio.sleep(pause)
-        await js.publish(subject, data, headers={"Nats-Msg-Id": cmd_id})
+        await js.publish(subject, data, headers=headers)
         return cmd_id
 
     async def gather(
@@ -107,7 +121,8 @@ class AgentClient:
         replies: list[Reply] = []
         sub = await self.nc.subscribe(inbox)
         try:
-            await self.nc.publish(self.subjects.all(op), _body(body), reply=inbox)
+            subject, data = self.subjects.all(op), _body(body)
+            await self.nc.publish(subject, data, reply=inbox, headers=self._signed(subject, data))
             loop = asyncio.get_running_loop()
             end = loop.time() + window
             while (left := end - loop.time()) > 0:

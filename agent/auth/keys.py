@@ -9,7 +9,7 @@ import nacl.exceptions
 import nacl.signing
 import nkeys
 
-__all__ = ["is_user_key", "verify"]
+__all__ = ["is_user_key", "verify", "verify_key", "verify_with"]
 
 _USER_PREFIX = nkeys.PREFIX_BYTE_USER
 
@@ -32,13 +32,22 @@ def is_user_key(public_key: str) -> bool:
     return _raw_public_key(public_key) is not None
 
 
-def verify(public_key: str, data: bytes, signature: bytes) -> bool:
-    """True if `signature` is `public_key`'s Ed25519 signature of `data`."""
+def verify_key(public_key: str) -> nacl.signing.VerifyKey | None:
+    """The Ed25519 key of a `U...` public nkey, made once to check many signatures (None if it is not one)."""
     raw = _raw_public_key(public_key)
-    if raw is None:
-        return False
+    return None if raw is None else nacl.signing.VerifyKey(raw)
+
+
+def verify_with(key: nacl.signing.VerifyKey, data: bytes, signature: bytes) -> bool:
+    """True if `signature` is `key`'s Ed25519 signature of `data`."""
     try:
-        nacl.signing.VerifyKey(raw).verify(data, signature)
+        key.verify(data, signature)
     except (nacl.exceptions.BadSignatureError, ValueError):
         return False
     return True
+
+
+def verify(public_key: str, data: bytes, signature: bytes) -> bool:
+    """True if `signature` is `public_key`'s Ed25519 signature of `data`."""
+    key = verify_key(public_key)
+    return key is not None and verify_with(key, data, signature)

@@ -29,6 +29,7 @@ from contracts import (
     result_as,
 )
 from volumectl.client import AgentClient, NoAgent
+from volumectl.signing import Signer
 
 from ..bus import Bus
 from ..denials import Denied
@@ -152,13 +153,15 @@ class Migrations:
 
 
 class BusPeers:
-    """`Peers` over the agent's NATS connection, through the same client volumectl uses."""
+    """`Peers` over the agent's NATS connection, through the same client volumectl uses, signed as this agent
+    (its `--nats-nkey-seed`; the peer's policy gives that key role `agent`). Unsigned without one: refused."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, signer: Signer | None) -> None:
         self.bus = bus
+        self.signer = signer
 
     async def request(self, host: str, op: str, body: msgspec.Struct, timeout: float) -> Reply:  # noqa: ASYNC109
-        client = AgentClient(self.bus.nc, self.bus.subjects.prefix)
+        client = AgentClient(self.bus.nc, self.bus.subjects.prefix, signer=self.signer)
         subject = self.bus.subjects.req(host, op)
         try:
             # A request our NATS permissions refuse gets no reply at all: fail when the server says so, not after

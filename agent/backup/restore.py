@@ -102,6 +102,7 @@ class Restores:
     async def _clone(self, req: CloneRequest) -> CloneResult:
         started = time.monotonic()
         src = await self.engine.volume_inspect(req.source)
+        self.volumes.rules.existing_volume(src)  # its content must not come from a host path outside the roots
         src_users = await used_by(self.engine, req.source)
         tgt, created = await self._target(
             req.target, driver=src.get("Driver") or "local", driver_opts=dict(src.get("Options") or {}),
@@ -125,6 +126,7 @@ class Restores:
     ) -> tuple[dict[str, Any], bool]:
         try:
             v = await self.engine.volume_inspect(name)
+            self.volumes.rules.existing_volume(v)  # never written into a host path outside the roots
             if not await self.volumes.remake_cut_short(v, labels):
                 return v, False
         except NotFound:
