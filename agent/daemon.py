@@ -137,6 +137,9 @@ async def _unless_stopped(aw: Awaitable[T], stop: asyncio.Event) -> T:
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the agent until `stop` is set; then stop taking work, drain, and close down."""
     log.info("agent.starting", version=__version__, host=settings.host_id, docker=settings.docker_url)
+    if settings.insecure:
+        log.warning("agent.insecure", reasons=list(settings.insecure),
+                    fix="start it without --insecure to be told what to change")
     async with AsyncExitStack() as stack:
         urls = settings.nats_urls
         if not urls:
@@ -158,7 +161,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         await stores.cleanup()
         await _unless_stopped(_persist("removing leftover helpers", lambda: remove_leftover_helpers(engine)), stop)
         inventory = Inventory(engine, stores, bus, settings.host_id, heartbeat_s=settings.heartbeat_s,
-                              sizes_every_s=settings.sizes_every_s)
+                              sizes_every_s=settings.sizes_every_s, insecure=list(settings.insecure))
         domain = Domain.wire(engine, bus, stores, inventory, BusPeers(bus), host=settings.host_id,
                              data_path=settings.data_path, notes=settings.data_dir / "restoring")
         await domain.restores.cleanup()
