@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 import structlog
 
 from . import __version__
+from .auth.local import ensure_local_auth
 from .backoff import until_ok
 from .backup.backups import Backups
 from .backup.digest import Digests
@@ -26,7 +28,7 @@ from .backup.volume_files import DataPath, remove_leftover_helpers
 from .bus import Bus
 from .causes import Causes
 from .commands import Commands
-from .config import Settings, parse_args
+from .config import NatsAuth, Settings, parse_args
 from .dispatch import Dispatcher, Handler
 from .docker import DockerEngine
 from .embedded import EmbeddedNats
@@ -143,10 +145,14 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     async with AsyncExitStack() as stack:
         urls = settings.nats_urls
         if not urls:
-            embedded = EmbeddedNats(settings.data_dir, settings.embedded_listen, f"volume-agent-{settings.host_id}")
+            local = await asyncio.to_thread(ensure_local_auth, settings.data_dir, settings.host_id)
+            embedded = EmbeddedNats(settings.data_dir, settings.embedded_listen, f"volume-agent-{settings.host_id}",
+                                    local)
             stack.push_async_callback(embedded.stop)
             await embedded.start()
             urls = [embedded.url]
+            # The agent's own identity; any --nats-* credentials are for a server of --nats.
+            settings = dataclasses.replace(settings, auth=NatsAuth(nkey_seed=str(local.agent_seed)))
         engine = DockerEngine(settings.docker_url, settings.docker_timeout_s)
         stack.push_async_callback(engine.stop)
         await engine.start()

@@ -21,6 +21,7 @@ from . import args, render
 from .client import AgentClient, NoAgent
 from .fleet import fleet_rows, unprotected
 from .kv import READ_TIMEOUT_S, IncompleteRead
+from .local import LOCAL_OPERATOR_SEED, local_seed
 
 __all__ = ["main"]
 
@@ -64,10 +65,16 @@ async def _show_progress(client: AgentClient, host: str, kind: str, cmd_id: str)
 
 async def _run(a: argparse.Namespace, op: str, body: dict[str, Any]) -> int:
     urls = [u.strip() for u in a.nats.split(",") if u.strip()]
+    seed = local_seed()  # this host's local operator, when its agent runs the embedded server
     try:
-        client = await AgentClient.connect(urls, a.prefix)
+        client = await AgentClient.connect(urls, a.prefix, **({"nkeys_seed": str(seed)} if seed else {}))
     except Exception as exc:  # any connect failure is one sentence for a person
         print(f"volumectl: cannot connect to NATS at {a.nats}: {exc or type(exc).__name__}", file=sys.stderr)
+        if seed is None and "authorization" in str(exc).lower():
+            print(f"volumectl: the agent's embedded server admits the local operator, whose seed is "
+                  f"<data dir>/{LOCAL_OPERATOR_SEED} (root only): run volumectl as root, and set "
+                  "VOLUME_AGENT_DATA_DIR if the agent runs with another --data-dir than /var/lib/volume-agent.",
+                  file=sys.stderr)
         return 1
     try:
         if op == "fleet":
