@@ -81,7 +81,8 @@ class Domain:
         digests = Digests(engine, data_path=data_path)
         return cls(
             engine=engine, locks=locks, causes=causes, volumes=volumes, backups=backups,
-            restores=Restores(engine, locks, causes, events, stores, volumes, data_path=data_path, notes=notes),
+            restores=Restores(engine, locks, causes, events, stores, volumes, data_path=data_path, notes=notes,
+                              host=host),
             digests=digests,
             migrations=Migrations(engine, locks, volumes, backups, digests, peers, host=host),
             shares=Shares(engine, locks, causes), inventory=inventory,
