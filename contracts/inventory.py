@@ -59,7 +59,7 @@ class InventorySnapshot(msgspec.Struct, forbid_unknown_fields=True, omit_default
     heartbeat_s: float
     """A snapshot comes at least this often; one older than three heartbeats means the host is stale."""
     sizes_at: str | None = None
-    """When the volume sizes were computed; null when they never were (sizes off or not yet run)."""
+    """When the volume sizes were computed; left out (null) when they never were (sizes off or not yet run)."""
     insecure: list[str] = []
     """What the agent runs with that it refuses unless started with `--insecure` (NATS off its host without
     credentials or TLS, an embedded server open to the network), one sentence each; empty when it runs securely."""
