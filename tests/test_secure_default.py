@@ -85,7 +85,8 @@ def test_an_embedded_server_open_to_the_network_is_refused(capsys: pytest.Captur
 
 
 def test_loopback_means_a_loopback_address_or_localhost_never_a_name_resolved() -> None:
-    assert all(is_loopback(u) for u in ("nats://127.0.0.1:4222", "tls://[::1]:4222", "localhost:4222", "127.9.9.9"))
+    assert all(is_loopback(u) for u in ("nats://127.0.0.1:4222", "tls://[::1]:4222", "localhost:4222", "127.9.9.9",
+                                        "nats://[::ffff:127.0.0.1]:4222"))
     assert not any(is_loopback(u) for u in ("nats://nats-1:4222", "nats://10.0.0.1", "nats://0.0.0.0:4222",
                                             "nats://127.0.0.1.example.com:4222"))
 
