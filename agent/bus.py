@@ -24,6 +24,7 @@ from nats.js.object_store import ObjectStore
 
 from contracts import Subjects, VolumeEvent, inbox_prefix
 
+from .auth.transport import is_tls
 from .backoff import until_ok
 from .compat import flush_pending
 from .config import NatsAuth, Settings
@@ -53,6 +54,10 @@ async def nats_errors(what: str) -> AsyncIterator[None]:
         raise Timeout(f"NATS did not answer in time while {what}.") from exc
     except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
         raise Unavailable(f"NATS failed while {what}: {type(exc).__name__} {exc}.".replace(" .", ".")) from exc
+
+
+# What an SSL handshake meets when the server speaks plain NATS first (its INFO line).
+_NOT_TLS_FIRST = "WRONG_VERSION_NUMBER"
 
 
 def tls_context(auth: NatsAuth) -> ssl.SSLContext | None:
@@ -122,9 +127,10 @@ class Bus:
             kw["nkeys_seed"] = a.nkey_seed
         if a.creds:
             kw["user_credentials"] = a.creds
-        tls = tls_context(a)
-        if tls is not None:
-            kw["tls"] = tls
+        if any(is_tls(u, tls_options=bool(a.tls_ca or a.tls_cert)) for u in self.urls):
+            # TLS from the first byte: otherwise nats-py goes on in the clear when the server's INFO does not ask
+            # for TLS, and anyone on the path can send that INFO. The server needs `handshake_first` (deploy/).
+            kw.update(tls=tls_context(a) or ssl.create_default_context(), tls_handshake_first=True)
         self._nc = await nats.connect(
             servers=self.urls,
             name=f"volume-agent {self.host}",
@@ -246,7 +252,11 @@ class Bus:
             # Our own NATS permissions refused something: name it (the caller, if it waits, is told too).
             log.warning("nats.permission_denied", error=str(exc))
             return
-        log.warning("nats.error", urls=self.urls, error=f"{type(exc).__name__}: {exc}")
+        hint = {}
+        if isinstance(exc, ssl.SSLError) and _NOT_TLS_FIRST in str(exc):
+            hint["fix"] = ("the server did not begin with TLS; the agent starts TLS first, so add `handshake_first: "
+                           "300ms` to the server's tls block (see deploy/nats-server.conf)")
+        log.warning("nats.error", urls=self.urls, error=f"{type(exc).__name__}: {exc}", **hint)
 
     async def _on_disconnected(self) -> None:
         if self._closing:

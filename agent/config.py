@@ -11,6 +11,8 @@ from typing import Literal
 
 from contracts import DEFAULT_PREFIX, Subjects, valid_host_id
 
+from .auth.transport import exposures
+
 __all__ = ["NatsAuth", "Settings", "parse_args"]
 
 DEFAULT_DOCKER = "unix:///var/run/docker.sock"
@@ -49,8 +51,9 @@ class Settings:
     docker_url: str
     host_id: str
     data_dir: Path
-    policy: Path = Path(DEFAULT_POLICY)
-    """The local policy file (agent/auth/policy.py): read once at start; the agent does not start without it."""
+    policy: Path | None = None
+    """The local policy file (agent/auth/policy.py): read once at start; the agent does not start without it.
+    None: `<data dir>/auth/policy.toml` with the embedded server (made at first start), else DEFAULT_POLICY."""
     subject_prefix: str = DEFAULT_PREFIX
     embedded_listen: str = DEFAULT_EMBEDDED_LISTEN
     max_body: int = DEFAULT_MAX_BODY
@@ -71,6 +74,8 @@ class Settings:
     sizes_every_s: float = DEFAULT_SIZES_EVERY_S
     """How often volume sizes are computed (Docker's /system/df walks every volume); 0: never."""
     auth: NatsAuth = field(default_factory=NatsAuth)
+    insecure: tuple[str, ...] = ()
+    """What `--insecure` let the agent run with that it would refuse otherwise (see `agent.auth.transport`)."""
 
     @property
     def subjects(self) -> Subjects:
@@ -79,6 +84,10 @@ class Settings:
 
 def _env(name: str) -> str | None:
     return os.environ.get(f"VOLUME_AGENT_{name}") or None
+
+
+def _flag(name: str) -> bool:
+    return (_env(name) or "").lower() not in ("", "0", "false", "no")
 
 
 def _default_host_id() -> str:
@@ -97,8 +106,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument("--docker", default=_env("DOCKER") or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER)
     p.add_argument("--host-id", default=_env("HOST_ID") or _default_host_id())
     p.add_argument("--data-dir", default=_env("DATA_DIR") or DEFAULT_DATA_DIR)
-    p.add_argument("--policy", default=_env("POLICY") or DEFAULT_POLICY,
-                   help="the local policy file: who may do what here, and what risky requests are allowed at all")
+    p.add_argument("--policy", default=_env("POLICY"),
+                   help="the local policy file: who may do what here, and what risky requests are allowed at all "
+                        f"(default: {DEFAULT_POLICY}, or the one made under the data dir for the embedded server)")
     p.add_argument("--subject-prefix", default=_env("SUBJECT_PREFIX") or DEFAULT_PREFIX)
     p.add_argument("--embedded-listen", default=_env("EMBEDDED_LISTEN") or DEFAULT_EMBEDDED_LISTEN,
                    help="host:port of the embedded nats-server")
@@ -125,6 +135,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         auth.add_argument(f"--nats-{name}", default=_env("NATS_" + name.replace("-", "_").upper()),
                           help="the agent's own identity: it also signs the agent's requests to other agents (migrate)"
                           if name == "nkey-seed" else None)
+    p.add_argument("--insecure", action="store_true", default=_flag("INSECURE"),
+                   help="run even where others could command this agent (NATS off this host without credentials "
+                        "or TLS); said at start and in the inventory")
     a = p.parse_args(argv)
 
     if not valid_host_id(a.host_id):
@@ -139,12 +152,20 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         p.error("--max-body and --concurrency must be positive, --grace not negative, --replicas 1 to 5, "
                 "--backup-replicas 0 to 5, --docker-timeout positive, --ack-wait and --heartbeat at least 1, "
                 "--sizes-every not negative")
+    urls = [u.strip() for u in (a.nats or "").split(",") if u.strip()]
+    found = exposures(urls, credentials=bool(a.nats_user or a.nats_token or a.nats_nkey_seed or a.nats_creds),
+                      tls_options=bool(a.nats_tls_ca or a.nats_tls_cert), embedded_listen=a.embedded_listen)
+    if found and not a.insecure:
+        p.error("refusing to run where others could command this agent:\n"
+                + "".join(f"- {e.what}; {e.fix}.\n" for e in found)
+                + "Or pass --insecure (VOLUME_AGENT_INSECURE=1) to run so anyway; it says so at start and in "
+                  "its inventory.")
     return Settings(
-        nats_urls=[u.strip() for u in (a.nats or "").split(",") if u.strip()],
+        nats_urls=urls,
         docker_url=a.docker,
         host_id=a.host_id,
         data_dir=Path(a.data_dir),
-        policy=Path(a.policy),
+        policy=Path(a.policy) if a.policy else None,
         subject_prefix=a.subject_prefix,
         embedded_listen=a.embedded_listen,
         max_body=a.max_body,
@@ -161,4 +182,5 @@ def parse_args(argv: list[str] | None = None) -> Settings:
             user=a.nats_user, password=a.nats_password, token=a.nats_token, nkey_seed=a.nats_nkey_seed,
             creds=a.nats_creds, tls_ca=a.nats_tls_ca, tls_cert=a.nats_tls_cert, tls_key=a.nats_tls_key,
         ),
+        insecure=tuple(e.what for e in found),
     )

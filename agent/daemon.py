@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ import structlog
 from volumectl.signing import Signer
 
 from . import __version__
+from .auth.local import ensure_local_auth
 from .auth.policy import Policy, load_policy
 from .auth.rules import Rules
 from .auth.verify import Verifier
@@ -32,7 +34,7 @@ from .backup.volume_files import DataPath, remove_leftover_helpers
 from .bus import Bus
 from .causes import Causes
 from .commands import Commands
-from .config import Settings, parse_args
+from .config import DEFAULT_POLICY, NatsAuth, Settings, parse_args
 from .dispatch import Dispatcher, Handler
 from .docker import DockerEngine
 from .embedded import EmbeddedNats
@@ -88,7 +90,8 @@ class Domain:
         digests = Digests(engine, data_path=data_path)
         return cls(
             engine=engine, locks=locks, causes=causes, volumes=volumes, backups=backups,
-            restores=Restores(engine, locks, causes, events, stores, volumes, data_path=data_path, notes=notes),
+            restores=Restores(engine, locks, causes, events, stores, volumes, data_path=data_path, notes=notes,
+                              host=host),
             digests=digests,
             migrations=Migrations(engine, locks, volumes, backups, digests, peers, host=host),
             shares=Shares(engine, locks, causes, rules), inventory=inventory,
@@ -146,15 +149,15 @@ async def _unless_stopped(aw: Awaitable[T], stop: asyncio.Event) -> T:
 def local_policy(settings: Settings) -> tuple[Verifier, Rules, Signer | None]:
     """The policy file and the agent's own key, read once at start; `Invalid` with a sentence if either cannot be
     used: the agent does not start without them."""
-    seed = settings.auth.nkey_seed
+    seed, path = settings.auth.nkey_seed, settings.policy or Path(DEFAULT_POLICY)
     try:
-        policy = load_policy(settings.policy)
-        rules = Rules(policy, settings.policy)
+        policy = load_policy(path)
+        rules = Rules(policy, path)
         signer = Signer.from_file(seed) if seed else None
     except (ValueError, OSError, nkeys.NkeysError) as exc:
         raise Invalid(str(exc) or f"The nkey seed {seed} cannot be used.") from exc
     v, g = policy.volumes, policy.signatures
-    log.info("policy.loaded", file=str(settings.policy), identities=len(policy.identity), bind_roots=v.bind_roots,
+    log.info("policy.loaded", file=str(path), identities=len(policy.identity), bind_roots=v.bind_roots,
              drivers=v.drivers, local_types=v.local_types, share_images=policy.share.images,
              signed_as=signer.public_key if signer else None)
     if signer is None:
@@ -163,17 +166,28 @@ def local_policy(settings: Settings) -> tuple[Verifier, Rules, Signer | None]:
     if g.max_command_age_s > OUTCOME_TTL_S:
         log.warning("policy.replay_window", why=f"max_command_age_s is longer than outcomes are kept "
                     f"({OUTCOME_TTL_S:g} s): a durable command replayed after that would be applied again")
-    return Verifier(policy, settings.policy, host=settings.host_id), rules, signer
+    return Verifier(policy, path, host=settings.host_id), rules, signer
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the agent until `stop` is set; then stop taking work, drain, and close down."""
     log.info("agent.starting", version=__version__, host=settings.host_id, docker=settings.docker_url)
+    if settings.insecure:
+        log.warning("agent.insecure", reasons=list(settings.insecure),
+                    fix="start it without --insecure to be told what to change")
+    local = None
+    if not settings.nats_urls:
+        # The embedded server admits this host's own identities only (made at first start): the agent is one of
+        # them, and their policy is the agent's unless --policy names another.
+        local = await asyncio.to_thread(ensure_local_auth, settings.data_dir, settings.host_id)
+        settings = dataclasses.replace(settings, auth=NatsAuth(nkey_seed=str(local.agent_seed)),
+                                       policy=settings.policy or local.policy)
     verifier, rules, signer = local_policy(settings)  # before anything starts: nothing runs without a policy
     async with AsyncExitStack() as stack:
         urls = settings.nats_urls
-        if not urls:
-            embedded = EmbeddedNats(settings.data_dir, settings.embedded_listen, f"volume-agent-{settings.host_id}")
+        if local is not None:
+            embedded = EmbeddedNats(settings.data_dir, settings.embedded_listen, f"volume-agent-{settings.host_id}",
+                                    local)
             stack.push_async_callback(embedded.stop)
             await embedded.start()
             urls = [embedded.url]
@@ -191,7 +205,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         await stores.cleanup()
         await _unless_stopped(_persist("removing leftover helpers", lambda: remove_leftover_helpers(engine)), stop)
         inventory = Inventory(engine, stores, bus, settings.host_id, heartbeat_s=settings.heartbeat_s,
-                              sizes_every_s=settings.sizes_every_s)
+                              sizes_every_s=settings.sizes_every_s, insecure=list(settings.insecure))
         domain = Domain.wire(engine, bus, stores, inventory, BusPeers(bus, signer), host=settings.host_id,
                              data_path=settings.data_path, notes=settings.data_dir / "restoring", rules=rules)
         await domain.restores.cleanup()

@@ -1,4 +1,7 @@
-"""The embedded nats-server (JetStream on) that the agent runs when no `--nats` is given."""
+"""The embedded nats-server (JetStream on) that the agent runs when no `--nats` is given.
+
+It admits only this host's own identities (`agent.auth.local`): the agent and the local operator, by nkey.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pathlib import Path
 
 import structlog
 
+from .auth.local import LocalAuth
 from .errors import Unavailable
 
 __all__ = ["EmbeddedNats", "find_nats_server"]
@@ -43,7 +47,7 @@ def find_nats_server() -> str:
 class EmbeddedNats:
     """A child nats-server with JetStream stored under the data dir."""
 
-    def __init__(self, data_dir: Path, listen: str, name: str) -> None:
+    def __init__(self, data_dir: Path, listen: str, name: str, auth: LocalAuth) -> None:
         host, _, port = listen.rpartition(":")
         self.host, self.port = host or "127.0.0.1", int(port)
         self.store = data_dir / "nats"
@@ -51,6 +55,7 @@ class EmbeddedNats:
         # The server's own log: a file, not a pipe nobody reads while it runs (a full pipe would block the server).
         self.log_file = self.store / "nats-server.log"
         self.name = name
+        self.auth = auth
         self._proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -59,7 +64,7 @@ class EmbeddedNats:
 
     def write_config(self) -> None:
         self.store.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(CONFIG)
+        self.config.write_text(CONFIG + self.auth.server_config())
 
     def argv(self) -> list[str]:
         """The command line; the flags (listen, store, name) override the config file's settings."""

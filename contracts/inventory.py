@@ -42,8 +42,11 @@ class InventoryVolume(msgspec.Struct, forbid_unknown_fields=True):
     null until measured, or when the driver does not say."""
 
 
-class InventorySnapshot(msgspec.Struct, forbid_unknown_fields=True):
-    """Everything a host holds, as of `taken_at`. `seq` grows with every snapshot of one agent run."""
+class InventorySnapshot(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Everything a host holds, as of `taken_at`. `seq` grows with every snapshot of one agent run.
+
+    Fields at their default are left out (`sizes_at`, `insecure`): a reader that knows an older version of this
+    type still reads the snapshot of an agent that runs securely."""
 
     host: str
     agent_version: str
@@ -56,7 +59,10 @@ class InventorySnapshot(msgspec.Struct, forbid_unknown_fields=True):
     heartbeat_s: float
     """A snapshot comes at least this often; one older than three heartbeats means the host is stale."""
     sizes_at: str | None = None
-    """When the volume sizes were computed; null when they never were (sizes off or not yet run)."""
+    """When the volume sizes were computed; left out (null) when they never were (sizes off or not yet run)."""
+    insecure: list[str] = []
+    """What the agent runs with that it refuses unless started with `--insecure` (NATS off its host without
+    credentials or TLS, an embedded server open to the network), one sentence each; empty when it runs securely."""
 
 
 class InventoryRequest(BaseRequest):

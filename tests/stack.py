@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .identities import Identities
 
+from .tls import TlsFiles, client_port_config, routes_config
+
 BUSYBOX_IMAGE = "test/busybox:1"
 # JetStream's sync_interval, as production runs it (deploy/, the embedded server): every write fsynced before
 # its ack. None: the server's default (fsync every 2 minutes).
@@ -55,7 +57,7 @@ def venv_bin(name: str) -> str:
     return found
 
 
-def write_config(path: Path, sync: str | None, max_payload: str | None = None, extra: str | None = None) -> list[str]:
+def write_config(path: Path, sync: str | None, max_payload: str | None = None, extra: str = "") -> list[str]:
     """A nats-server config file for what only a config file can set; the `-c` arguments, or none."""
     lines = [extra] if extra else []
     if max_payload:
@@ -169,16 +171,24 @@ class NatsServer:
     """e.g. "8MB" (the server's default is 1 MiB; only a config file can change it)."""
     sync: str | None = SYNC
     """JetStream's sync_interval: "always", a duration ("2m"), or None for the server's default."""
-    config: str | None = None
-    """More config text, e.g. `include nats-auth.conf` (a path relative to `root`, where the config file is)."""
+    tls: TlsFiles | None = None
+    """TLS on the client port (tests/tls.py makes the files): the URL is then tls://."""
+    config: str = ""
+    """More config text, e.g. an `authorization` block or `include nats-auth.conf` (relative to `root`)."""
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
+
+    @property
+    def agent_args(self) -> list[str]:
+        """What an agent needs besides `--nats url` to connect (the CA, with TLS)."""
+        return ["--nats-tls-ca", str(self.tls.ca)] if self.tls else []
 
     def start(self) -> NatsServer:
         self.root.mkdir(parents=True, exist_ok=True)
-        config = write_config(self.root / "nats.conf", self.sync, self.max_payload, self.config)
+        extra = (client_port_config(self.tls) if self.tls else "") + self.config
+        config = write_config(self.root / "nats.conf", self.sync, self.max_payload, extra)
         with open(self.root / "nats.log", "ab") as log:
             self.proc = subprocess.Popen(
                 [venv_bin("nats-server"), *config, "-a", "127.0.0.1", "-p", str(self.port), "-js",
@@ -204,9 +214,11 @@ class Agent:
     host_id: str
     docker_url: str
     nats_url: str
+    """Empty: the agent runs its embedded server."""
     data_dir: Path
     extra: list[str] = field(default_factory=list)
-    auth: Identities = field(kw_only=True)
+    auth: Identities | None = field(default=None, kw_only=True)
+    """None: no policy or key of the tests' (the embedded server's agent makes its own)."""
     policy: Path | None = field(default=None, kw_only=True)
     proc: subprocess.Popen[bytes] | None = None
     _readies: int = 0
@@ -222,8 +234,9 @@ class Agent:
         env = {k: v for k, v in os.environ.items() if not k.startswith("VOLUME_AGENT_")}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [venv_bin("volume-agent"), "--nats", self.nats_url, "--docker", self.docker_url,
-                 "--host-id", self.host_id, "--data-dir", str(self.data_dir), *self.auth.agent_args(self.policy),
+                [venv_bin("volume-agent"), *(["--nats", self.nats_url] if self.nats_url else []),
+                 "--docker", self.docker_url, "--host-id", self.host_id, "--data-dir", str(self.data_dir),
+                 *(self.auth.agent_args(self.policy) if self.auth else []),
                  *self.extra],
                 stdout=log, stderr=log, env=env,
             )
@@ -273,6 +286,9 @@ class NatsCluster:
     procs: list[subprocess.Popen[bytes] | None] = field(default_factory=list)
     sync: str | None = SYNC
     max_payload: str | None = None
+    tls: TlsFiles | None = None
+    """TLS on the client ports, and mutual TLS on the routes (the same certificate for every node)."""
+    config: str = ""
 
     def __post_init__(self) -> None:
         self.ports = [free_port() for _ in range(self.size)]
@@ -281,7 +297,11 @@ class NatsCluster:
 
     @property
     def urls(self) -> list[str]:
-        return [f"nats://127.0.0.1:{p}" for p in self.ports]
+        return [f"{'tls' if self.tls else 'nats'}://127.0.0.1:{p}" for p in self.ports]
+
+    @property
+    def agent_args(self) -> list[str]:
+        return ["--nats-tls-ca", str(self.tls.ca)] if self.tls else []
 
     def start(self) -> NatsCluster:
         for i in range(self.size):
@@ -292,7 +312,8 @@ class NatsCluster:
         d = self.root / f"n{i}"
         d.mkdir(parents=True, exist_ok=True)
         routes = ",".join(f"nats://127.0.0.1:{p}" for p in self.cluster_ports)
-        config = write_config(d / "nats.conf", self.sync, self.max_payload)
+        extra = (client_port_config(self.tls) + routes_config(self.tls) if self.tls else "") + self.config
+        config = write_config(d / "nats.conf", self.sync, self.max_payload, extra)
         with open(d / "nats.log", "ab") as log:
             self.procs[i] = subprocess.Popen(
                 [venv_bin("nats-server"), *config, "-a", "127.0.0.1", "-p", str(self.ports[i]), "-n", f"n{i}", "-js",

@@ -11,6 +11,7 @@ from pathlib import Path
 import nats
 import pytest
 
+from agent.auth.local import ensure_local_auth
 from agent.embedded import EmbeddedNats
 from agent.errors import Unavailable
 
@@ -18,11 +19,12 @@ from .stack import free_port, wait_for
 
 
 async def test_the_embedded_server_runs_with_sync_always_and_jetstream_works(tmp_path: Path) -> None:
-    embedded = EmbeddedNats(tmp_path, f"127.0.0.1:{free_port()}", "embedded-test")
+    auth = ensure_local_auth(tmp_path, "t")
+    embedded = EmbeddedNats(tmp_path, f"127.0.0.1:{free_port()}", "embedded-test", auth)
     await embedded.start()
     try:
         assert "sync_interval: always" in embedded.config.read_text()
-        nc = await nats.connect(embedded.url)
+        nc = await nats.connect(embedded.url, nkeys_seed=str(auth.agent_seed))
         try:
             js = nc.jetstream()
             await js.add_stream(name="T", subjects=["t.>"])
@@ -36,7 +38,7 @@ async def test_the_embedded_server_runs_with_sync_always_and_jetstream_works(tmp
 
 def test_the_server_reports_sync_always_for_the_embedded_command_line(tmp_path: Path) -> None:
     """The same command line, plus a monitoring port: /varz shows what the server made of the config."""
-    embedded = EmbeddedNats(tmp_path, f"127.0.0.1:{free_port()}", "embedded-test")
+    embedded = EmbeddedNats(tmp_path, f"127.0.0.1:{free_port()}", "embedded-test", ensure_local_auth(tmp_path, "t"))
     embedded.write_config()
     http = free_port()
     proc = subprocess.Popen([*embedded.argv(), "-m", str(http)], stdout=subprocess.DEVNULL,
@@ -59,7 +61,7 @@ async def test_a_server_that_cannot_start_says_why_from_its_log(tmp_path: Path) 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port))
         taken.listen()
-        embedded = EmbeddedNats(tmp_path, f"127.0.0.1:{port}", "embedded-test")
+        embedded = EmbeddedNats(tmp_path, f"127.0.0.1:{port}", "embedded-test", ensure_local_auth(tmp_path, "t"))
         with pytest.raises(Unavailable, match="address already in use"):
             await embedded.start()
     assert "address already in use" in embedded.log_file.read_text()

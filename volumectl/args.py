@@ -31,6 +31,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", default=os.environ.get("VOLUME_AGENT_SEED"), metavar="FILE",
                    help="your nkey seed file (SU..., mode 600): every request is signed with it; agents refuse "
                    "what is not signed by a key in their policy file")
+    p.add_argument("--tls-ca", default=os.environ.get("VOLUME_AGENT_NATS_TLS_CA"), metavar="FILE",
+                   help="the CA that signed the NATS server's certificate (TLS from the first byte)")
     p.add_argument("--name", default=os.environ.get("VOLUME_AGENT_NAME"),
                    help="your identity's name: replies come to the inbox _INBOX_<name>, which NATS may allow you alone")
     p.add_argument("--timeout", type=float, help="seconds to wait for a reply (default 30; an hour for backup, "

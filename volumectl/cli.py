@@ -12,6 +12,7 @@ import contextlib
 import re
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -23,6 +24,7 @@ from . import args, render
 from .client import AgentClient, NoAgent
 from .fleet import fleet_rows, unprotected
 from .kv import READ_TIMEOUT_S, IncompleteRead
+from .local import LOCAL_OPERATOR_SEED, connect_options, local_seed
 from .signing import Signer
 
 __all__ = ["main"]
@@ -67,16 +69,26 @@ async def _show_progress(client: AgentClient, host: str, kind: str, cmd_id: str)
 
 async def _run(a: argparse.Namespace, op: str, body: dict[str, Any]) -> int:
     urls = [u.strip() for u in a.nats.split(",") if u.strip()]
+    # Your own seed, else this host's local operator's (when its agent runs the embedded server).
+    seed = Path(a.seed) if a.seed else local_seed()
+    name = a.name
     try:
-        signer = Signer.from_file(a.seed) if a.seed else None
+        signer = Signer.from_file(seed) if seed else None
     except (OSError, ValueError, nkeys.NkeysError) as exc:
-        print(f"volumectl: cannot sign with the seed file {a.seed}: {exc or type(exc).__name__}", file=sys.stderr)
+        print(f"volumectl: cannot sign with the seed file {seed}: {exc or type(exc).__name__}", file=sys.stderr)
         return 1
     try:
+        # One identity: its seed authenticates to NATS and signs every request.
         client = await AgentClient.connect(urls, a.prefix, signer=signer,
-                                           inbox_prefix=f"_INBOX_{a.name}" if a.name else None)
+                                           inbox_prefix=f"_INBOX_{name}" if name else None,
+                                           **connect_options(urls, seed, a.tls_ca))
     except Exception as exc:  # any connect failure is one sentence for a person
         print(f"volumectl: cannot connect to NATS at {a.nats}: {exc or type(exc).__name__}", file=sys.stderr)
+        if seed is None and "authorization" in str(exc).lower():
+            print(f"volumectl: the agent's embedded server admits the local operator, whose seed is "
+                  f"<data dir>/{LOCAL_OPERATOR_SEED} (root only): run volumectl as root, and set "
+                  "VOLUME_AGENT_DATA_DIR if the agent runs with another --data-dir than /var/lib/volume-agent.",
+                  file=sys.stderr)
         return 1
     try:
         if op == "fleet":

@@ -51,7 +51,8 @@ def inventory_text(s: dict[str, Any]) -> str:
     rows = [[v["name"], v["driver"], "-" if v.get("size") is None else size(v["size"]),
              ",".join(f"{u['container']}({u['state']})" for u in v["used_by"]) or "-",
              (v["last_backup"] or {}).get("created_at", "never")[:19]] for v in s["volumes"]]
-    return head + "\n" + table(rows, ["NAME", "DRIVER", "SIZE", "USED BY", "LAST BACKUP"])
+    warn = "".join(f"INSECURE (--insecure): {w}\n" for w in s.get("insecure") or [])
+    return head + "\n" + warn + table(rows, ["NAME", "DRIVER", "SIZE", "USED BY", "LAST BACKUP"])
 
 
 def human(op: str, result: dict[str, Any]) -> str:

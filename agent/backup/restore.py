@@ -18,6 +18,7 @@ from ..errors import AgentError, Conflict, InUse, NotFound, Unavailable
 from ..locks import KeyedLocks
 from ..typing import BackupStore, Engine, EventSink
 from ..volumes import Volumes, used_by
+from .members import check_members
 from .pipes import CHUNK, Counted, Procs, decompressor, feed, read_chunks, tar_totals
 from .progress import Progress
 from .stores import Stores
@@ -36,8 +37,9 @@ class Restores:
 
     def __init__(
         self, engine: Engine, locks: KeyedLocks, causes: Causes, events: EventSink, stores: Stores, volumes: Volumes,
-        *, data_path: DataPath, notes: Path | None = None,
+        *, data_path: DataPath, notes: Path | None = None, host: str | None = None,
     ) -> None:
+        """`host`: this host's id; its own backups in its local store are trusted as they are (None: none is)."""
         self.engine = engine
         self.locks = locks
         self.causes = causes
@@ -45,6 +47,7 @@ class Restores:
         self.volumes = volumes
         self.stores = stores
         self.data_path = data_path
+        self.host = host
         self.unfinished = Unfinished(notes)
 
     async def cleanup(self) -> None:
@@ -72,6 +75,10 @@ class Restores:
     async def _restore(self, req: RestoreRequest, store: BackupStore, record: BackupRecord) -> RestoreResult:
         started = time.monotonic()
         async with store.fetch(record) as path:  # verified: the bytes recorded, or `corrupt`
+            # What it holds, before the target is made or emptied: nothing outside the volume, no devices. Not
+            # for what this host wrote into its own store (root only): as it found the volume, and costs a pass.
+            if not (store.name == "local" and record.host == self.host):
+                await check_members(path, record)
             v, created = await self._target(
                 req.volume,
                 driver=req.driver or record.volume_driver,

@@ -53,7 +53,7 @@ class Inventory:
 
     def __init__(
         self, engine: Engine, stores: Stores, sink: InventorySink, host: str, *, heartbeat_s: float,
-        sizes_every_s: float,
+        sizes_every_s: float, insecure: list[str] | None = None,
     ) -> None:
         self.engine = engine
         self.stores = stores
@@ -61,6 +61,7 @@ class Inventory:
         self.host = host
         self.heartbeat_s = heartbeat_s
         self.sizes_every_s = sizes_every_s
+        self.insecure = insecure or []
         self.seq = 0
         self._engine_info = EngineInfo(version="", api_version="", storage_driver="")
         self._plugins: list[str] = []
@@ -150,6 +151,7 @@ class Inventory:
             seq=self.seq,
             heartbeat_s=self.heartbeat_s,
             sizes_at=self._sizes_at,
+            insecure=self.insecure,
         )
 
     def encode(self, snapshot: InventorySnapshot) -> bytes:
