@@ -63,7 +63,7 @@ async def main() -> None:
         d = Dockerd(Path(tmp, "dk")).start()
         d.import_busybox()
         n = NatsServer(Path(tmp, "nats")).start()
-        ids = Identities.make(Path(tmp, "keys"))
+        ids = Identities.make(Path(tmp, "keys"), tls=False)  # plain NATS, as the earlier figures
         agent = Agent("bench", d.url, n.url, Path(tmp, "agent"), auth=ids).start()
         assert agent.proc is not None
         client = await AgentClient.connect([n.url], signer=ids.operator)

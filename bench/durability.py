@@ -115,7 +115,7 @@ async def start_side(
         stop.append(c.stop)
         urls = c.urls
     host = HOST  # what bench/fleet.py's store_throughput talks to; each stack has its own bus
-    ids = Identities.make(root / "keys")
+    ids = Identities.make(root / "keys", tls=False)  # plain NATS, as the earlier figures
     agent = Agent(host, d.url, ",".join(urls), root / "agent", ["--replicas", str(a.replicas)],
                   auth=ids).start(wait=False)
     stop.append(agent.stop)

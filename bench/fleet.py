@@ -136,7 +136,7 @@ async def main() -> None:
         d = Dockerd(Path(tmp, "dk")).start()
         d.import_busybox()
         n = NatsServer(Path(tmp, "nats"), max_payload=a.max_payload).start()
-        ids = Identities.make(Path(tmp, "keys"))
+        ids = Identities.make(Path(tmp, "keys"), tls=False)  # plain NATS, as the earlier figures
         agent = Agent(HOST, d.url, n.url, Path(tmp, "agent"), auth=ids).start()
         client = await AgentClient.connect([n.url], signer=ids.operator)
         try:

@@ -115,7 +115,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vb") as tmp:
         d = Dockerd(Path(tmp, "dk")).start()
         n = NatsServer(Path(tmp, "nats")).start()
-        ids = Identities.make(Path(tmp, "keys"))
+        ids = Identities.make(Path(tmp, "keys"), tls=False)  # plain NATS, as the earlier figures
         agent = Agent("bench", d.url, n.url, Path(tmp, "agent"), auth=ids).start()
         try:
             client = await AgentClient.connect([n.url], signer=ids.operator)

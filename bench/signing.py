@@ -55,7 +55,7 @@ def start_agent(host: str, d: Dockerd, n: NatsServer, ids: Identities, root: Pat
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-c", LAUNCH, "--nats", n.url, "--docker", d.url, "--host-id", host,
-             "--data-dir", str(root / host), "--heartbeat", "3600", "--sizes-every", "0", *ids.agent_args()],
+             "--data-dir", str(root / host), "--heartbeat", "3600", "--sizes-every", "0", *ids.agent_args(host)],
             stdout=log, stderr=log, env=env)
     wait_for(lambda: '"agent.ready"' in log_path.read_text(), 30, f"agent {host}", proc)
     return proc
@@ -95,7 +95,7 @@ async def main() -> None:
         root = Path(tmp)
         d = Dockerd(root / "dk").start()
         n = NatsServer(root / "nats").start()
-        ids = Identities.make(root / "keys")
+        ids = Identities.make(root / "keys", tls=False)  # plain NATS, as the earlier figures
         checked = start_agent("checked", d, n, ids, root, trust_all=a.control)
         trusting = start_agent("trusting", d, n, ids, root, trust_all=True)
         try:

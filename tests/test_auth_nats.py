@@ -27,7 +27,7 @@ from nats.aio.msg import Msg
 from agent.denials import Denials, Denied
 from contracts import catalog_key, inbox_prefix
 from volumectl.client import AgentClient
-from volumectl.signing import new_user_seed
+from volumectl.signing import Signer, new_user_seed
 
 from .stack import BUSYBOX_IMAGE, Agent, Dockerd, NatsServer, venv_bin
 from .test_events import eventually
@@ -60,8 +60,10 @@ def server(stack_dir: Path, auth: Path) -> Iterator[NatsServer]:
 @pytest.fixture(scope="module")
 def agents(dockerd: Dockerd, server: NatsServer, auth: Path, stack_dir: Path) -> Iterator[dict[str, Agent]]:
     dockerd.reset()
+    # Each agent as `auth init` set it up: its own seed, and the policy it wrote (every identity, with its role).
     made = {h: Agent(h, dockerd.url, server.url, stack_dir / f"agent-{h}",
-                     ["--ack-wait", "2", "--nats-nkey-seed", str(auth / "seeds" / f"{h}.nk")]) for h in (SA, SB)}
+                     ["--ack-wait", "2", "--nats-nkey-seed", str(auth / "seeds" / f"{h}.nk"),
+                      "--policy", str(auth / "policy.toml")]) for h in (SA, SB)}
     for a in made.values():
         a.start()
     yield made
@@ -73,9 +75,9 @@ def agents(dockerd: Dockerd, server: NatsServer, auth: Path, stack_dir: Path) ->
 class As:
     """A connection as one identity, and the permission violations the server reported to it."""
 
-    def __init__(self, nc: Client, errors: list[str]) -> None:
+    def __init__(self, nc: Client, errors: list[str], signer: Signer | None = None) -> None:
         self.nc, self.errors = nc, errors
-        self.client = AgentClient(nc)
+        self.client = AgentClient(nc, signer=signer)  # the same identity signs what it asks
 
     async def denied(self, subject: str, kind: str = "publish") -> None:
         want = f'permissions violation for {kind} to "{subject.lower()}"'
@@ -112,7 +114,7 @@ async def connect(server: NatsServer, seed: Path | None, name: str, denials: Den
     except BaseException:
         await nc.close()  # nats-py leaves the refused connection's socket open otherwise
         raise
-    return As(nc, errors)
+    return As(nc, errors, Signer.from_file(seed) if seed else None)
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -45,8 +45,9 @@ SOURCES = 2  # source volumes per host; never written after the start, so every 
 
 
 @pytest.fixture(scope="module")
-def cluster(stack_dir: Path) -> Iterator[NatsCluster]:
-    c = NatsCluster(stack_dir / "chaos-nats").start()
+def cluster(stack_dir: Path, identities: Identities) -> Iterator[NatsCluster]:
+    c = identities.secure(NatsCluster(stack_dir / "chaos-nats"))
+    c.start()
     yield c
     c.stop()
 
@@ -65,6 +66,8 @@ def agents(
 ) -> Iterator[dict[str, Agent]]:
     # A short ack wait: a command whose agent was killed comes again within seconds, not the default 30 s.
     extra = ["--replicas", "3", "--ack-wait", "4", "--docker-timeout", "15", "--heartbeat", "30"]
+    for h in HOSTS:
+        identities.agent(h)
     made = {h: Agent(h, dockers[h].url, ",".join(cluster.urls), stack_dir / f"chaos-agent-{h}", extra,
                      auth=identities) for h in HOSTS}
     for a in made.values():
@@ -81,10 +84,11 @@ async def _quiet(exc: Exception) -> None:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def nc(cluster: NatsCluster) -> AsyncIterator[Client]:
-    """A connection that outlives any one node (AgentClient's does not reconnect)."""
-    conn = await nats.connect(servers=cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                              ping_interval=5, connect_timeout=2, error_cb=_quiet)
+async def nc(cluster: NatsCluster, identities: Identities) -> AsyncIterator[Client]:
+    """A connection that outlives any one node (AgentClient's does not reconnect), as the tests' admin: it reads
+    the audit stream and the consumers; the commands it publishes are signed by the operator."""
+    conn = await identities.nats(cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.5, ping_interval=5,
+                                 connect_timeout=2, error_cb=_quiet)
     yield conn
     await conn.close()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.bus import Bus
-from agent.config import Settings
+from agent.config import NatsAuth, Settings
 from agent.dispatch import Dispatcher
 from agent.outcomes import KvOutcomes
 from agent.requests import RequestService
@@ -16,14 +16,19 @@ from agent.tasks import Tasks
 from volumectl.client import AgentClient
 
 from .fakes import FakeEngine, TrustAll, fake_handlers
+from .identities import Identities
 from .stack import NatsServer
 
 pytestmark = pytest.mark.integration
 
 
-async def test_a_blocked_request_does_not_block_the_next_ones(nats_server: NatsServer, client: AgentClient) -> None:
+async def test_a_blocked_request_does_not_block_the_next_ones(
+    nats_server: NatsServer, client: AgentClient, identities: Identities
+) -> None:
+    seed, ca = identities.agent("conc"), identities.tls.ca if identities.tls else None
     settings = Settings(nats_urls=[nats_server.url], docker_url="unix:///nowhere", host_id="conc",
-                        data_dir=Path("/nonexistent"))
+                        data_dir=Path("/nonexistent"),
+                        auth=NatsAuth(nkey_seed=str(seed), tls_ca=str(ca) if ca else None))
     bus = Bus(settings, settings.nats_urls)
     await bus.start()
     engine = FakeEngine()

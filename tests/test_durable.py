@@ -339,14 +339,14 @@ async def test_agent_started_before_docker_waits_and_says_so(
 async def test_agent_started_before_nats_says_so_and_connects_when_it_comes(
     dockerd: Dockerd, tmp_path: Path, identities: Identities
 ) -> None:
-    late = NatsServer(tmp_path / "nats-late")
+    late = identities.secure(NatsServer(tmp_path / "nats-late"))
     a = Agent("early-nats", dockerd.url, late.url, tmp_path / "agent", auth=identities).start(wait=False)
     try:
         said = await logged(a, "nats.unreachable")
         assert said["urls"] == [late.url] and "Traceback" not in a.log()
         late.start()
         await asyncio.to_thread(a.wait_ready, 60)
-        c = await AgentClient.connect([late.url], signer=identities.operator)
+        c = await identities.connect([late.url])
         try:
             assert (await c.request("early-nats", "list", {})).ok
         finally:
@@ -359,7 +359,7 @@ async def test_agent_started_before_nats_says_so_and_connects_when_it_comes(
 async def test_agent_reconnects_after_the_nats_server_restarts(
     dockerd: Dockerd, tmp_path: Path, identities: Identities
 ) -> None:
-    n = NatsServer(tmp_path / "nats").start()
+    n = identities.secure(NatsServer(tmp_path / "nats")).start()
     a = Agent("reconnects", dockerd.url, n.url, tmp_path / "agent", auth=identities).start()
     try:
         n.stop()
@@ -370,7 +370,7 @@ async def test_agent_reconnects_after_the_nats_server_restarts(
 
         await eventually(attempts_failed, 30, "three failed reconnect attempts")
         n.start()  # same port, same JetStream store
-        c = await AgentClient.connect([n.url], signer=identities.operator)
+        c = await identities.connect([n.url])
         try:
             for _ in range(100):
                 try:

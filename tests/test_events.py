@@ -21,6 +21,7 @@ from contracts import InventorySnapshot
 from volumectl.client import AgentClient
 
 from .conftest import Host
+from .identities import Identities
 from .stack import BUSYBOX_IMAGE, Dockerd
 from .volfiles import fill_tricky, listing, mountpoint
 
@@ -230,7 +231,7 @@ async def test_digests_agree_across_data_paths_and_tell_any_change(
     dockerd.reset()
 
 
-async def test_the_shared_store_backs_up_restores_lists_and_forgets(host: Host) -> None:
+async def test_the_shared_store_backs_up_restores_lists_and_forgets(host: Host, identities: Identities) -> None:
     await host.ok("create", {"name": "shared1", "labels": {"tier": "gold"}})
     src = mountpoint(host.docker, "shared1")
     fill_tricky(src)
@@ -238,9 +239,13 @@ async def test_the_shared_store_backs_up_restores_lists_and_forgets(host: Host) 
     assert rec["store"] == "nats" and rec["location"] == f"nats://vol_backups_{host.id}/{rec['backup_id']}"
     assert not list((host.agent.data_dir / "spool").glob("*")), "the spool file was left behind"
     # The object is a standard one: nats-py's own reader gets the recorded bytes.
-    got = io.BytesIO()
-    obj = await host.client.nc.jetstream().object_store(f"vol_backups_{host.id}")
-    await obj.get(rec["backup_id"], writeinto=got)
+    got = io.BytesIO()  # (read as the tests' admin: a backup's bytes are for agents, not for readers)
+    admin = await identities.nats([host.agent.nats_url])
+    try:
+        obj = await admin.jetstream().object_store(f"vol_backups_{host.id}")
+        await obj.get(rec["backup_id"], writeinto=got)
+    finally:
+        await admin.close()
     assert hashlib.sha256(got.getvalue()).hexdigest() == rec["sha256"]
     listed = await own_backups(host, "shared1")
     assert [b["backup_id"] for b in listed] == [rec["backup_id"]]

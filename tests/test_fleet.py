@@ -15,8 +15,6 @@ import msgspec
 import pytest
 import pytest_asyncio
 
-from volumectl.client import AgentClient
-
 from .conftest import Host
 from .identities import Identities
 from .stack import BUSYBOX_IMAGE, Agent, Dockerd, NatsCluster
@@ -29,8 +27,9 @@ A, B = "fleet-a", "fleet-b"
 
 
 @pytest.fixture(scope="module")
-def cluster(stack_dir: Path) -> Iterator[NatsCluster]:
-    c = NatsCluster(stack_dir / "cluster").start()
+def cluster(stack_dir: Path, identities: Identities) -> Iterator[NatsCluster]:
+    c = identities.secure(NatsCluster(stack_dir / "cluster"))
+    c.start()
     yield c
     c.stop()
 
@@ -64,6 +63,8 @@ def _agent(host: str, d: Dockerd, cluster: NatsCluster, root: Path, identities: 
 def agents(
     cluster: NatsCluster, docker_a: Dockerd, docker_b: Dockerd, stack_dir: Path, identities: Identities
 ) -> Iterator[dict[str, Agent]]:
+    for h in (A, B):  # both keys in the policy before either starts: each restores the other's backups (migrate)
+        identities.agent(h)
     made = {h: _agent(h, d, cluster, stack_dir, identities) for h, d in ((A, docker_a), (B, docker_b))}
     yield made
     for a in made.values():
@@ -75,7 +76,7 @@ async def fleet(agents: dict[str, Agent], cluster: NatsCluster, docker_a: Docker
                 docker_b: Dockerd, identities: Identities) -> AsyncIterator[dict[str, Host]]:
     docker_a.reset()
     docker_b.reset()
-    client = await AgentClient.connect(cluster.urls, signer=identities.operator)
+    client = await identities.connect(cluster.urls)
     yield {A: Host(A, docker_a, agents[A], client), B: Host(B, docker_b, agents[B], client)}
     await client.close()
 
@@ -130,7 +131,7 @@ async def test_both_inventories_are_in_the_bucket_and_every_agent_answers_fleet_
 
 
 async def test_volumectl_fleet_shows_every_host_and_the_unprotected_volumes(
-    fleet: dict[str, Host], cluster: NatsCluster
+    fleet: dict[str, Host], cluster: NatsCluster, identities: Identities
 ) -> None:
     a, b = fleet[A], fleet[B]
     await a.ok("create", {"name": "guarded"})
@@ -145,7 +146,7 @@ async def test_volumectl_fleet_shows_every_host_and_the_unprotected_volumes(
 
     def ctl(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "volumectl", "--nats", ",".join(cluster.urls), *args],
-                              capture_output=True, text=True, timeout=60, check=False)
+                              capture_output=True, text=True, timeout=60, check=False, env=identities.env())
 
     out = ctl("fleet")
     assert out.returncode == 0, out.stderr
@@ -239,7 +240,7 @@ async def test_with_one_nats_node_killed_the_agents_keep_answering(
     a = fleet[A]
     victim = _connected_node(a.agent, cluster)
     survivor = next(i for i in range(cluster.size) if i != victim)
-    client = await AgentClient.connect([cluster.urls[survivor]], signer=identities.operator)
+    client = await identities.connect([cluster.urls[survivor]])
     try:
         cluster.kill_node(victim)
         await asyncio.sleep(1)

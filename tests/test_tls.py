@@ -18,7 +18,9 @@ from nats.aio.client import Client
 
 from agent.auth.local import ensure_local_auth
 from volumectl.client import AgentClient
+from volumectl.signing import Signer
 
+from .identities import Identities
 from .stack import Agent, Dockerd, NatsServer, free_port, venv_bin, wait_for
 from .tls import TestCA, TlsFiles
 
@@ -58,19 +60,22 @@ async def refused(url: str, **kw: Any) -> None:
 
 
 async def test_the_agent_and_its_clients_work_over_tls_first_or_info_first(
-    dockerd: Dockerd, tls_nats: NatsServer, ca: TestCA, tmp_path: Path
+    dockerd: Dockerd, tls_nats: NatsServer, ca: TestCA, tmp_path: Path, identities: Identities
 ) -> None:
     assert tls_nats.url.startswith("tls://")
-    agent = Agent("tls-a", dockerd.url, tls_nats.url, tmp_path / "agent", tls_nats.agent_args).start()
+    agent = Agent("tls-a", dockerd.url, tls_nats.url, tmp_path / "agent", tls_nats.agent_args,
+                  auth=identities).start()
+    ops = identities.operator
     try:
-        client = await AgentClient.connect([tls_nats.url], tls=ca.client_context(), tls_handshake_first=True)
+        client = await AgentClient.connect([tls_nats.url], signer=ops, tls=ca.client_context(),
+                                           tls_handshake_first=True)
         try:
             reply = await client.request("tls-a", "list", {})
             assert reply.ok, reply.error
         finally:
             await client.close()
         # INFO first, then TLS (the nats CLI's way, volumectl's): served too, after the server's 300 ms.
-        client = await AgentClient.connect([tls_nats.url], tls=ca.client_context())
+        client = await AgentClient.connect([tls_nats.url], signer=ops, tls=ca.client_context())
         try:
             assert (await client.request("tls-a", "list", {})).ok
         finally:
@@ -91,17 +96,19 @@ def test_a_client_that_does_not_trust_the_ca_cannot_connect(tls_nats: NatsServer
 
 
 def test_the_agent_never_talks_to_a_server_in_the_clear_when_told_tls(
-    dockerd: Dockerd, nats_server: NatsServer, ca: TestCA, tmp_path: Path
+    dockerd: Dockerd, ca: TestCA, tmp_path: Path, identities: Identities
 ) -> None:
     """A plain server (or anyone on the path pretending to be it) gets no session: the agent starts TLS first,
     and says what the server lacks."""
-    agent = Agent("tls-b", dockerd.url, f"tls://127.0.0.1:{nats_server.port}", tmp_path / "agent",
-                  ["--nats-tls-ca", str(ca.cert)]).start(wait=False)
+    plain = NatsServer(tmp_path / "plain-nats").start()
+    agent = Agent("tls-b", dockerd.url, f"tls://127.0.0.1:{plain.port}", tmp_path / "agent",
+                  ["--nats-tls-ca", str(ca.cert)], auth=identities).start(wait=False)
     try:
         wait_for(lambda: "handshake_first" in agent.log(), 20, "the agent's nats.error")
         assert '"agent.ready"' not in agent.log() and '"nats.connected"' not in agent.log()
     finally:
         agent.stop()
+        plain.stop()
 
 
 def _deploy_config(name: str, tls_dir: Path, store: Path, port: int) -> str:
@@ -143,10 +150,12 @@ async def test_deploy_configs_parse_and_the_single_node_runs_with_tls_and_nkey_u
     """The agent connects with TLS and its nkey, an operator with its own; nobody connects without an identity."""
     url, ids = deploy_server
     agent = Agent("deploy-a", dockerd.url, url, tmp_path / "agent",
-                  ["--nats-tls-ca", str(ca.cert), "--nats-nkey-seed", str(ids / "agent.nk")]).start()
+                  ["--nats-tls-ca", str(ca.cert), "--nats-nkey-seed", str(ids / "agent.nk"),
+                   "--policy", str(ids / "policy.toml")]).start()
     try:
-        client = await AgentClient.connect([url], tls=ca.client_context(), tls_handshake_first=True,
-                                           nkeys_seed=str(ids / "local-operator.nk"))
+        operator = ids / "local-operator.nk"
+        client = await AgentClient.connect([url], signer=Signer.from_file(operator), tls=ca.client_context(),
+                                           tls_handshake_first=True, nkeys_seed=str(operator))
         try:
             assert (await client.request("deploy-a", "list", {})).ok
         finally:

@@ -16,7 +16,9 @@ the permission violations a restricted one reported), not a guess:
   DIRECT.GET is allowed too, in case an admin made them with it); reads of the shared catalog and of every host's
   backup bucket through ephemeral pull consumers.
 - reader and operator: KV reads of the inventory and the catalog through ephemeral pull consumers
-  (volumectl.kv.read_bucket: STREAM.INFO, CONSUMER.CREATE, MSG.NEXT, CONSUMER.DELETE).
+  (volumectl.kv.read_bucket: STREAM.INFO, CONSUMER.CREATE, MSG.NEXT, CONSUMER.DELETE); the history of the audit
+  stream and of events through consumers of their own; the agents' command consumers' state (CONSUMER.INFO).
+  An operator also reads the command stream's messages (STREAM.MSG.GET).
 """
 
 from __future__ import annotations
@@ -49,11 +51,25 @@ def _objects_read(bucket: str) -> list[str]:
             f"{API}.CONSUMER.CREATE.{stream}.*.$O.{bucket}.C.>", f"{API}.CONSUMER.MSG.NEXT.{stream}.*"]
 
 
+def _stream_read(stream: str) -> list[str]:
+    """Publishes that read a stream's history (the audit stream, events) through consumers of the reader's own:
+    push (ordered) or pull, with their flow control and acks."""
+    return [f"{API}.STREAM.INFO.{stream}", f"{API}.STREAM.MSG.GET.{stream}", f"{API}.DIRECT.GET.{stream}.>",
+            f"{API}.CONSUMER.CREATE.{stream}", f"{API}.CONSUMER.CREATE.{stream}.>",
+            f"{API}.CONSUMER.INFO.{stream}.>", f"{API}.CONSUMER.MSG.NEXT.{stream}.>",
+            f"{API}.CONSUMER.DELETE.{stream}.>", f"$JS.FC.{stream}.>", f"$JS.ACK.{stream}.>"]
+
+
 def _reader(s: Subjects) -> tuple[list[str], list[str]]:
-    """(publish, subscribe) allowed to every caller: read ops, fleet reads, events, inventory, outcomes."""
+    """(publish, subscribe) allowed to every caller: read ops, fleet reads, events, inventory, outcomes (live and
+    their history: the audit stream answers who did what), and how far each agent is with its commands."""
     reads = sorted(ROLE_OPS["reader"])
     pub = [s.req("*", op) for op in reads] + [s.all(">")]
     pub += _kv_read(s.inventory_bucket) + _kv_read(s.catalog_bucket)
+    pub += _stream_read(s.res_stream) + _stream_read(s.evt_stream)
+    # Which stream holds a subject (nats-py asks when a subscription names no stream).
+    pub += [f"{API}.CONSUMER.INFO.{s.cmd_stream}.*", f"{API}.STREAM.NAMES"]
+    pub += ["$SRV.>"]  # NATS micro discovery (`nats micro ls|info|stats volume-agent`)
     sub = [f"{s.prefix}.evt.>", s.inv(">"), f"{s.prefix}.res.>"]
     return pub, sub
 
@@ -100,7 +116,8 @@ def permissions(identity: IdentityEntry, prefix: str = "vol", *, agents: Sequenc
     if identity.role == "operator":
         for h in identity.hosts if identity.hosts is not None else ("*",):
             pub += [s.req(h, ">"), s.cmd(h, ">")]
-        pub.append(f"{API}.STREAM.INFO.{s.cmd_stream}")
+        # Publishing commands (their acks come to its inbox); reading them back (which commands are pending).
+        pub += [f"{API}.STREAM.INFO.{s.cmd_stream}", f"{API}.STREAM.MSG.GET.{s.cmd_stream}"]
     elif identity.role != "reader":
         raise ValueError(f"unknown role {identity.role!r}")
     return {"publish": {"allow": pub}, "subscribe": {"allow": [*sub, f"{inbox_prefix(identity.name)}.>"]}}
