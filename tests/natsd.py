@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .procs import free_port, venv_bin, wait_for
-from .tls import TlsFiles, client_port_config, routes_config
+from .tls import TlsFiles, client_port_config, route_tls
 
 __all__ = ["SYNC", "NatsCluster", "NatsServer", "write_config"]
 
@@ -22,15 +22,20 @@ __all__ = ["SYNC", "NatsCluster", "NatsServer", "write_config"]
 # its ack. None: the server's default (fsync every 2 minutes).
 SYNC = "always"
 RELOADED = b"Reloaded server configuration"
+RELOAD_FAILED = b"Failed to reload server configuration"
 
 
-def write_config(path: Path, sync: str | None, max_payload: str | None = None, extra: str = "") -> list[str]:
-    """A nats-server config file for what only a config file can set; the `-c` arguments, or none."""
+def write_config(
+    path: Path, sync: str | None, max_payload: str | None = None, extra: str = "", store: Path | None = None
+) -> list[str]:
+    """A nats-server config file for what only a config file can set; the `-c` arguments, or none. `store`:
+    JetStream's store directory (else given on the command line)."""
     lines = [extra] if extra else []
     if max_payload:
         lines.append(f"max_payload: {max_payload}")
-    if sync:
-        lines.append(f"jetstream {{ sync_interval: {sync} }}")
+    js = ([f'store_dir: "{store}"'] if store else []) + ([f"sync_interval: {sync}"] if sync else [])
+    if js:
+        lines.append(f"jetstream {{ {', '.join(js)} }}")
     if not lines:
         return []
     path.write_text("\n".join(lines) + "\n")
@@ -40,9 +45,18 @@ def write_config(path: Path, sync: str | None, max_payload: str | None = None, e
 def _reload(proc: subprocess.Popen[bytes] | None, log: Path, what: str) -> None:
     if proc is None or proc.poll() is not None:
         return
-    before = log.read_bytes().count(RELOADED)
+    text = log.read_bytes()
+    before, failed = text.count(RELOADED), text.count(RELOAD_FAILED)
+
+    def reloaded() -> bool:
+        now = log.read_bytes()
+        if now.count(RELOAD_FAILED) > failed:
+            line = now[now.rindex(RELOAD_FAILED):].split(b"\n", 1)[0].decode(errors="replace")
+            raise RuntimeError(f"{what}: {line}")
+        return now.count(RELOADED) > before
+
     proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: log.read_bytes().count(RELOADED) > before, 15, f"{what} reloading its config", proc)
+    wait_for(reloaded, 15, f"{what} reloading its config", proc)
 
 
 @dataclass
@@ -137,16 +151,16 @@ class NatsCluster:
     def start_node(self, i: int) -> None:
         d = self.root / f"n{i}"
         d.mkdir(parents=True, exist_ok=True)
-        routes = ",".join(f"nats://127.0.0.1:{p}" for p in self.cluster_ports)
-        extra = (client_port_config(self.tls) + routes_config(self.tls) if self.tls else "") + self.config
-        config = write_config(d / "nats.conf", self.sync, self.max_payload, extra)
+        # Everything in the config file, nothing on the command line: a reload (SIGHUP) reads only the file, and a
+        # clustered JetStream node refuses a config without its server_name.
+        routes = ", ".join(f'"nats://127.0.0.1:{p}"' for p in self.cluster_ports)
+        cluster = (f"cluster {{\n  name: c\n  listen: 127.0.0.1:{self.cluster_ports[i]}\n  routes: [{routes}]\n"
+                   f"{route_tls(self.tls) if self.tls else ''}}}\n")
+        extra = (f"server_name: n{i}\nlisten: 127.0.0.1:{self.ports[i]}\n" + cluster
+                 + (client_port_config(self.tls) if self.tls else "") + self.config)
+        config = write_config(d / "nats.conf", self.sync, self.max_payload, extra, store=d)
         with open(d / "nats.log", "ab") as log:
-            self.procs[i] = subprocess.Popen(
-                [venv_bin("nats-server"), *config, "-a", "127.0.0.1", "-p", str(self.ports[i]), "-n", f"n{i}", "-js",
-                 "-sd", str(d), "--cluster_name", "c", "--cluster", f"nats://127.0.0.1:{self.cluster_ports[i]}",
-                 "--routes", routes],
-                stdout=log, stderr=log,
-            )
+            self.procs[i] = subprocess.Popen([venv_bin("nats-server"), *config], stdout=log, stderr=log)
         port = self.ports[i]
         wait_for(lambda: socket.create_connection(("127.0.0.1", port), 1).close() is None, 15, f"nats node {i}",
                  self.procs[i])

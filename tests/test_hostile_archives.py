@@ -26,6 +26,7 @@ from agent.errors import Corrupt
 from contracts import BackupRecord, Compression, catalog_key
 
 from .conftest import Host
+from .identities import Identities
 from .volfiles import fill_tricky, mountpoint
 
 Member = tuple[tarfile.TarInfo, bytes | None]
@@ -103,21 +104,26 @@ def into_local_store(host: Host, backup_id: str, data: bytes, compression: Compr
                                                                      compression, made_by)))
 
 
-async def make_shared_store(host: Host) -> None:
-    """A real backup to the shared store, so that the agent made the bucket with its own settings."""
-    host.docker.docker("volume", "create", "maker")
-    assert (await host.req("backup", {"volume": "maker", "store": "nats", "compression": "none"})).ok
+FOREIGN = "elsewhere"
+"""The other host whose backups these are: a compromised one, writing hostile archives with its own key."""
 
 
-async def into_shared_store(host: Host, backup_id: str, data: bytes) -> None:
-    """An object and its catalog record, as agent/backup/nats_store.py keeps them (written with nats-py's own
-    Object Store `put`)."""
-    js = host.client.nc.jetstream()
-    obj = await js.object_store(host.client.subjects.backups_bucket)
-    await obj.put(backup_id, data)
-    kv = await js.key_value(host.client.subjects.catalog_bucket)
-    await kv.put(catalog_key(backup_id), msgspec.json.encode(
-        record(backup_id, data, "nats", f"nats://{host.client.subjects.backups_bucket}/{backup_id}", "none")))
+async def into_shared_store(host: Host, identities: Identities, backup_id: str, data: bytes) -> None:
+    """An object and its catalog record, as agent/backup/nats_store.py keeps them, written with nats-py's own
+    Object Store `put` by host `elsewhere` with its own credentials (all it may write is its own bucket and its own
+    catalog keys, and that is all it needs to plant a backup)."""
+    identities.agent(FOREIGN)  # its NATS user, and every agent's permission to read its bucket
+    nc = await identities.nats([host.agent.nats_url], FOREIGN)
+    try:
+        js = nc.jetstream()
+        bucket = host.client.subjects.backups_bucket_of(FOREIGN)
+        obj = await js.create_object_store(bucket=bucket)
+        await obj.put(backup_id, data)
+        kv = await js.key_value(host.client.subjects.catalog_bucket)
+        await kv.put(catalog_key(FOREIGN, backup_id), msgspec.json.encode(
+            record(backup_id, data, "nats", f"nats://{bucket}/{backup_id}", "none", FOREIGN)))
+    finally:
+        await nc.close()
 
 
 def outside_state(host: Host, outside: Path) -> dict[str, tuple[object, ...]]:
@@ -196,11 +202,9 @@ def test_listing_lines_are_read_whatever_the_names_hold() -> None:
 @pytest.mark.integration
 @pytest.mark.parametrize("store", ["local", "nats"])
 async def test_hostile_backups_are_refused_on_either_data_path_and_nothing_outside_changes(
-    any_path_host: Host, store: str, outside: Path
+    any_path_host: Host, store: str, outside: Path, identities: Identities
 ) -> None:
     host = any_path_host
-    if store == "nats":
-        await make_shared_store(host)
     before = outside_state(host, outside)
     for case, (members, says) in hostile(outside).items():
         backup_id = f"evil-{case}.20261129T000000Z.{store}{host.id.replace('-', '')}"
@@ -208,7 +212,7 @@ async def test_hostile_backups_are_refused_on_either_data_path_and_nothing_outsi
         if store == "local":
             into_local_store(host, backup_id, data)
         else:
-            await into_shared_store(host, backup_id, data)
+            await into_shared_store(host, identities, backup_id, data)
         target = f"restored-{case}"
         code, message = await host.error("restore", {"backup_id": backup_id, "volume": target})
         assert code == "corrupt" and says in message, (case, message)

@@ -52,7 +52,7 @@ def test_usage_errors_exit_2(host: Host) -> None:
 
 def test_no_agent_for_a_host_names_the_host_and_the_url(host: Host) -> None:
     out = subprocess.run([venv_bin("volumectl"), "--nats", host.agent.nats_url, "--host", "nobody", "ls"],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=60, env=host.agent.auth.env())
     assert out.returncode == 1
     assert "'nobody'" in out.stderr and host.agent.nats_url in out.stderr
     out = subprocess.run([venv_bin("volumectl"), "--nats", "nats://127.0.0.1:1", "ls"],

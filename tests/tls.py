@@ -85,7 +85,12 @@ def client_port_config(files: TlsFiles, *, verify: bool = False) -> str:
             f"  handshake_first: 300ms\n  timeout: 2\n  verify: {str(verify).lower()}\n}}\n")
 
 
+def route_tls(files: TlsFiles) -> str:
+    """The `tls` block of a `cluster` block: routes are mutual TLS."""
+    return (f"  tls {{\n    cert_file: \"{files.cert}\"\n    key_file: \"{files.key}\"\n"
+            f"    ca_file: \"{files.ca}\"\n    verify: true\n    timeout: 2\n  }}\n")
+
+
 def routes_config(files: TlsFiles) -> str:
     """A `cluster` block whose routes are mutual TLS (the listen address and routes come on the command line)."""
-    return (f"cluster {{\n  tls {{\n    cert_file: \"{files.cert}\"\n    key_file: \"{files.key}\"\n"
-            f"    ca_file: \"{files.ca}\"\n    verify: true\n    timeout: 2\n  }}\n}}\n")
+    return f"cluster {{\n{route_tls(files)}}}\n"

@@ -33,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
                    "what is not signed by a key in their policy file")
     p.add_argument("--tls-ca", default=os.environ.get("VOLUME_AGENT_NATS_TLS_CA"), metavar="FILE",
                    help="the CA that signed the NATS server's certificate (TLS from the first byte)")
-    p.add_argument("--name", default=os.environ.get("VOLUME_AGENT_NAME"),
+    p.add_argument("--name", dest="identity", default=os.environ.get("VOLUME_AGENT_NAME"),
                    help="your identity's name: replies come to the inbox _INBOX_<name>, which NATS may allow you alone")
     p.add_argument("--timeout", type=float, help="seconds to wait for a reply (default 30; an hour for backup, "
                    "restore, clone, migrate, digest and rm --backup-first)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import re
 import sys
 import uuid
@@ -71,7 +72,7 @@ async def _run(a: argparse.Namespace, op: str, body: dict[str, Any]) -> int:
     urls = [u.strip() for u in a.nats.split(",") if u.strip()]
     # Your own seed, else this host's local operator's (when its agent runs the embedded server).
     seed = Path(a.seed) if a.seed else local_seed()
-    name = a.name
+    name = a.identity  # not `a.name`: that is the volume or container a command names
     try:
         signer = Signer.from_file(seed) if seed else None
     except (OSError, ValueError, nkeys.NkeysError) as exc:
@@ -151,6 +152,8 @@ def _print_fleet(a: argparse.Namespace, op: str, replies: list[Reply]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `volumectl`."""
+    # asyncio's own warnings (e.g. closing a TLS connection) are not for volumectl's user: errors are sentences.
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
     p = args.parser()
     argv = sys.argv[1:] if argv is None else argv
     # Everything after `--` is the shared container's command, never options of ours.
@@ -159,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         at = argv.index("--")
         argv, command = argv[:at], argv[at + 1:]
     a = p.parse_args(argv)
-    if a.name is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", a.name):
-        p.error(f"--name {a.name!r} must match [A-Za-z0-9_-]{{1,64}}")
+    if a.identity is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", a.identity):
+        p.error(f"--name {a.identity!r} must match [A-Za-z0-9_-]{{1,64}}")
     if command and a.cmd != "share":
         p.error("only share takes a command after --")
     a.command = command
