@@ -16,6 +16,8 @@ import nats.errors
 import nats.js.errors
 import structlog
 
+from .backoff import Backoff
+
 __all__ = ["ELECTION_ERRORS", "through_elections"]
 
 log = structlog.get_logger(__name__)
@@ -49,16 +51,15 @@ async def through_elections(
     `Nats-Msg-Id`."""
     loop = asyncio.get_running_loop()
     end = loop.time() + (BUDGET_S if budget_s is None else budget_s)
-    pause = FIRST_PAUSE_S
+    backoff = Backoff(FIRST_PAUSE_S, MAX_PAUSE_S)
     n = 0
     while True:
         n += 1
         try:
             return await attempt(max(0.1, min(ATTEMPT_TIMEOUT_S, end - loop.time())))
         except ELECTION_ERRORS as exc:
-            left = end - loop.time()
-            if left <= pause:
+            pause = backoff.next()
+            if end - loop.time() <= pause:
                 raise
             log.info("nats.retrying", what=what, attempt=n, error=f"{type(exc).__name__}: {exc}", retry_in_s=pause)
             await asyncio.sleep(pause)
-            pause = min(pause * 2, MAX_PAUSE_S)

@@ -110,13 +110,26 @@ class Dockerd:
             proc.wait()
 
     def reset(self) -> None:
-        """Remove every container and volume: each test starts from an empty host."""
-        ids = self.docker("ps", "-aq").split()
-        if ids:
-            self.docker("rm", "-f", "-v", *ids)
-        names = self.docker("volume", "ls", "-q").split()
-        if names:
-            self.docker("volume", "rm", "-f", *names)
+        """Remove every container and volume: each test starts from an empty host.
+
+        Another agent on this daemon may be making a helper container right now (the archive-path agent backs up
+        a labelled container's volumes when it stops, as the agent under test does): a volume still in use is
+        removed on the next round, once that container is listed and removed too.
+        """
+        for attempt in range(10):
+            ids = self.docker("ps", "-aq").split()
+            if ids:
+                self.docker("rm", "-f", "-v", *ids)
+            names = self.docker("volume", "ls", "-q").split()
+            if not names:
+                return
+            try:
+                self.docker("volume", "rm", "-f", *names)
+                return
+            except RuntimeError as exc:
+                if "volume is in use" not in str(exc) or attempt == 9:
+                    raise
+                time.sleep(0.2)
 
 
 @dataclass
