@@ -25,7 +25,7 @@ from contracts import BackupRecord, catalog_key, catalog_key_parts
 from volumectl.kv import IncompleteRead, read_bucket
 
 from ..bus import Bus, nats_errors
-from ..errors import Conflict, Corrupt, Invalid, NotFound, Timeout
+from ..errors import Conflict, Corrupt, Invalid, NotFound, Timeout, Unavailable
 
 __all__ = ["Catalog"]
 
@@ -112,7 +112,23 @@ class Catalog:
             return found[0]
         if refused:
             raise refused[0]
+        await self._confirm_missing(prefix + catalog_key("*", backup_id), backup_id)
         raise missing
+
+    async def _confirm_missing(self, subjects: str, backup_id: str) -> None:
+        """A listing that found no key is checked against the stream leader's own answer for the same subjects:
+        a replica catching up (a node back from a crash) can answer the listing without the newest keys. If the
+        leader has a record, the answer is `unavailable`, to be retried, never a wrong `not_found`."""
+        async with nats_errors("reading the shared backup catalog"):
+            try:
+                msg = await self.bus.js.get_last_msg(f"KV_{self._bucket}", subjects)
+            except nats.js.errors.NotFoundError:
+                return  # no message under any host's key of this id: it is not there
+        if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+            return
+        log.warning("objstore.catalog_lagging", backup_id=backup_id)
+        raise Unavailable(f"The shared catalog's listing of backup {backup_id!r} lags behind its records (a NATS "
+                          "node catching up); try again.")
 
 
 def _checked(key: str, value: bytes) -> BackupRecord:
