@@ -1,7 +1,8 @@
 """Every private API of a dependency that the agent relies on, each behind one function with the reason.
 
 pyproject.toml bounds aiodocker and nats-py to the releases these were checked against; bumping either means
-reading the functions below against the new release first.
+reading the functions below against the new release first, and the one the client package keeps itself (it
+cannot import the agent): `volumectl/kv.py` `_stream_info_page`, a paged, filtered stream info.
 """
 
 from __future__ import annotations
