@@ -32,7 +32,7 @@ import msgspec
 
 from contracts.auth import Role
 
-__all__ = ["IdentityEntry", "Policy", "load_policy", "render_policy"]
+__all__ = ["IdentityEntry", "Policy", "load_policy", "render_policy", "repeats_identity"]
 
 Name = Annotated[str, msgspec.Meta(pattern="^[A-Za-z0-9_-]{1,64}$")]
 
@@ -82,10 +82,15 @@ def load_policy(path: Path) -> Policy:
         policy = msgspec.convert(data, Policy)
     except msgspec.ValidationError as exc:
         raise ValueError(f"The policy file {path} is not valid: {exc}.") from exc
-    names, keys = [i.name for i in policy.identity], [i.key for i in policy.identity]
-    if len(set(names)) != len(names) or len(set(keys)) != len(keys):
+    if repeats_identity(policy.identity):
         raise ValueError(f"The policy file {path} names an identity or a key twice.")
     return policy
+
+
+def repeats_identity(identities: list[IdentityEntry]) -> bool:
+    """Whether a name or a key stands twice (in a policy file or the `auth init` registry)."""
+    names, keys = [i.name for i in identities], [i.key for i in identities]
+    return len(set(names)) != len(names) or len(set(keys)) != len(keys)
 
 
 def _toml_list(items: list[str]) -> str:

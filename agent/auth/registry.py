@@ -14,7 +14,7 @@ import msgspec
 
 from contracts import DEFAULT_PREFIX
 
-from .policy import IdentityEntry, Policy, load_policy
+from .policy import IdentityEntry, Policy, load_policy, repeats_identity
 
 __all__ = ["REGISTRY", "Registry", "encode_registry", "load_registry", "merged_policy", "write_atomically"]
 
@@ -42,8 +42,7 @@ def load_registry(path: Path) -> Registry | None:
         registry = msgspec.json.decode(data, type=Registry)
     except msgspec.DecodeError as exc:
         raise ValueError(f"{path} is not a valid registry: {exc}.") from exc
-    names, keys = [i.name for i in registry.identities], [i.key for i in registry.identities]
-    if len(set(names)) != len(names) or len(set(keys)) != len(keys):
+    if repeats_identity(registry.identities):
         raise ValueError(f"{path} names an identity or a key twice.")
     return registry
 
