@@ -1,6 +1,7 @@
 """The volume-agent bus API: msgspec types for every request, result, event and the reply envelope.
 
-Importable alone (it needs only msgspec). `schema.json` beside this file is the same API as JSON Schema.
+Importable alone: it needs msgspec, and cronsim for schedules (`contracts.cron`). `schema.json` beside this file
+is the same API as JSON Schema.
 """
 
 from . import labels
@@ -26,6 +27,19 @@ from .events import EVENT_KINDS, EventKind, VolumeEvent
 from .inventory import EngineInfo, InventoryRequest, InventorySnapshot, InventoryVolume, LastBackup
 from .migrate import HostId, MigrateRequest, MigrateResult, MigrateStep
 from .ops import FLEET_OPS, OPS, Op, result_as
+from .policies import (
+    BackupPolicy,
+    Keep,
+    PoliciesRequest,
+    PoliciesResult,
+    PolicyEntry,
+    PolicyView,
+    Protection,
+    RejectedPolicy,
+    Selector,
+    VolumeCoverage,
+    check_policy,
+)
 from .share import ContainerSpec, Mount, ShareRequest, ShareResult, VolumesFrom
 from .subjects import (
     DEFAULT_PREFIX,
@@ -54,7 +68,7 @@ from .volumes import (
     VolumeRecord,
 )
 
-CONTRACT_VERSION = "2.0.0"
+CONTRACT_VERSION = "2.1.0"
 """Semantic version of the bus API: a breaking change bumps the major."""
 
 __all__ = [
@@ -69,6 +83,7 @@ __all__ = [
     "OPS",
     "SERVICE_NAME",
     "VOLUME_NAME_PATTERN",
+    "BackupPolicy",
     "BackupRecord",
     "BackupRequest",
     "BackupsRequest",
@@ -94,6 +109,7 @@ __all__ = [
     "InventoryRequest",
     "InventorySnapshot",
     "InventoryVolume",
+    "Keep",
     "LastBackup",
     "ListFilters",
     "ListRequest",
@@ -103,24 +119,33 @@ __all__ = [
     "MigrateStep",
     "Mount",
     "Op",
+    "PoliciesRequest",
+    "PoliciesResult",
+    "PolicyEntry",
+    "PolicyView",
+    "Protection",
     "PruneRequest",
     "PruneResult",
+    "RejectedPolicy",
     "RemoveRequest",
     "RemoveResult",
     "Reply",
     "RestoreRequest",
     "RestoreResult",
+    "Selector",
     "ShareRequest",
     "ShareResult",
     "StoreName",
     "Subjects",
     "Trigger",
+    "VolumeCoverage",
     "VolumeEvent",
     "VolumeName",
     "VolumeRecord",
     "VolumesFrom",
     "catalog_key",
     "catalog_key_parts",
+    "check_policy",
     "inbox_prefix",
     "labels",
     "outcome_key",

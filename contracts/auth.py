@@ -41,17 +41,20 @@ SIGNATURE_VERSION = "volume-agent-sig-v1"
 Role = Literal["reader", "operator", "agent", "admin"]
 ROLES: tuple[str, ...] = Role.__args__  # type: ignore[attr-defined]
 
-_READS = frozenset({"inspect", "list", "backups", "inventory", "digest"})
-_ALL = frozenset({*_READS, "create", "remove", "prune", "share", "backup", "restore", "clone", "forget", "migrate"})
+_READS = frozenset({"inspect", "list", "backups", "inventory", "digest", "policies", "policy.get", "policy.list"})
+_ALL = frozenset({*_READS, "create", "remove", "prune", "share", "backup", "restore", "clone", "forget", "migrate",
+                  "policy.set", "policy.remove"})
 
 ROLE_OPS: dict[str, frozenset[str]] = {
     "reader": _READS,
     "operator": _ALL,
     # Another host's agent, for `migrate`: it restores its backup here and compares digests; nothing else.
-    "agent": _READS | {"restore"},
+    "agent": frozenset({"inspect", "list", "backups", "inventory", "digest", "restore"}),
     "admin": _ALL,
 }
-"""The ops each role may run. An operator's policy entry may also limit it to some hosts."""
+"""The ops each role may run. An operator's policy entry may also limit it to some hosts. `policy.*` are writes and
+reads of the policies bucket (contracts.policies): an agent applies a policy only if its signer's role may run
+`policy.set` here."""
 
 
 def signed_bytes(subject: str, time_ns: str, msg_id: str | None, body: bytes) -> bytes:

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from .envelope import BaseRequest
-from .names import VolumeName
+from .names import AgeRecipient, VolumeName
 
 __all__ = [
     "BACKUP_ID_PATTERN",
@@ -30,7 +30,7 @@ __all__ = [
 Compression = Literal["zstd", "gzip", "none"]
 StoreName = Literal["local", "nats"]
 """`local`: files under the agent's data dir; `nats`: the JetStream Object Store every host can read."""
-Trigger = Literal["request", "on-stop"]
+Trigger = Literal["request", "on-stop", "schedule"]
 
 # <volume>.<UTC time>.<random>: sorts by time within a volume, safe in file names and NATS subjects.
 BACKUP_ID_PATTERN = "^[a-zA-Z0-9][a-zA-Z0-9_.-]{1,300}$"
@@ -45,6 +45,9 @@ class BackupRequest(BaseRequest):
     store: StoreName = "local"
     keep: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None
     stop_containers: bool = False
+    encrypt_to: list[AgeRecipient] = []
+    """Encrypt the compressed stream to these age recipients (public keys) on its way to the store; restoring
+    needs one of their identities in the restoring agent's local config (`--age-identity`)."""
 
 
 class BackupRecord(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -70,6 +73,11 @@ class BackupRecord(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     volume_labels: dict[str, str] = {}
     container: str | None = None
     """The container whose stop triggered an `on-stop` backup."""
+    policy: str | None = None
+    """The policy whose schedule made a `schedule` backup (`container:<name>` for a container's labels)."""
+    encrypted_to: list[str] = []
+    """The age recipients the stored bytes are encrypted to (empty: not encrypted). `sha256` and `stored_size`
+    are of the encrypted bytes: checked before decrypting."""
 
 
 class BackupsRequest(BaseRequest):

@@ -7,6 +7,7 @@ import msgspec
 
 from .backups import StoreName, Trigger
 from .envelope import BaseRequest
+from .policies import Protection
 from .volumes import ContainerRef
 
 __all__ = ["EngineInfo", "InventoryRequest", "InventorySnapshot", "InventoryVolume", "LastBackup"]
@@ -40,6 +41,12 @@ class InventoryVolume(msgspec.Struct, forbid_unknown_fields=True):
     size: int | None = None
     """Bytes used as of the snapshot's `sizes_at` (Docker's `/system/df`, computed on a slower cadence);
     null until measured, or when the driver does not say."""
+    policies: list[str] = []
+    """The backup policies that cover the volume here (contracts.policies)."""
+    protection: Protection | None = None
+    """How the policies protect it (null from an agent before contract 2.1)."""
+    protection_reason: str | None = None
+    """Why it is failing, overdue or uncovered, as a sentence."""
 
 
 class InventorySnapshot(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):

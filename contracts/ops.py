@@ -23,6 +23,7 @@ from .digest import DigestRequest, DigestResult
 from .envelope import BaseRequest, Reply
 from .inventory import InventoryRequest, InventorySnapshot
 from .migrate import MigrateRequest, MigrateResult
+from .policies import PoliciesRequest, PoliciesResult
 from .share import ShareRequest, ShareResult
 from .volumes import (
     CreateRequest,
@@ -67,11 +68,12 @@ OPS: dict[str, Op] = {
         Op("inventory", InventoryRequest, InventorySnapshot, mutates=False),
         Op("digest", DigestRequest, DigestResult, mutates=False),
         Op("migrate", MigrateRequest, MigrateResult, mutates=True),
+        Op("policies", PoliciesRequest, PoliciesResult, mutates=False),
     )
 }
 
 # Read-only ops that every agent answers on `<prefix>.all.<op>`.
-FLEET_OPS: tuple[str, ...] = ("list", "inventory", "backups")
+FLEET_OPS: tuple[str, ...] = ("list", "inventory", "backups", "policies")
 
 
 def result_as(reply: Reply, result_type: type[T]) -> T:

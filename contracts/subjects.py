@@ -15,6 +15,7 @@ Object Store, the NATS micro service, and how keys are encoded in the buckets.
     KV      <prefix>_outcomes        key outcome_key(host, id) = <host>.<sha256(id) hex>
     KV      <prefix>_inventory       key <host>
     KV      <prefix>_backup_catalog  key catalog_key(host, backup_id) = <host>.<base64url(backup_id)>
+    KV      <prefix>_policies        key <policy name>       written by operators only (contracts.policies)
     objects <prefix>_backups_<host>  name <backup_id>       (one Object Store per host: backups_bucket_of(host))
     service volume-agent             (NATS micro)
     inbox   _INBOX_<identity>        every client's inbox prefix (inbox_prefix(name)), so NATS permissions can
@@ -151,6 +152,14 @@ class Subjects:
     @property
     def catalog_bucket(self) -> str:
         return self.bucket_name("backup_catalog")
+
+    @property
+    def policies_bucket(self) -> str:
+        return self.bucket_name("policies")
+
+    def policy_subject(self, name: str) -> str:
+        """The subject a policy's KV entry is written on, and signed for: `$KV.<prefix>_policies.<name>`."""
+        return f"$KV.{self.policies_bucket}.{name}"
 
     def backups_bucket_of(self, host: str) -> str:
         """The Object Store of `host`'s shared (`nats`) backups, e.g. `vol_backups_web-1`."""

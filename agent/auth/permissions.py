@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from contracts import Subjects, inbox_prefix
+from contracts import OPS, Subjects, inbox_prefix
 from contracts.auth import ROLE_OPS
 
 from .policy import IdentityEntry
@@ -63,9 +63,9 @@ def _stream_read(stream: str) -> list[str]:
 def _reader(s: Subjects) -> tuple[list[str], list[str]]:
     """(publish, subscribe) allowed to every caller: read ops, fleet reads, events, inventory, outcomes (live and
     their history: the audit stream answers who did what), and how far each agent is with its commands."""
-    reads = sorted(ROLE_OPS["reader"])
+    reads = sorted(op for op in ROLE_OPS["reader"] if op in OPS)
     pub = [s.req("*", op) for op in reads] + [s.all(">")]
-    pub += _kv_read(s.inventory_bucket) + _kv_read(s.catalog_bucket)
+    pub += _kv_read(s.inventory_bucket) + _kv_read(s.catalog_bucket) + _kv_read(s.policies_bucket)
     pub += _stream_read(s.res_stream) + _stream_read(s.evt_stream)
     # Which stream holds a subject (nats-py asks when a subscription names no stream).
     pub += [f"{API}.CONSUMER.INFO.{s.cmd_stream}.*", f"{API}.STREAM.NAMES"]
@@ -82,26 +82,28 @@ def _agent(s: Subjects, host: str, hosts: Iterable[str]) -> dict[str, Any]:
         s.res(host, ">"), s.evt(host, ">"), s.inv(host),
         f"$KV.{s.inventory_bucket}.{host}", f"$KV.{s.outcomes_bucket}.{host}.>",
         f"$KV.{s.catalog_bucket}.{host}.>", f"$O.{own_bucket}.>",
+        # Never the policies bucket: it reads the fleet's policies (and makes the bucket), it cannot write one.
         # migrate: the restore and the digest on the target host.
         s.req("*", "restore"), s.req("*", "digest"),
         # JetStream: make what it needs (never change, delete or purge it), read what it may.
         f"{API}.STREAM.INFO.*",
         *(f"{API}.STREAM.CREATE.{name}" for name in (
             s.cmd_stream, s.res_stream, s.evt_stream, f"KV_{s.outcomes_bucket}", f"KV_{s.inventory_bucket}",
-            f"KV_{s.catalog_bucket}", f"OBJ_{own_bucket}")),
+            f"KV_{s.catalog_bucket}", f"KV_{s.policies_bucket}", f"OBJ_{own_bucket}")),
         f"{API}.STREAM.PURGE.OBJ_{own_bucket}",
         f"{API}.CONSUMER.CREATE.{cmd}.{consumer}.{s.cmd(host, '>')}",
         f"{API}.CONSUMER.INFO.{cmd}.{consumer}", f"{API}.CONSUMER.MSG.NEXT.{cmd}.{consumer}",
         f"$JS.ACK.{cmd}.{consumer}.>",
         f"{API}.STREAM.MSG.GET.KV_{s.outcomes_bucket}",
         f"{API}.DIRECT.GET.KV_{s.outcomes_bucket}.$KV.{s.outcomes_bucket}.{host}.>",
-        *_kv_read(s.catalog_bucket),
+        *_kv_read(s.catalog_bucket), *_kv_read(s.policies_bucket),
     ]
     for h in sorted({host, *hosts}):
         pub += _objects_read(s.backups_bucket_of(h))
     deny = [f"{API}.STREAM.DELETE.>", f"{API}.STREAM.UPDATE.>", f"{API}.STREAM.MSG.DELETE.>",
             f"{API}.CONSUMER.DELETE.{cmd}.>"]
-    sub = [s.req(host, ">"), s.all(">"), "$SRV.>", f"{inbox_prefix(host)}.>"]
+    # Policy changes as they are written (a signal to read the bucket again).
+    sub = [s.req(host, ">"), s.all(">"), "$SRV.>", f"{inbox_prefix(host)}.>", s.policy_subject(">")]
     return {"publish": {"allow": pub, "deny": deny}, "subscribe": {"allow": sub}, "allow_responses": True}
 
 
@@ -118,6 +120,8 @@ def permissions(identity: IdentityEntry, prefix: str = "vol", *, agents: Sequenc
             pub += [s.req(h, ">"), s.cmd(h, ">")]
         # Publishing commands (their acks come to its inbox); reading them back (which commands are pending).
         pub += [f"{API}.STREAM.INFO.{s.cmd_stream}", f"{API}.STREAM.MSG.GET.{s.cmd_stream}"]
+        # policy.set / policy.remove: signed entries in the policies bucket (only operators and admins write it).
+        pub += [s.policy_subject("*")]
     elif identity.role != "reader":
         raise ValueError(f"unknown role {identity.role!r}")
     return {"publish": {"allow": pub}, "subscribe": {"allow": [*sub, f"{inbox_prefix(identity.name)}.>"]}}
