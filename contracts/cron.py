@@ -56,8 +56,8 @@ class CronSchedule:
 
     def last_at_or_before(self, t: datetime) -> datetime:
         """The newest slot at or before `t`."""
-        # cronsim's reverse iteration starts at or before the given time (seconds resolution).
-        return next(self.slots(t, reverse=True))
+        # cronsim's reverse iteration gives slots strictly before the time it starts from.
+        return next(self.slots(t + timedelta(microseconds=1), reverse=True))
 
     def interval_s(self, around: datetime | None = None) -> float:
         """The longest gap between consecutive slots over the next few (what "twice its interval" is measured

@@ -30,6 +30,7 @@ from zoneinfo import available_timezones
 
 import msgspec
 
+from .auth import signed_bytes
 from .backups import Compression, StoreName
 from .cron import CronError, Schedule, parse_schedule
 from .envelope import BaseRequest
@@ -51,6 +52,7 @@ __all__ = [
     "Selector",
     "VolumeCoverage",
     "check_policy",
+    "entry_signed_bytes",
     "valid_age_recipient",
 ]
 
@@ -170,6 +172,11 @@ class PoliciesResult(msgspec.Struct, forbid_unknown_fields=True):
     policies: list[PolicyView]
     rejected: list[RejectedPolicy]
     volumes: list[VolumeCoverage]
+
+
+def entry_signed_bytes(entry: PolicyEntry, subject: str) -> bytes:
+    """What the signer of `entry` signed; `subject` is `Subjects.policy_subject(entry.name)`."""
+    return signed_bytes(subject, str(entry.signed_at), None, entry.body.encode())
 
 
 _BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"

@@ -46,9 +46,11 @@ class Signer:
     ) -> dict[str, str]:
         """The signature headers for `body` published on `subject` (with `Nats-Msg-Id: msg_id`, if any)."""
         ts = str(time.time_ns() if now_ns is None else now_ns)
-        sig = self._keys.sign(signed_bytes(subject, ts, msg_id, body))
-        return {HEADER_KEY: self.public_key, HEADER_TIME: ts,
-                HEADER_SIG: base64.urlsafe_b64encode(sig).rstrip(b"=").decode()}
+        return {HEADER_KEY: self.public_key, HEADER_TIME: ts, HEADER_SIG: self.sign(signed_bytes(subject, ts, msg_id, body))}
+
+    def sign(self, data: bytes) -> str:
+        """base64url (no padding) of the Ed25519 signature of `data`."""
+        return base64.urlsafe_b64encode(self._keys.sign(data)).rstrip(b"=").decode()
 
 
 def new_user_seed() -> bytes:

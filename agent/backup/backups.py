@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,7 +54,9 @@ class Backups:
     def __init__(
         self, engine: Engine, locks: KeyedLocks, causes: Causes, events: EventSink, stores: Stores, *, host: str,
         data_path: DataPath, on_backup: Callable[[BackupRecord], None], on_forget: Callable[[BackupRecord], None],
+        max_running: int = 0,
     ) -> None:
+        """`max_running`: backups that may run at once (`--max-backups`; 0: no limit); the others queue."""
         self.engine = engine
         self.locks = locks
         self.causes = causes
@@ -63,9 +66,24 @@ class Backups:
         self.data_path = data_path
         self.on_backup = on_backup
         self.on_forget = on_forget
+        self._slots = asyncio.Semaphore(max_running) if max_running > 0 else None
+        self.running = 0
+        self.peak_running = 0
+        """The most backups that ran at once since start (a figure for the benchmarks)."""
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """One of the `max_running` backups; taken before the volume's lock, never while holding one."""
+        async with self._slots if self._slots is not None else contextlib.nullcontext():
+            self.running += 1
+            self.peak_running = max(self.peak_running, self.running)
+            try:
+                yield
+            finally:
+                self.running -= 1
 
     async def backup(self, req: BackupRequest) -> BackupRecord:
-        async with self.locks.hold(req.volume):
+        async with self.slot(), self.locks.hold(req.volume):
             return await self.backup_locked(req)
 
     async def final(self, volume: str) -> BackupRecord:
@@ -83,7 +101,8 @@ class Backups:
         return ForgetResult(backup_id=req.backup_id, forgotten=True)
 
     async def backup_locked(
-        self, req: BackupRequest, *, trigger: str = "request", container: str | None = None
+        self, req: BackupRequest, *, trigger: str = "request", container: str | None = None,
+        policy: str | None = None,
     ) -> BackupRecord:
         """Back up `req.volume`; the caller holds its lock."""
         v = await self.engine.volume_inspect(req.volume)
@@ -113,7 +132,7 @@ class Backups:
                         duration_s=round(time.monotonic() - started, 3),
                         stopped_containers=[u.container for u in stopped],
                         volume_driver=v.get("Driver") or "local", volume_labels=dict(v.get("Labels") or {}),
-                        container=container,
+                        container=container, policy=policy,
                     )
                     await store.commit(writer, record)
                 except BaseException:

@@ -130,7 +130,7 @@ class OnStop:
     async def _backup(self, req: BackupRequest, container: str, at_ns: int) -> None:
         try:
             with structlog.contextvars.bound_contextvars(trigger="on-stop", container=container, volume=req.volume):
-                async with self.tasks.slot(), self.locks.hold(req.volume):
+                async with self.tasks.slot(), self.backups.slot(), self.locks.hold(req.volume):
                     self._waiting.discard(req.volume)
                     record = await self.backups.backup_locked(req, trigger="on-stop", container=container)
                 log.info("onstop.backed_up", backup_id=record.backup_id)

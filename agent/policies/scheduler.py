@@ -1,0 +1,253 @@
+"""Runs the policies: each covered volume backed up at its slot (plus its offset), at most `--max-backups` at once,
+never twice at once, a missed slot once; then the policy's keep rules applied to what that policy made.
+
+Each run is an ordinary backup (`Backups.backup_locked`, trigger `schedule`, the policy's name in the record), with
+the same events and an outcome on `<prefix>.res.<host>.backup` under the id `schedule.<policy>.<volume>.<slot>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import msgspec
+import structlog
+
+from contracts import BackupRecord, BackupRequest
+from contracts.labels import SCHEDULE
+from contracts.retention import retain, to_forget
+
+from ..backup.backups import Backups
+from ..errors import AgentError
+from ..locks import KeyedLocks
+from ..tasks import Tasks
+from ..typing import Engine
+from .book import PolicyBook
+from .coverage import Rule, covered, label_rules, rules_of
+from .ledger import Ledger, protection
+from .timing import Due, next_due, offset_s
+
+__all__ = ["Scheduler"]
+
+log = structlog.get_logger(__name__)
+
+MAX_SLEEP_S = 30.0
+MIN_SLEEP_S = 0.05
+RETRY_S = 5.0
+
+
+class LocalRunner(Protocol):
+    """Applies an operation the agent starts itself and publishes its outcome (`Dispatcher.local`)."""
+
+    async def local(self, op: str, cmd_id: str, run: Callable[[], Awaitable[msgspec.Struct]], *, caller: str
+                    ) -> Any: ...
+
+
+class ScheduleMetrics(Protocol):
+    def next_run(self, policy: str, volume: str, at: float | None) -> None: ...
+    def coverage(self, volumes_per_policy: dict[str, int], uncovered: int) -> None: ...
+
+
+class OverdueNotifier(Protocol):
+    async def overdue(self, volume: str, policy: str, reason: str) -> None: ...
+    async def recovered(self, volume: str, policy: str) -> None: ...
+
+
+class Scheduler:
+    """The loop that starts scheduled backups; `poke()` makes it look again now (a policy or volume changed)."""
+
+    def __init__(
+        self, engine: Engine, locks: KeyedLocks, backups: Backups, book: PolicyBook, ledger: Ledger,
+        runner: LocalRunner, tasks: Tasks, *, host: str, on_change: Callable[[], None] = lambda: None,
+        metrics: ScheduleMetrics | None = None, notifier: OverdueNotifier | None = None,
+    ) -> None:
+        self.engine = engine
+        self.locks = locks
+        self.backups = backups
+        self.book = book
+        self.ledger = ledger
+        self.runner = runner
+        self.tasks = tasks
+        self.host = host
+        self.on_change = on_change
+        self.metrics = metrics
+        self.notifier = notifier
+        self.label_rejected: dict[str, str] = {}
+        self.label_rules: list[Rule] = []
+        self._cache: dict[tuple[str, str], tuple[Rule, datetime, Due]] = {}
+        self._bus_rules: tuple[int, list[Rule]] = (-1, [])
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._told_running: set[tuple[str, str]] = set()
+
+    async def start(self) -> None:
+        if self._task is None:
+            self.ledger.load()
+            self._task = asyncio.create_task(self._loop(), name="scheduler")
+
+    async def stop(self) -> None:
+        """Start nothing more (running backups are drained with the other tasks)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.ledger.save()
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                sleep_s = await self.tick()
+            except AgentError as exc:  # Docker is away: look again soon
+                log.warning("schedule.evaluation_failed", error=exc.message)
+                sleep_s = RETRY_S
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), sleep_s)
+
+    def rules(self) -> list[Rule]:
+        changes, rules = self._bus_rules
+        if changes != self.book.changes:
+            rules = rules_of(self.book.accepted)
+            self._bus_rules = (self.book.changes, rules)
+        return rules + self.label_rules
+
+    async def evaluate(self, now: datetime) -> dict[str, list[Rule]]:
+        """Which rules cover which volume here, now (two Engine calls)."""
+        volumes = await self.engine.volume_list({})
+        containers = await self.engine.containers({"label": [SCHEDULE]})
+        self.label_rules, self.label_rejected = label_rules(containers)
+        cover = covered(self.rules(), self.host, volumes)
+        self.ledger.cover(cover, now)
+        return cover
+
+    async def tick(self) -> float:
+        """Start what is due; seconds until the next slot (at most MAX_SLEEP_S)."""
+        now = datetime.now(UTC)
+        cover = await self.evaluate(now)
+        wake = now + timedelta(seconds=MAX_SLEEP_S)
+        per_policy: dict[str, int] = {}
+        for volume, rules in cover.items():
+            for rule in rules:
+                per_policy[rule.name] = per_policy.get(rule.name, 0) + 1
+                key = (rule.name, volume)
+                due = self._due(rule, volume, now)
+                if key in self.ledger.running:
+                    if due.at <= now and key not in self._told_running:
+                        self._told_running.add(key)
+                        log.info("schedule.still_running", policy=rule.name, volume=volume, slot=due.slot.isoformat())
+                elif due.at <= now:
+                    self._start(rule, volume, due)
+                else:
+                    wake = min(wake, due.at)
+                await self._check_overdue(rule, volume, now)
+        if self.metrics is not None:
+            self.metrics.coverage(per_policy, sum(1 for rules in cover.values() if not rules))
+            for (policy, volume), at in self.next_runs().items():
+                self.metrics.next_run(policy, volume, at.timestamp())
+        self.ledger.save()
+        return max(MIN_SLEEP_S, (wake - datetime.now(UTC)).total_seconds())
+
+    def next_runs(self) -> dict[tuple[str, str], datetime]:
+        """(policy, volume) -> when it runs next, as of the last look."""
+        return {key: due.at for key, (_, _, due) in self._cache.items() if key in self.ledger.covered_pairs}
+
+    def _due(self, rule: Rule, volume: str, now: datetime) -> Due:
+        """The next run of (rule, volume): computed again only when it has come, or the rule or the last run
+        changed (a look at 2,000 volumes costs little when nothing is due)."""
+        state = self.ledger.get(rule.name, volume, now)
+        key = (rule.name, volume)
+        done_through = state.last_slot or state.since
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] == rule and cached[1] == done_through and cached[2].at > now:
+            return cached[2]
+        offset = offset_s(rule.name, self.host, volume, rule.window_s)
+        due = next_due(rule.schedule, offset, done_through=done_through, now=now)
+        self._cache[key] = (rule, done_through, due)
+        return due
+
+    def _start(self, rule: Rule, volume: str, due: Due) -> None:
+        key = (rule.name, volume)
+        self.ledger.running.add(key)
+        self._told_running.discard(key)
+        if due.missed:
+            log.info("schedule.catching_up", policy=rule.name, volume=volume, slot=due.slot.isoformat())
+        self.tasks.start(f"schedule:{rule.name}:{volume}", self._run(rule, volume, due))
+
+    async def _run(self, rule: Rule, volume: str, due: Due) -> None:
+        key = (rule.name, volume)
+        cmd_id = f"schedule.{rule.name}.{volume}.{due.slot.astimezone(UTC):%Y%m%dT%H%M%SZ}"
+        made: list[BackupRecord] = []
+        error: str | None = None
+        finished = False
+        try:
+            with structlog.contextvars.bound_contextvars(trigger="schedule", policy=rule.name, volume=volume):
+                outcome = await self.runner.local("backup", cmd_id, lambda: self._backup(rule, volume, made),
+                                                  caller=f"policy:{rule.name}")
+            error, finished = (outcome.error.message if outcome.error is not None else None), True
+        finally:
+            # Cut short by shutdown before the backup was made: not recorded, so the next start runs it (once).
+            self.ledger.running.discard(key)
+            if finished or made:
+                was_told = self.ledger.get(rule.name, volume, datetime.now(UTC)).overdue_told
+                # Slots that came while it ran are covered by this run: a late backup is not started twice.
+                offset = timedelta(seconds=offset_s(rule.name, self.host, volume, rule.window_s))
+                slot = max(due.slot, rule.schedule.last_at_or_before(datetime.now(UTC) - offset))
+                self.ledger.finished(rule.name, volume, slot, backup_id=made[0].backup_id if made else None,
+                                     error=None if made else error)
+                self.ledger.save()
+                if made and was_told:
+                    await self._notify("recovered", volume, rule.name, "")
+            self.on_change()
+            self.poke()
+
+    async def _backup(self, rule: Rule, volume: str, made: list[BackupRecord]) -> BackupRecord:
+        p = rule.policy
+        req = BackupRequest(volume=volume, compression=p.compression, store=p.store,
+                            stop_containers=p.stop_containers, encrypt_to=list(p.encrypt_to))
+        async with self.backups.slot(), self.locks.hold(volume):
+            record = await self.backups.backup_locked(req, trigger="schedule", policy=rule.name)
+            made.append(record)
+            try:
+                await self._retain(rule, record)
+            except AgentError as exc:  # the backup is made; the old ones go next time
+                log.warning("schedule.retention_failed", policy=rule.name, volume=volume, error=exc.message)
+        return record
+
+    async def _retain(self, rule: Rule, made: BackupRecord) -> None:
+        """Apply the policy's keep rules to the backups it made of the volume on this host in that store; the
+        one just made, complete, always stays."""
+        store = self.backups.stores[made.store]
+        mine = [r for r in await store.catalog(made.volume) if r.host == self.host and r.policy == rule.name]
+        if not any(r.backup_id == made.backup_id for r in mine):
+            mine.append(made)
+        for old in to_forget(retain(mine, rule.policy.keep, rule.policy.timezone)):
+            if old.backup_id == made.backup_id:
+                continue
+            await store.forget(old.backup_id)
+            self.backups.on_forget(old)
+            log.info("backup.pruned", old=old.backup_id, policy=rule.name)
+
+    async def _check_overdue(self, rule: Rule, volume: str, now: datetime) -> None:
+        key = (rule.name, volume)
+        state = self.ledger.get(rule.name, volume, now)
+        status, reason = protection(state, rule.interval_s, rule.window_s, now, running=key in self.ledger.running)
+        if status == "overdue" and not state.overdue_told:
+            self.ledger.told(state)
+            log.warning("schedule.overdue", policy=rule.name, volume=volume, reason=reason)
+            await self._notify("overdue", volume, rule.name, reason or "")
+            self.on_change()
+
+    async def _notify(self, what: str, volume: str, policy: str, reason: str) -> None:
+        if self.notifier is None:
+            return
+        if what == "overdue":
+            self.tasks.start(f"notify:{policy}:{volume}", self.notifier.overdue(volume, policy, reason))
+        else:
+            self.tasks.start(f"notify:{policy}:{volume}", self.notifier.recovered(volume, policy))
