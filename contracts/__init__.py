@@ -40,6 +40,7 @@ from .policies import (
     VolumeCoverage,
     check_policy,
 )
+from .retention import Kept, retain, to_forget
 from .share import ContainerSpec, Mount, ShareRequest, ShareResult, VolumesFrom
 from .subjects import (
     DEFAULT_PREFIX,
@@ -110,6 +111,7 @@ __all__ = [
     "InventorySnapshot",
     "InventoryVolume",
     "Keep",
+    "Kept",
     "LastBackup",
     "ListFilters",
     "ListRequest",
@@ -150,5 +152,7 @@ __all__ = [
     "labels",
     "outcome_key",
     "result_as",
+    "retain",
+    "to_forget",
     "valid_host_id",
 ]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
+from contracts.retention import Kept
+
 from .fleet import FleetRow, human_age
 
-__all__ = ["backups_table", "fleet_table", "human", "inventory_text", "show_volumes", "size", "table"]
+__all__ = ["backups_table", "fleet_table", "human", "inventory_text", "keep_table", "show_volumes", "size", "table"]
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
@@ -41,6 +44,13 @@ def backups_table(backups: list[dict[str, Any]]) -> str:
     rows = [[b["backup_id"], b["host"], b["store"], b["created_at"][:19], size(b["size"]), size(b["stored_size"]),
              b["trigger"] + (f" ({b['container']})" if b.get("container") else "")] for b in backups]
     return table(rows, ["BACKUP ID", "HOST", "STORE", "CREATED", "SIZE", "STORED", "TRIGGER"])
+
+
+def keep_table(kept: Sequence[Kept]) -> list[str]:
+    """`backups VOLUME --explain-keep`: each backup and the rules that keep it (`contracts.retention`)."""
+    rows = [[k.record.backup_id, k.record.created_at[:19], ", ".join(k.reasons) or "forget at next run"]
+            for k in kept]
+    return table(rows, ["BACKUP_ID", "CREATED_AT", "KEPT BY"]).split("\n")
 
 
 def inventory_text(s: dict[str, Any]) -> str:
