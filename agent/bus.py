@@ -155,7 +155,7 @@ class Bus:
 
     async def _ensure_jetstream(self) -> None:
         try:
-            self._outcomes_kv, self._inventory_kv, self._catalog_kv = await ensure_jetstream(
+            self._outcomes_kv, self._inventory_kv, self._catalog_kv, _ = await ensure_jetstream(
                 self.js, self.settings, self.denials)
         except nats.errors.NoRespondersError as exc:
             raise Unavailable("JetStream is not enabled on the NATS server; start it with -js.") from exc

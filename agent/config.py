@@ -30,6 +30,10 @@ DEFAULT_DOCKER_TIMEOUT_S = 60.0
 DEFAULT_ACK_WAIT_S = 30.0
 DEFAULT_HEARTBEAT_S = 60.0
 DEFAULT_SIZES_EVERY_S = 900.0
+DEFAULT_POLICY_REFRESH_S = 60.0
+"""The policies bucket is read whole this often, besides whenever an entry is written."""
+# Backups at once: tar and zstd -T0 each keep a core busy; more only queue on the disk.
+DEFAULT_MAX_BACKUPS = 4
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,9 @@ class Settings:
     """The inventory is published at least this often."""
     sizes_every_s: float = DEFAULT_SIZES_EVERY_S
     """How often volume sizes are computed (Docker's /system/df walks every volume); 0: never."""
+    max_backups: int = DEFAULT_MAX_BACKUPS
+    """Backups that run at once on this host (any trigger); the others queue."""
+    policy_refresh_s: float = DEFAULT_POLICY_REFRESH_S
     auth: NatsAuth = field(default_factory=NatsAuth)
     insecure: tuple[str, ...] = ()
     """What `--insecure` let the agent run with that it would refuse otherwise (see `agent.auth.transport`)."""
@@ -130,6 +137,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
                    help="seconds between inventory snapshots when nothing changes")
     p.add_argument("--sizes-every", type=float, default=float(_env("SIZES_EVERY") or DEFAULT_SIZES_EVERY_S),
                    help="seconds between volume size computations (Docker's /system/df); 0: never")
+    p.add_argument("--max-backups", type=int, default=int(_env("MAX_BACKUPS") or DEFAULT_MAX_BACKUPS),
+                   help="backups that run at once (scheduled, on stop, requested); the others queue")
+    p.add_argument("--policy-refresh", type=float,
+                   default=float(_env("POLICY_REFRESH") or DEFAULT_POLICY_REFRESH_S),
+                   help="seconds between complete reads of the policies bucket (it is also read on every change)")
     auth = p.add_argument_group("NATS authentication")
     for name in ("user", "password", "token", "nkey-seed", "creds", "tls-ca", "tls-cert", "tls-key"):
         auth.add_argument(f"--nats-{name}", default=_env("NATS_" + name.replace("-", "_").upper()),
@@ -148,10 +160,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         p.error(str(exc))
     if a.max_body < 1 or a.concurrency < 1 or a.grace < 0 or not 1 <= a.replicas <= 5 \
             or a.docker_timeout <= 0 or a.ack_wait < 1 or not 0 <= a.backup_replicas <= 5 or a.heartbeat < 1 \
-            or a.sizes_every < 0:
+            or a.sizes_every < 0 or a.max_backups < 1 or a.policy_refresh < 1:
         p.error("--max-body and --concurrency must be positive, --grace not negative, --replicas 1 to 5, "
                 "--backup-replicas 0 to 5, --docker-timeout positive, --ack-wait and --heartbeat at least 1, "
-                "--sizes-every not negative")
+                "--sizes-every not negative, --max-backups and --policy-refresh at least 1")
     urls = [u.strip() for u in (a.nats or "").split(",") if u.strip()]
     found = exposures(urls, credentials=bool(a.nats_user or a.nats_token or a.nats_nkey_seed or a.nats_creds),
                       tls_options=bool(a.nats_tls_ca or a.nats_tls_cert), embedded_listen=a.embedded_listen)
@@ -178,6 +190,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         backup_replicas=a.backup_replicas,
         heartbeat_s=a.heartbeat,
         sizes_every_s=a.sizes_every,
+        max_backups=a.max_backups,
+        policy_refresh_s=a.policy_refresh,
         auth=NatsAuth(
             user=a.nats_user, password=a.nats_password, token=a.nats_token, nkey_seed=a.nats_nkey_seed,
             creds=a.nats_creds, tls_ca=a.nats_tls_ca, tls_cert=a.nats_tls_cert, tls_key=a.nats_tls_key,

@@ -46,6 +46,12 @@ from .events.watch import Cursor, DockerWatch
 from .locks import KeyedLocks
 from .logging import configure
 from .outcomes import KvOutcomes
+from .policies.book import PolicyBook
+from .policies.feed import PolicyFeed
+from .policies.ledger import Ledger
+from .policies.scheduler import Scheduler
+from .policies.trust import PolicyTrust
+from .policies.view import PolicyStatus, PolicyViews
 from .requests import RequestService
 from .share import Shares
 from .streams import OUTCOME_TTL_S
@@ -78,14 +84,14 @@ class Domain:
     @classmethod
     def wire(
         cls, engine: Engine, events: EventSink, stores: Stores, inventory: Inventory, peers: Peers, *, host: str,
-        data_path: DataPath, notes: Path | None = None, rules: Rules | None = None,
+        data_path: DataPath, notes: Path | None = None, rules: Rules | None = None, max_backups: int = 0,
     ) -> Domain:
         """`notes`: where restores keep a note per target while they write (None: in memory only);
         `rules`: what the policy allows to be made or mounted (None: the default policy's, the strictest)."""
         locks, causes = KeyedLocks(), Causes()
         rules = rules if rules is not None else Rules(Policy(), "(the default policy)")
         backups = Backups(engine, locks, causes, events, stores, host=host, data_path=data_path,
-                          on_backup=inventory.backed_up, on_forget=inventory.forgotten)
+                          on_backup=inventory.backed_up, on_forget=inventory.forgotten, max_running=max_backups)
         volumes = Volumes(engine, locks, causes, rules, final_backup=backups.final)
         digests = Digests(engine, data_path=data_path)
         return cls(
@@ -204,13 +210,23 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         stores = Stores(LocalStore(settings.data_dir / "backups"), NatsStore(bus, settings.data_dir / "spool"))
         await stores.cleanup()
         await _unless_stopped(_persist("removing leftover helpers", lambda: remove_leftover_helpers(engine)), stop)
+        trust = PolicyTrust(verifier.policy, verifier.source, host=settings.host_id, subjects=settings.subjects)
+        book, ledger = PolicyBook(trust, settings.data_dir / "policies"), Ledger(settings.data_dir / "schedule.json")
         inventory = Inventory(engine, stores, bus, settings.host_id, heartbeat_s=settings.heartbeat_s,
-                              sizes_every_s=settings.sizes_every_s, insecure=list(settings.insecure))
+                              sizes_every_s=settings.sizes_every_s, insecure=list(settings.insecure),
+                              policies=PolicyStatus(book, ledger))
         domain = Domain.wire(engine, bus, stores, inventory, BusPeers(bus, signer), host=settings.host_id,
-                             data_path=settings.data_path, notes=settings.data_dir / "restoring", rules=rules)
+                             data_path=settings.data_path, notes=settings.data_dir / "restoring", rules=rules,
+                             max_backups=settings.max_backups)
         await domain.restores.cleanup()
-        dispatcher = Dispatcher(settings.host_id, domain.handlers(), KvOutcomes(bus), bus, tasks, verifier,
+        handlers = domain.handlers()
+        dispatcher = Dispatcher(settings.host_id, handlers, KvOutcomes(bus), bus, tasks, verifier,
                                 max_body=settings.max_body)
+        # The scheduler publishes its runs' outcomes through the dispatcher, which answers `policies` from it.
+        scheduler = Scheduler(engine, domain.locks, domain.backups, book, ledger, dispatcher, tasks,
+                              host=settings.host_id, on_change=inventory.changed)
+        handlers["policies"] = PolicyViews(book, ledger, scheduler, host=settings.host_id).policies
+        feed = PolicyFeed(bus, book, scheduler.poke, refresh_s=settings.policy_refresh_s)
         # Exit stack order (last in, first out): stop taking work and events, then drain, then close.
         cursor = Cursor(settings.data_dir / "events.cursor")
         stack.callback(cursor.save, force=True)  # after the drain: a stop still being backed up is replayed
@@ -225,10 +241,15 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         stack.push_async_callback(commands.stop)
         await _unless_stopped(_persist("setting up the durable command consumer", commands.start), stop)
         on_stop = OnStop(engine, domain.locks, domain.causes, bus, domain.backups, tasks, cursor)
-        watch = DockerWatch(engine, cursor, [VolumeNews(bus, domain.causes), inventory, on_stop])
+        watch = DockerWatch(engine, cursor, [VolumeNews(bus, domain.causes), inventory, on_stop, scheduler])
         stack.push_async_callback(watch.stop)
         await watch.start()
         await inventory.start()
+        # Policies last in, first out: no scheduled backup starts once stopping has begun.
+        stack.push_async_callback(feed.stop)
+        await _unless_stopped(_persist("reading the backup policies", feed.start), stop)
+        stack.push_async_callback(scheduler.stop)
+        await scheduler.start()
 
         log.info("agent.ready", host=settings.host_id, nats=urls)
         await stop.wait()

@@ -217,12 +217,26 @@ class Dispatcher:
                 return Outcome(bytes(stored.reply)), False
         return await self._apply(op, cmd_id, req), True
 
+    async def local(self, op: str, cmd_id: str, run: Callable[[], Awaitable[msgspec.Struct]], *, caller: str
+                    ) -> Outcome:
+        """An operation the agent starts itself (a scheduled backup): applied, then published on the audit stream
+        as any command's outcome is, under `cmd_id`, with `caller` (e.g. `policy:nightly`) as who asked. Not
+        recorded for deduplication: nobody sends its id again."""
+        with structlog.contextvars.bound_contextvars(caller=caller, cmd_id=cmd_id, op=op):
+            outcome = await self._run(op, cmd_id, run)
+            return await asyncio.shield(self._audit(op, outcome, None))
+
     async def _apply(self, op: str, cmd_id: str, req: BaseRequest) -> Outcome:
+        return await self._run(op, cmd_id, lambda: self._handlers[op](req), deadline=req.deadline)
+
+    async def _run(
+        self, op: str, cmd_id: str, run: Callable[[], Awaitable[msgspec.Struct]], *, deadline: datetime | None = None
+    ) -> Outcome:
         started = time.perf_counter()
         try:
-            if req.deadline is not None and req.deadline <= datetime.now(UTC):
-                raise Expired(f"The command's deadline {req.deadline.isoformat()} passed before it was applied.")
-            result = await self._handlers[op](req)
+            if deadline is not None and deadline <= datetime.now(UTC):
+                raise Expired(f"The command's deadline {deadline.isoformat()} passed before it was applied.")
+            result = await run()
         except AgentError as exc:
             log.info("command.failed", code=exc.code, message=exc.message)
             return self._error(op, cmd_id, exc)

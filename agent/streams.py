@@ -38,8 +38,10 @@ RES_DUPLICATE_WINDOW_S = 3600.0
 ADMIN_JOB = ("this agent's NATS user may create it but not change it: an admin updates it (nats stream edit), "
              "or starts one agent with admin credentials")
 
-Buckets = tuple[KeyValue, KeyValue, KeyValue]
-"""The outcomes, inventory and backup catalog buckets."""
+Buckets = tuple[KeyValue, KeyValue, KeyValue, KeyValue]
+"""The outcomes, inventory, backup catalog and policies buckets."""
+# Earlier versions of each policy stay readable (who changed what); agents apply the newest verified one.
+POLICY_HISTORY = 16
 
 
 def streams(s: Subjects, replicas: int) -> list[StreamConfig]:
@@ -64,6 +66,7 @@ async def ensure_jetstream(js: JetStreamContext, settings: Settings, denials: De
         await _ensure_kv(js, KeyValueConfig(bucket=s.outcomes_bucket, ttl=OUTCOME_TTL_S, replicas=replicas)),
         await _ensure_kv(js, KeyValueConfig(bucket=s.inventory_bucket, history=1, replicas=replicas)),
         await _ensure_kv(js, KeyValueConfig(bucket=s.catalog_bucket, history=1, replicas=backup_replicas)),
+        await _ensure_kv(js, KeyValueConfig(bucket=s.policies_bucket, history=POLICY_HISTORY, replicas=replicas)),
     )
 
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from contracts import BackupRecord, Compression, Reply
+from contracts import BackupRecord, Compression, Protection, RejectedPolicy, Reply
 
 if TYPE_CHECKING:
     from .auth.verify import Caller
@@ -35,6 +36,7 @@ __all__ = [
     "InventorySink",
     "OutcomeStore",
     "Peers",
+    "PolicyCoverage",
     "ResultSink",
     "Verifier",
 ]
@@ -128,3 +130,11 @@ class Verifier(Protocol):
     ) -> Caller:
         """The verified caller, if it may run `op` here; else raises `errors.Forbidden`."""
         ...
+
+
+class PolicyCoverage(Protocol):
+    """How the backup policies cover this host's volumes (agent/policies), as the inventory reports it."""
+
+    def protection_of(self, volume: str, now: datetime) -> tuple[list[str], Protection, str | None]: ...
+
+    def rejected(self) -> list[RejectedPolicy]: ...

@@ -7,7 +7,7 @@ import msgspec
 
 from .backups import StoreName, Trigger
 from .envelope import BaseRequest
-from .policies import Protection
+from .policies import Protection, RejectedPolicy
 from .volumes import ContainerRef
 
 __all__ = ["EngineInfo", "InventoryRequest", "InventorySnapshot", "InventoryVolume", "LastBackup"]
@@ -70,6 +70,8 @@ class InventorySnapshot(msgspec.Struct, forbid_unknown_fields=True, omit_default
     insecure: list[str] = []
     """What the agent runs with that it refuses unless started with `--insecure` (NATS off its host without
     credentials or TLS, an embedded server open to the network), one sentence each; empty when it runs securely."""
+    rejected_policies: list[RejectedPolicy] = []
+    """Backup policies this agent ignores (not signed by an operator it trusts, not valid), each with why."""
 
 
 class InventoryRequest(BaseRequest):

@@ -7,6 +7,8 @@ import os
 import socket
 from typing import Any
 
+from . import policy_cli
+
 __all__ = ["DEFAULT_NATS", "parser", "request_of"]
 
 DEFAULT_NATS = "nats://127.0.0.1:4222"
@@ -84,6 +86,8 @@ def parser() -> argparse.ArgumentParser:
     bs.add_argument("--made-here", action="store_true", help="only backups this host made")
     bs.add_argument("--all-hosts", action="store_true", help="ask every agent (vol.all.backups)")
     bs.add_argument("--window", type=float, default=2.0, help="seconds to gather replies with --all-hosts")
+    bs.add_argument("--explain-keep", action="store_true",
+                    help="which keep rule of the policy that made each backup keeps it (or forgets it next run)")
 
     mg = sub.add_parser("migrate", help="move a volume to another host (through the shared store)")
     mg.add_argument("volume")
@@ -100,8 +104,9 @@ def parser() -> argparse.ArgumentParser:
     inv.add_argument("--window", type=float, default=2.0, help="seconds to gather replies with --all-hosts")
 
     fl = sub.add_parser("fleet", help="every host's volumes and last backups, from the inventory bucket")
-    fl.add_argument("--unprotected", type=float, metavar="HOURS",
-                    help="only volumes without a backup in the last HOURS (exit 3 if there are any)")
+    fl.add_argument("--unprotected", type=float, nargs="?", const=0.0, metavar="HOURS",
+                    help="only volumes at risk, each with why: no policy covers it, its policy is failing or overdue, "
+                         "or (with HOURS) it has no backup that recent; exit 3 if there are any")
 
     r = sub.add_parser("restore", help="restore a backup into a volume")
     r.add_argument("backup_id")
@@ -115,6 +120,7 @@ def parser() -> argparse.ArgumentParser:
     fg = sub.add_parser("forget", help="delete a backup")
     fg.add_argument("backup_id")
 
+    policy_cli.add_parser(sub)
     sh.epilog = "The container's command, if any, follows `--`: volumectl share app --image img -- sleep 60"
     return p
 
@@ -164,6 +170,8 @@ def request_of(a: argparse.Namespace, p: argparse.ArgumentParser) -> tuple[str, 
             op, body = "inventory", {}
         case "fleet":
             op, body = "fleet", {}
+        case "policy":
+            op, body = "policy", {}
         case "restore":
             op, body = "restore", {"backup_id": a.backup_id, "volume": a.volume, "overwrite": a.overwrite}
         case "clone":

@@ -1,7 +1,8 @@
 """`volumectl`: a docker-like client of the agents. Tables for people, `--json` for machines.
 
 Exit codes: 0 success, 1 an error reply (or no agent answered), 2 usage errors,
-3 `fleet --unprotected` found volumes without a recent backup.
+3 `fleet --unprotected` found volumes at risk (not covered by a policy, its policy failing or overdue, or, with
+HOURS, no backup that recent).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from typing import Any
 import msgspec
 import nkeys
 
-from contracts import Reply
+from contracts import BackupsResult, Reply, result_as
 
-from . import args, render
+from . import args, policy_cli, render
 from .client import AgentClient, NoAgent
 from .fleet import fleet_rows, unprotected
 from .kv import READ_TIMEOUT_S, IncompleteRead
@@ -36,17 +37,22 @@ async def _fleet(a: argparse.Namespace, client: AgentClient) -> int:
     except IncompleteRead as exc:  # never a table that leaves hosts out
         print(f"volumectl: {exc} No table printed; try again, or raise --timeout.", file=sys.stderr)
         return 1
-    rows = unprotected(snapshots, a.unprotected) if a.unprotected is not None else fleet_rows(snapshots)
+    risk = a.unprotected is not None
+    hours = a.unprotected if a.unprotected and a.unprotected > 0 else None
+    rows = unprotected(snapshots, hours) if risk else fleet_rows(snapshots)
     if a.json:
-        print(msgspec.json.encode(snapshots if a.unprotected is None else [
+        print(msgspec.json.encode(snapshots if not risk else [
             {"host": r.host, "volume": r.volume.name if r.volume else None, "stale": r.stale,
-             "last_backup": r.volume.last_backup if r.volume else None} for r in rows]).decode())
+             "last_backup": r.volume.last_backup if r.volume else None, "why": r.why} for r in rows]).decode())
     else:
-        print(render.fleet_table(rows))
+        print(render.fleet_table(rows, why=risk))
+        for s in snapshots:
+            for rp in s.rejected_policies:
+                print(f"{s.host} ignores policy {rp.name}: {rp.reason}", file=sys.stderr)
         stale = sorted({r.host for r in rows if r.stale})
         print(f"{len(snapshots)} host(s) in the inventory" + (f"; stale: {', '.join(stale)}" if stale else ""),
               file=sys.stderr)
-    if a.unprotected is not None and rows:
+    if risk and rows:
         return 3
     return 0
 
@@ -94,6 +100,13 @@ async def _run(a: argparse.Namespace, op: str, body: dict[str, Any]) -> int:
     try:
         if op == "fleet":
             return await _fleet(a, client)
+        if op == "policy":
+            return await policy_cli.run(a, client)
+        if op == "backups" and a.explain_keep:
+            reply = await client.request(a.host, "backups", body, timeout=a.timeout or 30.0)
+            if reply.error is not None:
+                return _print_reply(a, reply)
+            return await policy_cli.explain_keep(a, client, result_as(reply, BackupsResult).backups)
         if op in ("list", "backups", "inventory") and getattr(a, "all_hosts", False):
             return _print_fleet(a, op, await client.gather(op, body, window=a.window))
         progress = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from contracts import InventorySnapshot, InventoryVolume
@@ -39,6 +39,8 @@ class FleetRow:
     stale: bool
     volume: InventoryVolume | None
     last_backup_age: float | None
+    why: str = ""
+    """Why `fleet --unprotected` lists it."""
 
 
 def fleet_rows(snapshots: list[InventorySnapshot], now: datetime | None = None) -> list[FleetRow]:
@@ -55,7 +57,23 @@ def fleet_rows(snapshots: list[InventorySnapshot], now: datetime | None = None) 
     return rows
 
 
-def unprotected(snapshots: list[InventorySnapshot], hours: float, now: datetime | None = None) -> list[FleetRow]:
-    """Volumes with no backup in the last `hours`, across the fleet."""
-    return [r for r in fleet_rows(snapshots, now)
-            if r.volume is not None and (r.last_backup_age is None or r.last_backup_age > hours * 3600)]
+_AT_RISK = ("uncovered", "failing", "overdue")
+
+
+def unprotected(snapshots: list[InventorySnapshot], hours: float | None, now: datetime | None = None
+                ) -> list[FleetRow]:
+    """Volumes at risk across the fleet, each with why: no policy covers it, or its policy is failing or overdue
+    (as its agent says, contract 2.1 and later); and, when `hours` is given, no backup in the last `hours`."""
+    out = []
+    for r in fleet_rows(snapshots, now):
+        v = r.volume
+        if v is None:
+            continue
+        reasons = []
+        if v.protection in _AT_RISK:
+            reasons.append(f"{v.protection}: {v.protection_reason or ''}".rstrip(": "))
+        if hours is not None and (r.last_backup_age is None or r.last_backup_age > hours * 3600):
+            reasons.append(f"no backup in the last {hours:g} h")
+        if reasons:
+            out.append(replace(r, why="; ".join(reasons)))
+    return out

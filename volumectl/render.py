@@ -106,7 +106,8 @@ def human(op: str, result: dict[str, Any]) -> str:
     return msgspec.json.encode(result).decode()
 
 
-def fleet_table(rows: list[FleetRow]) -> str:
+def fleet_table(rows: list[FleetRow], *, why: bool = False) -> str:
+    """Every row; with `why`, the reason each is listed (`fleet --unprotected`)."""
     lines = []
     for r in rows:
         host_age = f"STALE {r.host_age}" if r.stale else r.host_age
@@ -116,5 +117,5 @@ def fleet_table(rows: list[FleetRow]) -> str:
         users = ",".join(f"{u.container}({u.state})" for u in r.volume.used_by) or "-"
         last = "never" if r.last_backup_age is None or r.volume.last_backup is None else \
             f"{human_age(r.last_backup_age)} ago ({r.volume.last_backup.store})"
-        lines.append([r.host, host_age, r.volume.name, users, last])
-    return table(lines, ["HOST", "AGE", "VOLUME", "USED BY", "LAST BACKUP"])
+        lines.append([r.host, host_age, r.volume.name, users, last, *([r.why] if why else [])])
+    return table(lines, ["HOST", "AGE", "VOLUME", "USED BY", "LAST BACKUP", *(["WHY"] if why else [])])

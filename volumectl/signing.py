@@ -46,7 +46,8 @@ class Signer:
     ) -> dict[str, str]:
         """The signature headers for `body` published on `subject` (with `Nats-Msg-Id: msg_id`, if any)."""
         ts = str(time.time_ns() if now_ns is None else now_ns)
-        return {HEADER_KEY: self.public_key, HEADER_TIME: ts, HEADER_SIG: self.sign(signed_bytes(subject, ts, msg_id, body))}
+        sig = self.sign(signed_bytes(subject, ts, msg_id, body))
+        return {HEADER_KEY: self.public_key, HEADER_TIME: ts, HEADER_SIG: sig}
 
     def sign(self, data: bytes) -> str:
         """base64url (no padding) of the Ed25519 signature of `data`."""

@@ -25,12 +25,13 @@ from contracts import (
     InventorySnapshot,
     InventoryVolume,
     LastBackup,
+    Protection,
 )
 
 from .. import __version__
 from ..backup.stores import Stores
 from ..errors import AgentError
-from ..typing import Engine, InventorySink
+from ..typing import Engine, InventorySink, PolicyCoverage
 from ..volumes import container_refs
 
 __all__ = ["Inventory", "InventorySink"]
@@ -43,6 +44,10 @@ RETRY_S = 5.0
 _CONTAINER_ACTIONS = frozenset({"create", "destroy", "start", "die", "rename", "pause", "unpause"})
 
 
+def _protection(names: list[str], status: Protection, reason: str | None) -> dict[str, Any]:
+    return {"policies": names, "protection": status, "protection_reason": reason}
+
+
 def _last(record: BackupRecord) -> LastBackup:
     return LastBackup(backup_id=record.backup_id, created_at=record.created_at, store=record.store,
                       size=record.size, trigger=record.trigger)
@@ -53,8 +58,9 @@ class Inventory:
 
     def __init__(
         self, engine: Engine, stores: Stores, sink: InventorySink, host: str, *, heartbeat_s: float,
-        sizes_every_s: float, insecure: list[str] | None = None,
+        sizes_every_s: float, insecure: list[str] | None = None, policies: PolicyCoverage | None = None,
     ) -> None:
+        """`policies`: how the backup policies cover each volume (None: not said)."""
         self.engine = engine
         self.stores = stores
         self.sink = sink
@@ -62,6 +68,7 @@ class Inventory:
         self.heartbeat_s = heartbeat_s
         self.sizes_every_s = sizes_every_s
         self.insecure = insecure or []
+        self.policies = policies
         self.seq = 0
         self._engine_info = EngineInfo(version="", api_version="", storage_driver="")
         self._plugins: list[str] = []
@@ -129,6 +136,8 @@ class Inventory:
             await self._load_backups()
         volumes = await self.engine.volume_list({})
         refs = container_refs(await self.engine.containers()) if volumes else {}
+        now = datetime.now(UTC)
+        cover = self.policies.protection_of if self.policies is not None else None
         self.seq += 1
         return InventorySnapshot(
             host=self.host,
@@ -141,6 +150,7 @@ class Inventory:
                         options=v.get("Options") or {}, mountpoint=v.get("Mountpoint") or "",
                         created_at=v.get("CreatedAt") or "", used_by=refs.get(v["Name"], []),
                         last_backup=self._last_backup.get(v["Name"]), size=self._sizes.get(v["Name"]),
+                        **(_protection(*cover(v["Name"], now)) if cover is not None else {}),
                     )
                     for v in volumes
                 ),
@@ -152,6 +162,7 @@ class Inventory:
             heartbeat_s=self.heartbeat_s,
             sizes_at=self._sizes_at,
             insecure=self.insecure,
+            rejected_policies=self.policies.rejected() if self.policies is not None else [],
         )
 
     def encode(self, snapshot: InventorySnapshot) -> bytes:

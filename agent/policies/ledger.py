@@ -82,6 +82,8 @@ class Ledger:
         self.coverage: dict[str, list[Rule]] = {}
         """The last look: each volume and the rules that cover it."""
         self.covered_pairs: set[tuple[str, str]] = set()
+        self.label_rejected: dict[str, str] = {}
+        """Container-label policies that are not valid, and why."""
         self._dirty = False
 
     def cover(self, coverage: dict[str, list[Rule]], now: datetime) -> None:

@@ -75,7 +75,6 @@ class Scheduler:
         self.on_change = on_change
         self.metrics = metrics
         self.notifier = notifier
-        self.label_rejected: dict[str, str] = {}
         self.label_rules: list[Rule] = []
         self._cache: dict[tuple[str, str], tuple[Rule, datetime, Due]] = {}
         self._bus_rules: tuple[int, list[Rule]] = (-1, [])
@@ -100,6 +99,16 @@ class Scheduler:
     def poke(self) -> None:
         self._wake.set()
 
+    # EventHandler: a volume made or removed, a container with a schedule label made or gone.
+    async def on_docker_event(self, evt: dict[str, Any]) -> None:
+        attrs = (evt.get("Actor") or {}).get("Attributes") or {}
+        if evt.get("Type") == "volume" or (evt.get("Type") == "container" and SCHEDULE in attrs
+                                           and evt.get("Action") in ("create", "destroy", "rename")):
+            self.poke()
+
+    async def on_resync(self) -> None:
+        self.poke()
+
     async def _loop(self) -> None:
         while True:
             self._wake.clear()
@@ -122,7 +131,7 @@ class Scheduler:
         """Which rules cover which volume here, now (two Engine calls)."""
         volumes = await self.engine.volume_list({})
         containers = await self.engine.containers({"label": [SCHEDULE]})
-        self.label_rules, self.label_rejected = label_rules(containers)
+        self.label_rules, self.ledger.label_rejected = label_rules(containers)
         cover = covered(self.rules(), self.host, volumes)
         self.ledger.cover(cover, now)
         return cover
@@ -137,7 +146,7 @@ class Scheduler:
             for rule in rules:
                 per_policy[rule.name] = per_policy.get(rule.name, 0) + 1
                 key = (rule.name, volume)
-                due = self._due(rule, volume, now)
+                due = self.due(rule, volume, now)
                 if key in self.ledger.running:
                     if due.at <= now and key not in self._told_running:
                         self._told_running.add(key)
@@ -158,7 +167,7 @@ class Scheduler:
         """(policy, volume) -> when it runs next, as of the last look."""
         return {key: due.at for key, (_, _, due) in self._cache.items() if key in self.ledger.covered_pairs}
 
-    def _due(self, rule: Rule, volume: str, now: datetime) -> Due:
+    def due(self, rule: Rule, volume: str, now: datetime) -> Due:
         """The next run of (rule, volume): computed again only when it has come, or the rule or the last run
         changed (a look at 2,000 volumes costs little when nothing is due)."""
         state = self.ledger.get(rule.name, volume, now)

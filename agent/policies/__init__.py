@@ -1,0 +1,1 @@
+"""Backup policies: read from the bus, verified, scheduled, retained (issue 10)."""

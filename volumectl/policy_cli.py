@@ -1,0 +1,206 @@
+"""`volumectl policy set|ls|show|rm|explain` and `volumectl backups VOLUME --explain-keep`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from contracts import BackupPolicy, BackupRecord, BackupsResult, PoliciesResult, result_as
+from contracts.retention import retain
+
+from . import render
+from .client import AgentClient, NoAgent
+from .policies import PolicyRefused, policy_of, preview, read_policies, remove_policy, set_policy, valid_policy
+
+__all__ = ["add_parser", "explain_keep", "run"]
+
+_KEEP = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+
+
+def add_parser(sub: Any) -> None:
+    pol = sub.add_parser("policy", help="backup policies for the fleet: set, ls, show, rm, explain")
+    ps = pol.add_subparsers(dest="policy_cmd", required=True, metavar="ACTION")
+    s = ps.add_parser("set", help="set (create or replace) a policy, signed with your seed")
+    s.add_argument("name")
+    s.add_argument("--file", help="the whole policy as JSON (contracts.BackupPolicy); the options below override it")
+    s.add_argument("--schedule", help="cron expression (5 fields, or 6 with seconds first) or @hourly/@daily/...")
+    for rule in _KEEP:
+        s.add_argument(f"--keep-{rule}", type=int, metavar="N")
+    s.add_argument("--hosts", action="append", metavar="GLOB", help="only hosts matching (repeatable)")
+    s.add_argument("--volumes", action="append", metavar="GLOB", help="only volumes matching (repeatable)")
+    s.add_argument("--label", action="append", metavar="K[=V]", help="only volumes with this label (repeatable)")
+    s.add_argument("--timezone", help="IANA zone of the schedule and keep rules (default UTC)")
+    s.add_argument("--spread", type=float, metavar="SECONDS", help="window of the per-host offsets")
+    s.add_argument("--store", choices=["local", "nats"])
+    s.add_argument("--compression", choices=["zstd", "gzip", "none"])
+    s.add_argument("--encrypt-to", action="append", metavar="AGE_RECIPIENT", help="age public key (repeatable)")
+    s.add_argument("--stop-containers", action="store_true", default=None)
+    s.add_argument("--dry-run", action="store_true", help="check it and show what its keep rules would delete")
+    s.add_argument("--yes", action="store_true", help="set it even if its keep rules delete existing backups")
+    s.add_argument("--window", type=float, default=2.0, help="seconds to gather every host's backups for the preview")
+    ps.add_parser("ls", help="every policy in the bucket")
+    sh = ps.add_parser("show", help="one policy, whole, and who signed it")
+    sh.add_argument("name")
+    rm = ps.add_parser("rm", help="remove a policy (a signed removal)")
+    rm.add_argument("name")
+    ex = ps.add_parser("explain", help="which policy covers a volume, when it last ran and runs next, what it keeps")
+    ex.add_argument("volume")
+
+
+def _policy_from(a: argparse.Namespace) -> BackupPolicy:
+    raw: dict[str, Any] = {}
+    if a.file:
+        try:
+            raw = msgspec.json.decode(Path(a.file).read_bytes())
+        except (OSError, msgspec.DecodeError) as exc:
+            raise PolicyRefused(f"Cannot read the policy file {a.file}: {exc}.") from None
+        if not isinstance(raw, dict):
+            raise PolicyRefused(f"The policy file {a.file} does not hold a JSON object.")
+    raw["name"] = a.name
+    keep = {rule: getattr(a, f"keep_{rule}") for rule in _KEEP if getattr(a, f"keep_{rule}") is not None}
+    if keep:
+        raw["keep"] = keep
+    selector = dict(raw.get("selector") or {})
+    for field, value in (("hosts", a.hosts), ("volumes", a.volumes), ("labels", a.label)):
+        if value:
+            selector[field] = value
+    raw["selector"] = selector
+    for field, value in (("schedule", a.schedule), ("timezone", a.timezone), ("spread_s", a.spread),
+                         ("store", a.store), ("compression", a.compression), ("encrypt_to", a.encrypt_to),
+                         ("stop_containers", a.stop_containers)):
+        if value is not None:
+            raw[field] = value
+    return valid_policy(raw)
+
+
+async def run(a: argparse.Namespace, client: AgentClient) -> int:
+    js = client.nc.jetstream()
+    try:
+        match a.policy_cmd:
+            case "set":
+                return await _set(a, client)
+            case "ls":
+                entries = await read_policies(js, client.subjects)
+                rows = []
+                for name, e in sorted(entries.items()):
+                    p = policy_of(e)
+                    if p is None:
+                        continue
+                    rows.append([name, p.schedule + ("" if p.timezone == "UTC" else f" {p.timezone}"),
+                                 _selector(p), _keep(p), p.store + (" encrypted" if p.encrypt_to else ""),
+                                 e.key[:12] + "..."])
+                print(render.table(rows, ["NAME", "SCHEDULE", "SELECTOR", "KEEP", "STORE", "SIGNED BY"]))
+                return 0
+            case "show":
+                entry = (await read_policies(js, client.subjects)).get(a.name)
+                policy = policy_of(entry) if entry else None
+                if entry is None or policy is None:
+                    print(f"volumectl: there is no policy {a.name!r}", file=sys.stderr)
+                    return 1
+                print(msgspec.json.format(msgspec.json.encode(
+                    {"policy": policy, "signed_by": entry.key, "signed_at_ns": entry.signed_at}), indent=2).decode())
+                return 0
+            case "rm":
+                await remove_policy(js, client.subjects, _signer(client), a.name)
+                print(f"removed {a.name} (agents stop scheduling it as they read the bucket)")
+                return 0
+            case "explain":
+                return await _explain(a, client)
+    except PolicyRefused as exc:
+        print(f"volumectl: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+def _signer(client: AgentClient) -> Any:
+    if client.signer is None:
+        raise PolicyRefused("Setting or removing a policy needs your seed to sign it: pass --seed FILE.")
+    return client.signer
+
+
+async def _set(a: argparse.Namespace, client: AgentClient) -> int:
+    policy = _policy_from(a)
+    # What its keep rules would delete of the backups an earlier version of it made (every host's own).
+    replies = await client.gather("backups", {"made_here": True}, window=a.window)
+    backups = [b for r in replies if r.ok for b in result_as(r, BackupsResult).backups]
+    deletes = [p for p in preview(policy, backups) if p.forgotten]
+    for p in deletes:
+        print(f"{p.host} {p.volume}: would forget {len(p.forgotten)} backup(s), keep {p.kept}: "
+              + ", ".join(b.backup_id for b in p.forgotten), file=sys.stderr)
+    if a.dry_run:
+        print(f"policy {policy.name} is valid; {sum(len(p.forgotten) for p in deletes)} backup(s) would be "
+              f"forgotten at the next runs ({len(replies)} host(s) answered)")
+        return 0
+    if deletes and not a.yes:
+        print("volumectl: not set: its keep rules would forget the backups above at the next runs; pass --yes to "
+              "set it anyway, or --dry-run to look only.", file=sys.stderr)
+        return 1
+    entry = await set_policy(client.nc.jetstream(), client.subjects, _signer(client), policy)
+    print(f"set {policy.name} (signed by {entry.key[:12]}...; every agent applies it when it reads the bucket)")
+    return 0
+
+
+async def _explain(a: argparse.Namespace, client: AgentClient) -> int:
+    try:
+        reply = await client.request(a.host, "policies", {"volume": a.volume})
+    except NoAgent as exc:
+        print(f"volumectl: {exc}", file=sys.stderr)
+        return 1
+    if reply.error is not None:
+        print(f"volumectl: {reply.error.code}: {reply.error.message}", file=sys.stderr)
+        return 1
+    result = result_as(reply, PoliciesResult)
+    if a.json:
+        print(msgspec.json.encode(result).decode())
+        return 0
+    covs = [c for c in result.volumes if c.volume == a.volume]
+    if not covs:
+        print(f"volumectl: host {result.host} has no volume {a.volume!r}", file=sys.stderr)
+        return 1
+    for c in covs:
+        if c.policy is None:
+            print(f"{a.volume} on {result.host}: not covered by any policy")
+            continue
+        keep = ", ".join(f"{k} {v}" for k, v in msgspec.structs.asdict(c.keep).items() if v) if c.keep else "-"
+        print(f"{a.volume} on {result.host}: policy {c.policy}: {c.status}"
+              + (f" ({c.reason})" if c.reason else "")
+              + f"\n  last run {c.last_run or 'never'}, last success {c.last_success or 'never'}"
+              + (f" ({c.last_backup_id})" if c.last_backup_id else "")
+              + f"\n  next run {c.next_run or '-'}\n  keeps {keep}")
+    for r in result.rejected:
+        print(f"ignored here: {r.name}: {r.reason}", file=sys.stderr)
+    return 0
+
+
+async def explain_keep(a: argparse.Namespace, client: AgentClient, backups: list[BackupRecord]) -> int:
+    """Each backup of a volume, and which rule of the policy that made it keeps it."""
+    policies = {n: p for n, e in (await read_policies(client.nc.jetstream(), client.subjects)).items()
+                if (p := policy_of(e)) is not None}
+    groups: dict[tuple[str | None, str, str], list[BackupRecord]] = {}
+    for b in backups:
+        groups.setdefault((b.policy, b.host, b.store), []).append(b)
+    for (name, host, store), records in sorted(groups.items(), key=lambda g: (g[0][0] or "", g[0][1], g[0][2])):
+        policy = policies.get(name) if name else None
+        if policy is None:
+            why = "made without a policy" if name is None else f"policy {name} is no longer set"
+            print(f"# {host} {store}: {why}: kept until forgotten")
+            print(render.backups_table([msgspec.to_builtins(r) for r in records]))
+            continue
+        print(f"# {host} {store}: policy {name}, keep {_keep(policy)}")
+        print("\n".join(render.keep_table(retain(records, policy.keep, policy.timezone))))
+    return 0
+
+
+def _selector(p: BackupPolicy) -> str:
+    s = p.selector
+    parts = [f"hosts={','.join(s.hosts)}" if s.hosts else "", f"volumes={','.join(s.volumes)}" if s.volumes else "",
+             f"labels={','.join(s.labels)}" if s.labels else ""]
+    return " ".join(x for x in parts if x) or "all"
+
+
+def _keep(p: BackupPolicy) -> str:
+    return " ".join(f"{k}={v}" for k, v in msgspec.structs.asdict(p.keep).items() if v) or "-"
