@@ -103,8 +103,9 @@ class BackupPolicy(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     together. Default: a tenth of the schedule's interval, at most 900 s. Must be shorter than the interval."""
     store: StoreName = "local"
     compression: Compression = "zstd"
-    encrypt_to: list[AgeRecipient] = []
-    """Encrypt every backup to these age recipients; restoring needs one of their identities on that host."""
+    encrypt_to: list[Annotated[str, msgspec.Meta(max_length=100)]] = []
+    """Encrypt every backup to these age X25519 recipients (`age1...`, checked by `check_policy` with the others);
+    restoring needs one of their identities on that host."""
     stop_containers: bool = False
 
 
@@ -228,7 +229,7 @@ def check_policy(policy: BackupPolicy) -> list[str]:
     if not any((k.last, k.hourly, k.daily, k.weekly, k.monthly, k.yearly)):
         problems.append("The keep rules keep nothing (all zero or absent): set at least one of last, hourly, "
                         "daily, weekly, monthly, yearly.")
-    problems += [f"{r!r} is not a valid age recipient (its checksum does not hold)."
+    problems += [f"{r!r} is not an age recipient (`age1` and 58 bech32 characters whose checksum holds)."
                  for r in policy.encrypt_to if not valid_age_recipient(r)]
     if len(set(policy.encrypt_to)) != len(policy.encrypt_to):
         problems.append("encrypt_to names a recipient twice.")

@@ -155,11 +155,15 @@ async def test_volumectl_fleet_shows_every_host_and_the_unprotected_volumes(
     guarded = next(line for line in lines if " guarded " in line)
     assert guarded.startswith(A) and "ago (local)" in guarded
     assert "never" in next(line for line in lines if " naked " in line)
+    # No policy covers either: both at risk; only `naked` has no backup in the last hour.
     out = ctl("fleet", "--unprotected", "1")
     assert out.returncode == 3
-    assert [line.split()[2] for line in out.stdout.splitlines()[1:]] == ["naked"]
+    rows = {line.split()[2]: line for line in out.stdout.splitlines()[1:]}
+    assert sorted(rows) == ["guarded", "naked"]
+    assert "uncovered" in rows["guarded"] and "no backup in the last 1 h" not in rows["guarded"]
+    assert "no backup in the last 1 h" in rows["naked"]
     out = ctl("--json", "fleet", "--unprotected", "1")
-    assert [r["volume"] for r in json.loads(out.stdout)] == ["naked"]
+    assert sorted(r["volume"] for r in json.loads(out.stdout)) == ["guarded", "naked"]
 
 
 async def test_migrate_moves_a_volume_verified_and_only_then_removes_the_source(fleet: dict[str, Host]) -> None:

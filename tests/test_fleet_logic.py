@@ -165,3 +165,17 @@ def test_the_fleet_view_marks_stale_hosts_and_finds_unprotected_volumes() -> Non
         ("a", "db", False), ("a", "cache", False), ("b", "logs", True), ("c", None, False)]
     assert [r.volume.name for r in unprotected([fresh, stale, empty], 24, NOW) if r.volume] == ["cache", "logs"]
     assert [r.volume.name for r in unprotected([fresh, stale, empty], 1, NOW) if r.volume] == ["db", "cache", "logs"]
+
+
+def test_unprotected_is_policy_aware_and_says_why() -> None:
+    snap = _snap("a", NOW, {"ok": NOW, "bare": None, "late": NOW - timedelta(days=3), "broken": NOW, "new": None})
+    said = {"ok": ("ok", None), "bare": ("uncovered", "No backup policy covers this volume."),
+            "late": ("overdue", "The last successful backup is old."), "broken": ("failing", "tar: exit 2"),
+            "new": ("pending", None)}
+    snap.volumes = [msgspec.structs.replace(v, protection=said[v.name][0], protection_reason=said[v.name][1])
+                    for v in snap.volumes]
+    rows = {r.volume.name: r.why for r in unprotected([snap], None, NOW) if r.volume}
+    assert rows == {"bare": "uncovered: No backup policy covers this volume.",
+                    "late": "overdue: The last successful backup is old.", "broken": "failing: tar: exit 2"}
+    with_hours = {r.volume.name: r.why for r in unprotected([snap], 24, NOW) if r.volume}
+    assert with_hours["new"] == "no backup in the last 24 h" and "no backup in the last 24 h" in with_hours["late"]

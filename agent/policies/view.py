@@ -52,7 +52,10 @@ class PolicyViews:
             if req.volume is not None and volume != req.volume:
                 continue
             if not rules:
-                volumes.append(VolumeCoverage(volume=volume, status="uncovered",
+                # A run of a policy removed meanwhile may still be going: said as such until it ends.
+                ending = sorted(p for p, v in self.ledger.running if v == volume)
+                volumes.append(VolumeCoverage(volume=volume, status="running", policy=ending[0]) if ending else
+                               VolumeCoverage(volume=volume, status="uncovered",
                                               reason="No backup policy covers this volume."))
             for r in rules:
                 state = self.ledger.get(r.name, volume, now)

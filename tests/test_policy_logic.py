@@ -1,0 +1,232 @@
+"""Backup policies without services: schedules on a controllable clock, spread offsets, the trust check of
+entries, the book (no rollback, no unsigned removal), coverage by selectors and labels, protection."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from agent.auth.policy import IdentityEntry, Policy
+from agent.policies.book import PolicyBook
+from agent.policies.coverage import covered, label_rules, rules_of
+from agent.policies.ledger import RunState, protection
+from agent.policies.timing import DEFAULT_SPREAD_MAX_S, next_due, offset_s, spread_window_s
+from agent.policies.trust import PolicyTrust, Untrusted
+from contracts import BackupPolicy, Subjects, check_policy
+from contracts.cron import CronError, parse_schedule
+from contracts.labels import SCHEDULE, SCHEDULE_KEEP
+from volumectl.policies import PolicyRefused, sign_entry, valid_policy
+from volumectl.signing import Signer, new_user_seed
+
+T0 = datetime(2026, 11, 29, 10, 0, 0, tzinfo=UTC)
+S = Subjects("vol")
+RECIPIENT = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
+
+
+def _policy(**kw: object) -> BackupPolicy:
+    raw: dict[str, object] = {"name": "nightly", "schedule": "@daily", "keep": {"daily": 7}, **kw}
+    return msgspec.convert(raw, BackupPolicy)
+
+
+# Schedules
+
+
+def test_a_missed_run_runs_once_for_the_newest_slot_not_once_per_slot() -> None:
+    hourly = parse_schedule("@hourly")
+    # Last run for 10:00; the agent was down until 13:20: one run, for 13:00, due now.
+    due = next_due(hourly, 0, done_through=T0, now=T0 + timedelta(hours=3, minutes=20))
+    assert due.slot == T0 + timedelta(hours=3) and due.at <= T0 + timedelta(hours=3, minutes=20) and due.missed
+    # Once it ran for 13:00, the next is 14:00, in the future.
+    after = next_due(hourly, 0, done_through=due.slot, now=T0 + timedelta(hours=3, minutes=21))
+    assert after.slot == T0 + timedelta(hours=4) and not after.missed
+
+
+def test_a_new_volume_waits_for_its_first_slot_and_the_offset_delays_it() -> None:
+    hourly = parse_schedule("@hourly")
+    since = T0 + timedelta(minutes=10)
+    due = next_due(hourly, 120.0, done_through=since, now=since)
+    assert due.slot == T0 + timedelta(hours=1) and due.at == T0 + timedelta(hours=1, minutes=2)
+    # At 11:01 the 11:00 slot has come but not its offset: still waiting for 11:02.
+    assert next_due(hourly, 120.0, done_through=since, now=due.slot + timedelta(minutes=1)).at == due.at
+    assert next_due(hourly, 120.0, done_through=since, now=due.at).at == due.at  # due now
+
+
+def test_per_second_schedules_and_time_zones() -> None:
+    every_second = parse_schedule("* * * * * *")
+    assert every_second.interval_s() == 1.0
+    due = next_due(every_second, 0, done_through=T0, now=T0 + timedelta(seconds=5, microseconds=300))
+    assert due.slot == T0 + timedelta(seconds=5)
+    berlin = parse_schedule("30 2 * * *", "Europe/Berlin")
+    # 02:30 does not exist on the spring-forward day: cron's rule runs it at the first moment after.
+    nxt = berlin.next_after(datetime(2026, 3, 28, 12, tzinfo=UTC))
+    assert nxt.astimezone(UTC) == datetime(2026, 3, 29, 1, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("expr", ["61 * * * *", "@fortnightly", "* * *", "0 0 31 2 *", ""])
+def test_invalid_schedules_are_refused_with_a_sentence(expr: str) -> None:
+    with pytest.raises(CronError):
+        parse_schedule(expr)
+
+
+def test_spread_offsets_are_stable_distinct_and_within_the_window() -> None:
+    window = spread_window_s(_policy(), 86400)
+    assert window == DEFAULT_SPREAD_MAX_S  # a tenth of a day is more than the cap
+    assert spread_window_s(_policy(spread_s=30), 86400) == 30
+    offsets = [offset_s("nightly", f"host-{i}", "db", window) for i in range(500)]
+    assert offsets == [offset_s("nightly", f"host-{i}", "db", window) for i in range(500)]
+    assert all(0 <= o < window for o in offsets)
+    assert len({round(o, 3) for o in offsets}) > 490  # spread, not clumped
+    # Roughly even: every tenth of the window gets some hosts.
+    assert {int(o / window * 10) for o in offsets} == set(range(10))
+    assert offset_s("nightly", "h", "v", 0) == 0
+
+
+# Bad policies are refused whole
+
+
+def test_a_bad_policy_is_refused_whole_naming_every_problem() -> None:
+    with pytest.raises(PolicyRefused) as exc:
+        valid_policy({"name": "p", "schedule": "61 * * * *", "keep": {"daily": 0},
+                      "encrypt_to": [RECIPIENT[:-1] + "q"], "timezone": "Mars/Olympus"})
+    msg = str(exc.value)
+    assert "schedule" in msg and "keep" in msg and "recipient" in msg and "zone" in msg
+    with pytest.raises(PolicyRefused, match="store"):
+        valid_policy({"name": "p", "schedule": "@daily", "keep": {"last": 1}, "store": "s3"})
+    with pytest.raises(PolicyRefused, match="spread"):
+        valid_policy({"name": "p", "schedule": "@hourly", "keep": {"last": 1}, "spread_s": 3600})
+    assert check_policy(_policy(encrypt_to=[RECIPIENT])) == []
+
+
+# Trust
+
+
+class Keys:
+    def __init__(self, tmp: Path) -> None:
+        self.signers = {n: Signer(new_user_seed()) for n in ("ops", "viewer", "agent-h", "far", "admin")}
+        roles = {"ops": ("operator", None), "viewer": ("reader", None), "agent-h": ("agent", None),
+                 "far": ("operator", ["elsewhere"]), "admin": ("admin", None)}
+        self.local = Policy(identity=[IdentityEntry(n, s.public_key, roles[n][0], roles[n][1])  # type: ignore[arg-type]
+                                      for n, s in self.signers.items()])
+        self.now = T0
+        self.trust = PolicyTrust(self.local, "policy.toml", host="h", subjects=S,
+                                 now_ns=lambda: int(self.now.timestamp() * 1e9))
+
+    def entry(self, who: str, policy: BackupPolicy | None, name: str = "nightly", at: datetime | None = None) -> bytes:
+        e = sign_entry(self.signers[who], S, name, policy, now_ns=int((at or self.now).timestamp() * 1e9))
+        return msgspec.json.encode(e)
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    return Keys(tmp_path)
+
+
+def test_only_operators_and_admins_signatures_are_applied_here(keys: Keys) -> None:
+    p = _policy()
+    assert keys.trust.verify("nightly", keys.entry("ops", p)).signer == "ops"
+    assert keys.trust.verify("nightly", keys.entry("admin", p)).policy == p
+    with pytest.raises(Untrusted, match=r"role reader may not set policies.*operator or admin"):
+        keys.trust.verify("nightly", keys.entry("viewer", p))
+    with pytest.raises(Untrusted, match="role agent may not set policies"):  # a compromised host's own key
+        keys.trust.verify("nightly", keys.entry("agent-h", p))
+    with pytest.raises(Untrusted, match="add h to `hosts` of identity far"):
+        keys.trust.verify("nightly", keys.entry("far", p))
+    stranger = sign_entry(Signer(new_user_seed()), S, "nightly", p)
+    with pytest.raises(Untrusted, match=r"no \[\[identity\]\]"):
+        keys.trust.verify("nightly", msgspec.json.encode(stranger))
+
+
+def test_a_changed_moved_or_future_entry_is_refused(keys: Keys) -> None:
+    raw = msgspec.json.decode(keys.entry("ops", _policy()))
+    tampered = {**raw, "body": raw["body"].replace('"daily":7', '"daily":1')}
+    with pytest.raises(Untrusted, match="does not match"):
+        keys.trust.verify("nightly", msgspec.json.encode(tampered))
+    with pytest.raises(Untrusted, match="cannot be moved"):
+        keys.trust.verify("other", keys.entry("ops", _policy()))
+    with pytest.raises(Untrusted, match="ahead of this host's clock"):
+        keys.trust.verify("nightly", keys.entry("ops", _policy(), at=T0 + timedelta(hours=1)))
+    with pytest.raises(Untrusted, match="not a signed policy entry"):
+        keys.trust.verify("nightly", b'{"name": "nightly"}')
+    bad = _policy(schedule="61 * * * *")  # signed by an operator, but not valid: ignored whole
+    with pytest.raises(Untrusted, match="not a cron expression"):
+        keys.trust.verify("nightly", keys.entry("ops", bad))
+
+
+def test_the_book_keeps_a_policy_against_rollback_and_unsigned_removal(keys: Keys, tmp_path: Path) -> None:
+    book = PolicyBook(keys.trust, tmp_path / "policies")
+    v1, v2 = _policy(), _policy(keep={"daily": 3})
+    old = keys.entry("ops", v1, at=T0 - timedelta(minutes=5))
+    assert book.reconcile({"nightly": old}) and book.accepted["nightly"].policy == v1
+    assert book.reconcile({"nightly": keys.entry("ops", v2)}) and book.accepted["nightly"].policy == v2
+    # The older signed version written back (a replay): refused, v2 stays.
+    assert not book.reconcile({"nightly": old})
+    assert book.accepted["nightly"].policy == v2 and "older version is never applied" in book.rejected["nightly"]
+    # A bare delete (the key gone from the bucket): v2 stays, and why is said.
+    assert not book.reconcile({})
+    assert book.accepted["nightly"].policy == v2 and "without a signed removal" in book.rejected["nightly"]
+    # A reader's entry under the name: ignored, v2 stays.
+    book.reconcile({"nightly": keys.entry("viewer", _policy(keep={"last": 1}), at=T0 + timedelta(seconds=1))})
+    assert book.accepted["nightly"].policy == v2 and "role reader" in book.rejected["nightly"]
+    # A restart remembers v2 (saved), and still refuses the rollback.
+    again = PolicyBook(keys.trust, tmp_path / "policies")
+    again.load_saved()
+    assert again.accepted["nightly"].policy == v2
+    again.reconcile({"nightly": old})
+    assert again.accepted["nightly"].policy == v2
+    # An operator's signed removal removes it.
+    keys.now += timedelta(seconds=10)
+    assert again.reconcile({"nightly": keys.entry("ops", None)}) and "nightly" not in again.accepted
+    assert "nightly" not in again.rejected
+
+
+# Coverage
+
+
+def test_selectors_match_hosts_volumes_and_labels(keys: Keys) -> None:
+    book = PolicyBook(keys.trust)
+    book.reconcile({
+        "db": keys.entry("ops", _policy(name="db", selector={"volumes": ["db-*"], "labels": ["tier=gold"]}), "db"),
+        "web": keys.entry("ops", _policy(name="web", selector={"hosts": ["web-*"]}), "web"),
+        "all": keys.entry("ops", _policy(name="all", selector={"labels": ["backup"]}), "all"),
+    })
+    rules = rules_of(book.accepted)
+    vols = [{"Name": "db-1", "Labels": {"tier": "gold", "backup": ""}}, {"Name": "db-2", "Labels": {"tier": "x"}},
+            {"Name": "cache", "Labels": None}]
+    on_h = {v: [r.name for r in rs] for v, rs in covered(rules, "h", vols).items()}
+    assert on_h == {"db-1": ["all", "db"], "db-2": [], "cache": []}
+    on_web = {v: [r.name for r in rs] for v, rs in covered(rules, "web-1", vols).items()}
+    assert on_web == {"db-1": ["all", "db", "web"], "db-2": ["web"], "cache": ["web"]}
+
+
+def test_container_labels_declare_a_policy_of_their_own() -> None:
+    mounts = [{"Type": "volume", "Name": "pgdata"}, {"Type": "bind", "Source": "/x"}]
+    ok = {"Names": ["/pg"], "Labels": {SCHEDULE: "@daily", SCHEDULE_KEEP["daily"]: "7", SCHEDULE_KEEP["weekly"]: "4"},
+          "Mounts": mounts}
+    no_keep = {"Names": ["/web"], "Labels": {SCHEDULE: "@hourly"}, "Mounts": mounts}
+    bad_cron = {"Names": ["/job"], "Labels": {SCHEDULE: "every day", SCHEDULE_KEEP["last"]: "3"}, "Mounts": mounts}
+    rules, rejected = label_rules([ok, no_keep, bad_cron, {"Names": ["/plain"], "Labels": {}}])
+    assert [r.name for r in rules] == ["container:pg"]
+    assert rules[0].policy.selector.volumes == ["pgdata"] and rules[0].policy.keep.weekly == 4
+    assert set(rejected) == {"container:web", "container:job"}
+    assert "keep" in rejected["container:web"] and "cron" in rejected["container:job"]
+
+
+# Protection
+
+
+def test_protection_says_failing_overdue_pending_or_ok() -> None:
+    day = 86400.0
+    fresh = RunState(since=T0)
+    assert protection(fresh, day, 0, T0 + timedelta(hours=1), running=False) == ("pending", None)
+    status, why = protection(fresh, day, 0, T0 + timedelta(days=2, seconds=1), running=False)
+    assert status == "overdue" and "No successful backup" in (why or "")
+    ok = RunState(since=T0, last_run=T0, last_success=T0, last_slot=T0)
+    assert protection(ok, day, 0, T0 + timedelta(days=1), running=False) == ("ok", None)
+    assert protection(ok, day, 0, T0 + timedelta(days=3), running=False)[0] == "overdue"
+    failing = RunState(since=T0, last_run=T0 + timedelta(days=1), last_success=T0, last_error="disk full")
+    assert protection(failing, day, 0, T0 + timedelta(days=1), running=False) == (
+        "failing", "The last scheduled backup failed: disk full")
+    assert protection(failing, day, 0, T0, running=True) == ("running", None)
