@@ -28,6 +28,7 @@ from ..locks import KeyedLocks
 from ..typing import Engine, EventSink
 from ..volumes import used_by
 from .hooks import POST_HOOK, PRE_HOOK, restart, run_hooks, stop_running
+from .observed import BackupObserver, observed
 from .pipes import Counted, Procs, compressor, feed, tar_totals
 from .progress import Progress
 from .stores import Stores, StoreWriter, new_backup_id
@@ -48,11 +49,13 @@ async def _wait(procs: Procs, writer: StoreWriter) -> list[str]:
 
 
 class Backups:
-    """backup, backups and forget; `on_backup`/`on_forget` are told of every backup made or deleted."""
+    """backup, backups and forget; `on_backup`/`on_forget` are told of every backup made or deleted, `observer`
+    (metrics, notifications) of every backup made or failed."""
 
     def __init__(
         self, engine: Engine, locks: KeyedLocks, causes: Causes, events: EventSink, stores: Stores, *, host: str,
         data_path: DataPath, on_backup: Callable[[BackupRecord], None], on_forget: Callable[[BackupRecord], None],
+        observer: BackupObserver | None = None,
     ) -> None:
         self.engine = engine
         self.locks = locks
@@ -63,6 +66,7 @@ class Backups:
         self.data_path = data_path
         self.on_backup = on_backup
         self.on_forget = on_forget
+        self.observer = observer
 
     async def backup(self, req: BackupRequest) -> BackupRecord:
         async with self.locks.hold(req.volume):
@@ -82,6 +86,7 @@ class Backups:
         self.on_forget(record)
         return ForgetResult(backup_id=req.backup_id, forgotten=True)
 
+    @observed
     async def backup_locked(
         self, req: BackupRequest, *, trigger: str = "request", container: str | None = None
     ) -> BackupRecord:
