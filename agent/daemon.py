@@ -228,7 +228,10 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         if settings.metrics_listen:
             made = await _unless_stopped(_persist("reading this host's backups for the metrics",
                                                   lambda: stores.catalog(host=settings.host_id)), stop)
-            metrics.backed_up_before(made)
+            here = await _unless_stopped(_persist("listing volumes for the metrics", lambda: engine.volume_list({})),
+                                         stop)
+            names = {v["Name"] for v in here}  # a volume removed since has no series to alert on
+            metrics.backed_up_before(r for r in made if r.volume in names)
         await _unless_stopped(_persist("removing leftover helpers", lambda: remove_leftover_helpers(engine)), stop)
         inventory = Inventory(engine, stores, bus, settings.host_id, heartbeat_s=settings.heartbeat_s,
                               sizes_every_s=settings.sizes_every_s, insecure=list(settings.insecure))

@@ -72,10 +72,15 @@ async def test_the_metrics_endpoint_counts_requests_and_backups(make_agent, clie
     assert last is not None and abs(last - done_at) < 10
     assert of(found, "volume_agent_info", host=a.host_id, version="0.1.0") == 1
 
-    a.stop()  # a restarted agent still knows when each volume was last backed up (from its catalog)
+    await ok(client, a.host_id, "create", {"name": "gone1"})
+    await ok(client, a.host_id, "backup", {"volume": "gone1", "compression": "none"})
+    await ok(client, a.host_id, "remove", {"name": "gone1"})
+    a.stop()  # a restarted agent still knows when each volume it has was last backed up (from its catalog)
     a.start()
-    again = of(await scrape(port), "volume_agent_last_backup_success_timestamp_seconds", volume="scraped1")
+    found = await scrape(port)
+    again = of(found, "volume_agent_last_backup_success_timestamp_seconds", volume="scraped1")
     assert again is not None and abs(again - last) < 5
+    assert of(found, "volume_agent_last_backup_success_timestamp_seconds", volume="gone1") is None
 
 
 async def test_a_failed_backup_is_notified_whatever_triggered_it(
