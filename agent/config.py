@@ -12,6 +12,9 @@ from typing import Literal
 from contracts import DEFAULT_PREFIX, Subjects, valid_host_id
 
 from .auth.transport import exposures
+from .errors import Invalid
+from .metrics import listen_address
+from .notify import unusable_urls
 
 __all__ = ["NatsAuth", "Settings", "parse_args"]
 
@@ -83,6 +86,10 @@ class Settings:
     auth: NatsAuth = field(default_factory=NatsAuth)
     insecure: tuple[str, ...] = ()
     """What `--insecure` let the agent run with that it would refuse otherwise (see `agent.auth.transport`)."""
+    metrics_listen: str | None = None
+    """HOST:PORT to serve Prometheus metrics on (`/metrics`); None: not served."""
+    notify: tuple[str, ...] = field(default=(), repr=False)
+    """apprise URLs told of failed and overdue backups. They hold tokens and passwords: never printed."""
 
     @property
     def subjects(self) -> Subjects:
@@ -150,6 +157,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument("--insecure", action="store_true", default=_flag("INSECURE"),
                    help="run even where others could command this agent (NATS off this host without credentials "
                         "or TLS); said at start and in the inventory")
+    p.add_argument("--metrics-listen", default=_env("METRICS_LISTEN"),
+                   help="HOST:PORT to serve Prometheus metrics on, at /metrics (default: off); unauthenticated, "
+                        "and it names volumes: keep it on 127.0.0.1 or behind a proxy")
+    p.add_argument("--notify", action="append", metavar="URL",
+                   help="an apprise URL (json://, slack://, mailto://, ntfy://, ...) told of failed and overdue "
+                        "backups; repeat for more (VOLUME_AGENT_NOTIFY: whitespace-separated)")
     a = p.parse_args(argv)
 
     if not valid_host_id(a.host_id):
@@ -164,6 +177,14 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         p.error("--max-body and --concurrency must be positive, --grace not negative, --replicas 1 to 5, "
                 "--backup-replicas 0 to 5, --docker-timeout positive, --ack-wait and --heartbeat at least 1, "
                 "--sizes-every not negative, --max-backups and --policy-refresh at least 1")
+    if a.metrics_listen:
+        try:
+            listen_address(a.metrics_listen)
+        except Invalid as exc:
+            p.error(f"--metrics-listen: {exc.message}")
+    notify = a.notify if a.notify is not None else (_env("NOTIFY") or "").split()
+    if bad := unusable_urls(notify):
+        p.error("; ".join(bad) + " (see the apprise documentation for each service's URL)")
     urls = [u.strip() for u in (a.nats or "").split(",") if u.strip()]
     found = exposures(urls, credentials=bool(a.nats_user or a.nats_token or a.nats_nkey_seed or a.nats_creds),
                       tls_options=bool(a.nats_tls_ca or a.nats_tls_cert), embedded_listen=a.embedded_listen)
@@ -197,4 +218,6 @@ def parse_args(argv: list[str] | None = None) -> Settings:
             creds=a.nats_creds, tls_ca=a.nats_tls_ca, tls_cert=a.nats_tls_cert, tls_key=a.nats_tls_key,
         ),
         insecure=tuple(e.what for e in found),
+        metrics_listen=a.metrics_listen or None,
+        notify=tuple(notify),
     )

@@ -21,6 +21,7 @@ from . import __version__
 from .auth.local import ensure_local_auth
 from .auth.policy import Policy, load_policy
 from .auth.rules import Rules
+from .auth.transport import is_loopback
 from .auth.verify import Verifier
 from .backoff import until_ok
 from .backup.backups import Backups
@@ -28,6 +29,7 @@ from .backup.digest import Digests
 from .backup.local_store import LocalStore
 from .backup.migrate import BusPeers, Migrations
 from .backup.nats_store import NatsStore
+from .backup.observed import BackupObserver
 from .backup.restore import Restores
 from .backup.stores import Stores
 from .backup.volume_files import DataPath, remove_leftover_helpers
@@ -45,6 +47,8 @@ from .events.onstop import OnStop
 from .events.watch import Cursor, DockerWatch
 from .locks import KeyedLocks
 from .logging import configure
+from .metrics import Metrics
+from .notify import Notifier
 from .outcomes import KvOutcomes
 from .policies.book import PolicyBook
 from .policies.feed import PolicyFeed
@@ -85,13 +89,16 @@ class Domain:
     def wire(
         cls, engine: Engine, events: EventSink, stores: Stores, inventory: Inventory, peers: Peers, *, host: str,
         data_path: DataPath, notes: Path | None = None, rules: Rules | None = None, max_backups: int = 0,
+        observer: BackupObserver | None = None,
     ) -> Domain:
         """`notes`: where restores keep a note per target while they write (None: in memory only);
-        `rules`: what the policy allows to be made or mounted (None: the default policy's, the strictest)."""
+        `rules`: what the policy allows to be made or mounted (None: the default policy's, the strictest);
+        `observer`: told of every backup, made or failed (metrics, notifications)."""
         locks, causes = KeyedLocks(), Causes()
         rules = rules if rules is not None else Rules(Policy(), "(the default policy)")
         backups = Backups(engine, locks, causes, events, stores, host=host, data_path=data_path,
-                          on_backup=inventory.backed_up, on_forget=inventory.forgotten, max_running=max_backups)
+                          on_backup=inventory.backed_up, on_forget=inventory.forgotten, max_running=max_backups,
+                          observer=observer)
         volumes = Volumes(engine, locks, causes, rules, final_backup=backups.final)
         digests = Digests(engine, data_path=data_path)
         return cls(
@@ -175,6 +182,13 @@ def local_policy(settings: Settings) -> tuple[Verifier, Rules, Signer | None]:
     return Verifier(policy, path, host=settings.host_id), rules, signer
 
 
+def _warn_if_exposed(listen: str) -> None:
+    if not is_loopback(f"http://{listen}"):
+        log.warning("metrics.exposed", address=listen, why="the metrics endpoint has no authentication and names "
+                    "this host's volumes and policies", fix="listen on 127.0.0.1 and scrape from this host, or put a "
+                    "reverse proxy with authentication in front")
+
+
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the agent until `stop` is set; then stop taking work, drain, and close down."""
     log.info("agent.starting", version=__version__, host=settings.host_id, docker=settings.docker_url)
@@ -189,7 +203,16 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         settings = dataclasses.replace(settings, auth=NatsAuth(nkey_seed=str(local.agent_seed)),
                                        policy=settings.policy or local.policy)
     verifier, rules, signer = local_policy(settings)  # before anything starts: nothing runs without a policy
+    metrics, notifier = Metrics(settings.host_id), Notifier(list(settings.notify), settings.host_id)
     async with AsyncExitStack() as stack:
+        # First in, last out: metrics are served while the agent waits for Docker and NATS, and a backup that fails
+        # while in-flight operations drain is still notified.
+        if settings.metrics_listen:
+            _warn_if_exposed(settings.metrics_listen)
+            stack.push_async_callback(metrics.stop)
+            await metrics.start(settings.metrics_listen)
+        stack.push_async_callback(notifier.stop)
+        await notifier.start()
         urls = settings.nats_urls
         if local is not None:
             embedded = EmbeddedNats(settings.data_dir, settings.embedded_listen, f"volume-agent-{settings.host_id}",
@@ -209,6 +232,13 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         tasks = Tasks(settings.concurrency)
         stores = Stores(LocalStore(settings.data_dir / "backups"), NatsStore(bus, settings.data_dir / "spool"))
         await stores.cleanup()
+        if settings.metrics_listen:
+            made = await _unless_stopped(_persist("reading this host's backups for the metrics",
+                                                  lambda: stores.catalog(host=settings.host_id)), stop)
+            here = await _unless_stopped(_persist("listing volumes for the metrics", lambda: engine.volume_list({})),
+                                         stop)
+            names = {v["Name"] for v in here}  # a volume removed since has no series to alert on
+            metrics.backed_up_before(r for r in made if r.volume in names)
         await _unless_stopped(_persist("removing leftover helpers", lambda: remove_leftover_helpers(engine)), stop)
         trust = PolicyTrust(verifier.policy, verifier.source, host=settings.host_id, subjects=settings.subjects)
         book, ledger = PolicyBook(trust, settings.data_dir / "policies"), Ledger(settings.data_dir / "schedule.json")
@@ -217,14 +247,15 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                               policies=PolicyStatus(book, ledger))
         domain = Domain.wire(engine, bus, stores, inventory, BusPeers(bus, signer), host=settings.host_id,
                              data_path=settings.data_path, notes=settings.data_dir / "restoring", rules=rules,
-                             max_backups=settings.max_backups)
+                             max_backups=settings.max_backups, observer=BackupObserver(metrics, notifier))
         await domain.restores.cleanup()
         handlers = domain.handlers()
         dispatcher = Dispatcher(settings.host_id, handlers, KvOutcomes(bus), bus, tasks, verifier,
-                                max_body=settings.max_body)
+                                max_body=settings.max_body, metrics=metrics)
         # The scheduler publishes its runs' outcomes through the dispatcher, which answers `policies` from it.
         scheduler = Scheduler(engine, domain.locks, domain.backups, book, ledger, dispatcher, tasks,
-                              host=settings.host_id, on_change=inventory.changed)
+                              host=settings.host_id, on_change=inventory.changed, metrics=metrics,
+                              notifier=notifier)
         handlers["policies"] = PolicyViews(book, ledger, scheduler, host=settings.host_id).policies
         feed = PolicyFeed(bus, book, scheduler.poke, refresh_s=settings.policy_refresh_s)
         # Exit stack order (last in, first out): stop taking work and events, then drain, then close.

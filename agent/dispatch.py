@@ -19,7 +19,7 @@ from contracts import OPS, BaseRequest, ErrorBody, Reply
 from .errors import AgentError, Conflict, Expired, Forbidden, Internal, Invalid, Transient, Unavailable, is_final
 from .outcomes import StoredOutcome
 from .tasks import Tasks
-from .typing import OutcomeStore, ResultSink, Verifier
+from .typing import Metrics, OutcomeStore, ResultSink, Verifier
 
 __all__ = ["Dispatcher", "Handler", "Outcome"]
 
@@ -35,6 +35,17 @@ class _IdOnly(msgspec.Struct):
 
 
 _ID_ONLY = msgspec.json.Decoder(_IdOnly)
+
+
+class _Code(msgspec.Struct):
+    code: str
+
+
+class _Status(msgspec.Struct):
+    error: _Code | None = None
+
+
+_STATUS = msgspec.json.Decoder(_Status)
 
 
 @dataclass(frozen=True)
@@ -71,7 +82,7 @@ class Dispatcher:
 
     def __init__(
         self, host: str, handlers: Mapping[str, Handler], outcomes: OutcomeStore, results: ResultSink, tasks: Tasks,
-        verifier: Verifier, *, max_body: int,
+        verifier: Verifier, *, max_body: int, metrics: Metrics | None = None,
     ) -> None:
         self.host = host
         self.verifier = verifier
@@ -79,6 +90,7 @@ class Dispatcher:
         self.results = results
         self.tasks = tasks
         self.max_body = max_body
+        self.metrics = metrics
         self._handlers = handlers
 
     @staticmethod
@@ -110,19 +122,36 @@ class Dispatcher:
         """
         refusal: Forbidden | None = None
         caller: str | None
+        started = time.perf_counter()
         try:
             try:
                 caller = self.verifier.caller(op, subject, headers, data, durable=redelivers is not None).name
             except Forbidden as exc:
                 caller, refusal = exc.caller, exc
             with structlog.contextvars.bound_contextvars(caller=caller):
-                return await self._execute(op, data, refusal, fallback_id, new_id or _new_id(), early, redelivers)
+                outcome = await self._execute(op, data, refusal, fallback_id, new_id or _new_id(), early, redelivers)
         except Exception:  # a bug below: still one answer, never an escaped exception
             cmd_id = fallback_id or new_id or _new_id()
             log.exception("command.crashed", cmd_id=cmd_id, op=op)
             outcome = self._crashed(op, cmd_id)
             await _tell(early, outcome)
-            return outcome
+        self._count(op, outcome, time.perf_counter() - started)
+        return outcome
+
+    def _count(self, op: str, outcome: Outcome, seconds: float) -> None:
+        """Every command answered, refusals included, counted and timed by op and code."""
+        if self.metrics is None:
+            return
+        code: str
+        if outcome.error is not None:
+            code = outcome.error.code
+        else:  # an outcome answered from the record carries its code in its bytes only
+            try:
+                error = _STATUS.decode(outcome.reply).error
+            except msgspec.DecodeError:  # not a reply: never written by this agent
+                error = _Code("unknown")
+            code = error.code if error is not None else "ok"
+        self.metrics.request(op if op in OPS else "unknown", code, seconds)  # any subject is an op: bound the labels
 
     async def _execute(
         self, op: str, data: bytes, refusal: Forbidden | None, fallback_id: str | None, new_id: str,

@@ -9,6 +9,8 @@
     EventHandler    a consumer of Docker's events (agent/events/*)
     Peers           requests to other hosts' agents (agent/backup/migrate.py BusPeers)
     Verifier        who sent a command, and may they (agent/auth/verify.py Verifier; tests TrustAll)
+    Metrics         what the agent counts and times (agent/metrics.py Metrics; tests RecordingMetrics)
+    Notifier        what it tells people (agent/notify.py Notifier; tests RecordingNotifier)
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ __all__ = [
     "EventHandler",
     "EventSink",
     "InventorySink",
+    "Metrics",
+    "Notifier",
     "OutcomeStore",
     "Peers",
     "PolicyCoverage",
@@ -138,3 +142,33 @@ class PolicyCoverage(Protocol):
     def protection_of(self, volume: str, now: datetime) -> tuple[list[str], Protection, str | None]: ...
 
     def rejected(self) -> list[RejectedPolicy]: ...
+
+
+class Metrics(Protocol):
+    """What the agent counts and times, for Prometheus. Never raises, never waits."""
+
+    def request(self, op: str, code: str, seconds: float) -> None:
+        """One command answered: `code` is "ok" or its error code (refusals included)."""
+        ...
+    def backup_started(self) -> None: ...
+    def backup_finished(
+        self, volume: str, trigger: str, policy: str | None, *, ok: bool, tar_bytes: int = 0, stored_bytes: int = 0,
+        seconds: float = 0.0,
+    ) -> None:
+        """A backup of any trigger ended, made (`ok`) or failed; each `backup_started` has one."""
+        ...
+    def next_run(self, policy: str, volume: str, at: float | None) -> None:
+        """When `policy` backs up `volume` next (unix time); None: it no longer does."""
+        ...
+    def coverage(self, volumes_per_policy: dict[str, int], uncovered: int) -> None:
+        """How many volumes each policy covers and how many none does, replacing the previous figures."""
+        ...
+
+
+class Notifier(Protocol):
+    """Tells people what needs them (apprise URLs). Never raises, never blocks: a message is queued and sent in
+    order, each send bounded in time; one that cannot be sent is logged, without its URL."""
+
+    async def backup_failed(self, volume: str, error: str, *, trigger: str, policy: str | None) -> None: ...
+    async def overdue(self, volume: str, policy: str, reason: str) -> None: ...
+    async def recovered(self, volume: str, policy: str) -> None: ...

@@ -22,6 +22,7 @@ from agent.auth.rules import Rules
 from agent.auth.verify import Caller
 from agent.backup.backups import Backups
 from agent.backup.local_store import LocalStore
+from agent.backup.observed import BackupObserver
 from agent.backup.restore import Restores
 from agent.backup.stores import PARTIAL, Stores, StoreWriter, newest_first, suffix_of
 from agent.backup.volume_files import DataPath
@@ -30,7 +31,18 @@ from agent.dispatch import Handler
 from agent.errors import AgentError, InUse, NotFound, Unavailable
 from agent.events.inventory import Inventory
 from agent.outcomes import StoredOutcome
-from agent.typing import BackupStore, Engine, EventSink, InventorySink, OutcomeStore, Peers, ResultSink, Verifier
+from agent.typing import (
+    BackupStore,
+    Engine,
+    EventSink,
+    InventorySink,
+    Metrics,
+    Notifier,
+    OutcomeStore,
+    Peers,
+    ResultSink,
+    Verifier,
+)
 from agent.volumes import Volumes
 from contracts import BackupRecord, Compression, Reply, outcome_key
 
@@ -281,6 +293,69 @@ class NoPeers:
         raise Unavailable(f"No agent answers for host {host!r} (a unit test has no peers).")
 
 
+@dataclass(frozen=True)
+class Finished:
+    """One `backup_finished` call, as `RecordingMetrics` keeps it."""
+
+    volume: str
+    trigger: str
+    policy: str | None
+    ok: bool
+    tar_bytes: int
+    stored_bytes: int
+    seconds: float
+
+
+class RecordingMetrics:
+    """`Metrics` that remember what they were told (the real ones are checked by rendering them)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+        self.running = 0
+        self.finished: list[Finished] = []
+        self.next_runs: dict[tuple[str, str], float] = {}
+        self.covered: dict[str, int] = {}
+        self.uncovered = 0
+
+    def request(self, op: str, code: str, seconds: float) -> None:
+        self.requests.append((op, code))
+
+    def backup_started(self) -> None:
+        self.running += 1
+
+    def backup_finished(
+        self, volume: str, trigger: str, policy: str | None, *, ok: bool, tar_bytes: int = 0, stored_bytes: int = 0,
+        seconds: float = 0.0,
+    ) -> None:
+        self.running -= 1
+        self.finished.append(Finished(volume, trigger, policy, ok, tar_bytes, stored_bytes, seconds))
+
+    def next_run(self, policy: str, volume: str, at: float | None) -> None:
+        if at is None:
+            self.next_runs.pop((policy, volume), None)
+        else:
+            self.next_runs[(policy, volume)] = at
+
+    def coverage(self, volumes_per_policy: dict[str, int], uncovered: int) -> None:
+        self.covered, self.uncovered = dict(volumes_per_policy), uncovered
+
+
+class RecordingNotifier:
+    """A `Notifier` that keeps each notification as (kind, volume, detail, policy); nothing is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, str, str | None]] = []
+
+    async def backup_failed(self, volume: str, error: str, *, trigger: str, policy: str | None) -> None:
+        self.sent.append(("backup_failed", volume, f"{trigger}: {error}", policy))
+
+    async def overdue(self, volume: str, policy: str, reason: str) -> None:
+        self.sent.append(("overdue", volume, reason, policy))
+
+    async def recovered(self, volume: str, policy: str) -> None:
+        self.sent.append(("recovered", volume, "", policy))
+
+
 HEARTBEAT_S = 60.0
 """The fake agent's inventory heartbeat."""
 
@@ -323,8 +398,10 @@ class FakeAgent:
 def fake_agent(
     engine: FakeEngine | None = None, sink: Sink | None = None, *stores: BackupStore, host: str = "h1",
     data_path: DataPath = "auto", notes: Path | None = None, rules: Rules | None = None,
+    observer: BackupObserver | None = None,
 ) -> FakeAgent:
-    """The agent's parts over a fake engine and sink (default: a throwaway local store).
+    """The agent's parts over a fake engine and sink (default: a throwaway local store); `observer`, e.g. over
+    RecordingMetrics and RecordingNotifier, is told of every backup.
 
     The one place in tests/ that knows the parts' constructors: when they change, only this changes.
     """
@@ -334,7 +411,7 @@ def fake_agent(
     all_stores = Stores(*stores)
     inventory = Inventory(engine, all_stores, sink, host, heartbeat_s=HEARTBEAT_S, sizes_every_s=0)
     domain = Domain.wire(engine, sink, all_stores, inventory, NoPeers(), host=host, data_path=data_path,
-                         notes=notes, rules=rules)
+                         notes=notes, rules=rules, observer=observer)
     return FakeAgent(engine, sink, all_stores, domain)
 
 
@@ -394,3 +471,5 @@ if TYPE_CHECKING:  # mypy proves that each fake satisfies the Protocol it stands
     _peers: Peers = NoPeers()
     _outcomes: OutcomeStore = MemoryOutcomes()
     _verifier: Verifier = TrustAll()
+    _metrics: Metrics = RecordingMetrics()
+    _notifier: Notifier = RecordingNotifier()

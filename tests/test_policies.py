@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -26,8 +27,10 @@ from volumectl.policies import PolicyRefused, read_policies, remove_policy, set_
 
 from .conftest import Host
 from .identities import Identities
-from .stack import BUSYBOX_IMAGE, Agent
+from .receiver import Receiver
+from .stack import BUSYBOX_IMAGE, Agent, free_port
 from .test_events import eventually, subscribe
+from .test_observability import of, scrape_until
 from .test_volumectl import ctl
 
 pytestmark = pytest.mark.integration
@@ -250,3 +253,37 @@ def test_volumectl_refuses_a_bad_policy_whole_and_writes_nothing(host: Host) -> 
     assert out.returncode == 1
     assert "not valid" in out.stderr and "age1notakey" in out.stderr
     assert "bad" not in ctl(host, "policy", "ls").stdout.split()
+
+
+async def test_a_failing_policy_is_told_once_then_overdue_then_recovered_and_its_metrics_scraped(
+    make_agent: Any, client: AgentClient, policies: Policies, dockerd: Any
+) -> None:
+    port = free_port()
+    with Receiver() as receiver:
+        agent: Agent = make_agent(extra=["--ack-wait", "2", "--notify", receiver.url("/hook"),
+                                         "--metrics-listen", f"127.0.0.1:{port}"])
+        vol, name = f"shaky-{uuid.uuid4().hex[:6]}", f"shaky-{uuid.uuid4().hex[:6]}"
+        assert (await client.request(agent.host_id, "create", {"name": vol})).ok
+        assert (await client.request(agent.host_id, "create", {"name": f"bare-{vol}"})).ok
+        dockerd.docker("run", "-d", "--name", f"user-{vol}", "--network", "none", "-v", f"{vol}:/data",
+                       "--label", "volume-agent.backup.exec-pre=echo cannot dump; exit 3", BUSYBOX_IMAGE,
+                       "sleep", "600")
+        await policies.set(name, agent.host_id, schedule="* * * * * *", keep={"last": 1},
+                           selector={"hosts": [agent.host_id], "volumes": [vol]})
+        _, failed = await receiver.next(timeout=30)
+        assert failed["type"] == "failure" and name in failed["message"] and "exit 3" in failed["message"]
+        _, late = await receiver.next(timeout=30)  # the next failures are not told again; overdue is, once
+        assert late["type"] == "warning" and "overdue" in late["message"] and name in late["message"]
+
+        found = await scrape_until(port, "volume_agent_policy_volumes", policy=name)
+        assert of(found, "volume_agent_policy_volumes", policy=name) == 1
+        assert of(found, "volume_agent_uncovered_volumes") == 1  # bare-<vol>
+        nxt = of(found, "volume_agent_next_backup_timestamp_seconds", policy=name, volume=vol)
+        assert nxt is not None and abs(nxt - time.time()) < 30
+        assert (of(found, "volume_agent_backups_total", trigger="schedule", result="failed") or 0) >= 2
+
+        dockerd.docker("rm", "-f", f"user-{vol}")
+        _, back = await receiver.next(timeout=30)
+        assert back["type"] == "success" and vol in back["message"] and name in back["message"]
+        ok = await coverage_of(client, agent.host_id, vol, name)
+        assert ok.status in ("ok", "running") and ok.last_success is not None

@@ -29,6 +29,7 @@ from ..locks import KeyedLocks
 from ..typing import Engine, EventSink
 from ..volumes import used_by
 from .hooks import POST_HOOK, PRE_HOOK, restart, run_hooks, stop_running
+from .observed import BackupObserver, observed
 from .pipes import Counted, Procs, compressor, feed, tar_totals
 from .progress import Progress
 from .stores import Stores, StoreWriter, new_backup_id
@@ -49,12 +50,13 @@ async def _wait(procs: Procs, writer: StoreWriter) -> list[str]:
 
 
 class Backups:
-    """backup, backups and forget; `on_backup`/`on_forget` are told of every backup made or deleted."""
+    """backup, backups and forget; `on_backup`/`on_forget` are told of every backup made or deleted, `observer`
+    (metrics, notifications) of every backup made or failed."""
 
     def __init__(
         self, engine: Engine, locks: KeyedLocks, causes: Causes, events: EventSink, stores: Stores, *, host: str,
         data_path: DataPath, on_backup: Callable[[BackupRecord], None], on_forget: Callable[[BackupRecord], None],
-        max_running: int = 0,
+        max_running: int = 0, observer: BackupObserver | None = None,
     ) -> None:
         """`max_running`: backups that may run at once (`--max-backups`; 0: no limit); the others queue."""
         self.engine = engine
@@ -66,21 +68,14 @@ class Backups:
         self.data_path = data_path
         self.on_backup = on_backup
         self.on_forget = on_forget
+        self.observer = observer
         self._slots = asyncio.Semaphore(max_running) if max_running > 0 else None
-        self.running = 0
-        self.peak_running = 0
-        """The most backups that ran at once since start (a figure for the benchmarks)."""
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """One of the `max_running` backups; taken before the volume's lock, never while holding one."""
         async with self._slots if self._slots is not None else contextlib.nullcontext():
-            self.running += 1
-            self.peak_running = max(self.peak_running, self.running)
-            try:
-                yield
-            finally:
-                self.running -= 1
+            yield
 
     async def backup(self, req: BackupRequest) -> BackupRecord:
         async with self.slot(), self.locks.hold(req.volume):
@@ -100,6 +95,7 @@ class Backups:
         self.on_forget(record)
         return ForgetResult(backup_id=req.backup_id, forgotten=True)
 
+    @observed
     async def backup_locked(
         self, req: BackupRequest, *, trigger: str = "request", container: str | None = None,
         policy: str | None = None,

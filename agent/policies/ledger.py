@@ -19,7 +19,7 @@ from contracts import Protection
 if TYPE_CHECKING:
     from .coverage import Rule
 
-__all__ = ["Ledger", "RunState", "protection", "worst"]
+__all__ = ["Ledger", "RunState", "is_failing", "overdue_reason", "protection", "worst"]
 
 log = structlog.get_logger(__name__)
 
@@ -40,22 +40,33 @@ class RunState(msgspec.Struct, omit_defaults=True):
     """An overdue notification went out (sent again only after a success)."""
 
 
+def overdue_reason(state: RunState, interval_s: float, window_s: float, now: datetime) -> str | None:
+    """Why (policy, volume) is overdue: no success for twice the schedule's interval (plus its spread), or None."""
+    base = state.last_success or state.since
+    if (now - base).total_seconds() <= OVERDUE_INTERVALS * interval_s + window_s:
+        return None
+    if state.last_success is None:
+        return (f"No successful backup since it came under the policy at {base.isoformat()}, more than twice the "
+                f"schedule's interval ({interval_s:g} s) ago.")
+    return (f"The last successful backup, at {base.isoformat()}, is older than twice the schedule's interval "
+            f"({interval_s:g} s).")
+
+
+def is_failing(state: RunState) -> bool:
+    """The last run failed (no success since)."""
+    return state.last_error is not None and (state.last_success is None or state.last_run is None
+                                             or state.last_run > state.last_success)
+
+
 def protection(state: RunState, interval_s: float, window_s: float, now: datetime, *, running: bool
                ) -> tuple[Protection, str | None]:
     """The protection of one (policy, volume), and why when it is not ok."""
     if running:
         return "running", None
-    if state.last_error is not None and (state.last_success is None or state.last_run is None
-                                         or state.last_run > state.last_success):
+    if is_failing(state):
         return "failing", f"The last scheduled backup failed: {state.last_error}"
-    base = state.last_success or state.since
-    allowed = OVERDUE_INTERVALS * interval_s + window_s
-    if (now - base).total_seconds() > allowed:
-        if state.last_success is None:
-            return "overdue", (f"No successful backup since it came under the policy at {base.isoformat()}, more "
-                               f"than twice the schedule's interval ({interval_s:g} s) ago.")
-        return "overdue", (f"The last successful backup, at {base.isoformat()}, is older than twice the schedule's "
-                           f"interval ({interval_s:g} s).")
+    if (why := overdue_reason(state, interval_s, window_s, now)) is not None:
+        return "overdue", why
     if state.last_success is None:
         return "pending", None
     return "ok", None

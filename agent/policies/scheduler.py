@@ -24,10 +24,10 @@ from ..backup.backups import Backups
 from ..errors import AgentError
 from ..locks import KeyedLocks
 from ..tasks import Tasks
-from ..typing import Engine
+from ..typing import Engine, Metrics, Notifier
 from .book import PolicyBook
 from .coverage import Rule, covered, label_rules, rules_of
-from .ledger import Ledger, protection
+from .ledger import Ledger, is_failing, overdue_reason
 from .timing import Due, next_due, offset_s
 
 __all__ = ["Scheduler"]
@@ -46,23 +46,13 @@ class LocalRunner(Protocol):
                     ) -> Any: ...
 
 
-class ScheduleMetrics(Protocol):
-    def next_run(self, policy: str, volume: str, at: float | None) -> None: ...
-    def coverage(self, volumes_per_policy: dict[str, int], uncovered: int) -> None: ...
-
-
-class OverdueNotifier(Protocol):
-    async def overdue(self, volume: str, policy: str, reason: str) -> None: ...
-    async def recovered(self, volume: str, policy: str) -> None: ...
-
-
 class Scheduler:
     """The loop that starts scheduled backups; `poke()` makes it look again now (a policy or volume changed)."""
 
     def __init__(
         self, engine: Engine, locks: KeyedLocks, backups: Backups, book: PolicyBook, ledger: Ledger,
         runner: LocalRunner, tasks: Tasks, *, host: str, on_change: Callable[[], None] = lambda: None,
-        metrics: ScheduleMetrics | None = None, notifier: OverdueNotifier | None = None,
+        metrics: Metrics | None = None, notifier: Notifier | None = None,
     ) -> None:
         self.engine = engine
         self.locks = locks
@@ -204,15 +194,19 @@ class Scheduler:
             # Cut short by shutdown before the backup was made: not recorded, so the next start runs it (once).
             self.ledger.running.discard(key)
             if finished or made:
-                was_told = self.ledger.get(rule.name, volume, datetime.now(UTC)).overdue_told
+                before = self.ledger.get(rule.name, volume, datetime.now(UTC))
+                was_told, was_failing = before.overdue_told, is_failing(before)
                 # Slots that came while it ran are covered by this run: a late backup is not started twice.
                 offset = timedelta(seconds=offset_s(rule.name, self.host, volume, rule.window_s))
                 slot = max(due.slot, rule.schedule.last_at_or_before(datetime.now(UTC) - offset))
                 self.ledger.finished(rule.name, volume, slot, backup_id=made[0].backup_id if made else None,
                                      error=None if made else error)
                 self.ledger.save()
-                if made and was_told:
-                    await self._notify("recovered", volume, rule.name, "")
+                if self.notifier is not None:
+                    if made and (was_told or was_failing):
+                        await self.notifier.recovered(volume, rule.name)
+                    elif not made and error is not None and not was_failing:  # told once, when it starts failing
+                        await self.notifier.backup_failed(volume, error, trigger="schedule", policy=rule.name)
             self.on_change()
             self.poke()
 
@@ -244,19 +238,15 @@ class Scheduler:
             log.info("backup.pruned", old=old.backup_id, policy=rule.name)
 
     async def _check_overdue(self, rule: Rule, volume: str, now: datetime) -> None:
-        key = (rule.name, volume)
+        """Tell once when (policy, volume) has had no success for twice the interval, failing or not."""
         state = self.ledger.get(rule.name, volume, now)
-        status, reason = protection(state, rule.interval_s, rule.window_s, now, running=key in self.ledger.running)
-        if status == "overdue" and not state.overdue_told:
-            self.ledger.told(state)
-            log.warning("schedule.overdue", policy=rule.name, volume=volume, reason=reason)
-            await self._notify("overdue", volume, rule.name, reason or "")
-            self.on_change()
-
-    async def _notify(self, what: str, volume: str, policy: str, reason: str) -> None:
-        if self.notifier is None:
+        if state.overdue_told or (rule.name, volume) in self.ledger.running:
             return
-        if what == "overdue":
-            self.tasks.start(f"notify:{policy}:{volume}", self.notifier.overdue(volume, policy, reason))
-        else:
-            self.tasks.start(f"notify:{policy}:{volume}", self.notifier.recovered(volume, policy))
+        reason = overdue_reason(state, rule.interval_s, rule.window_s, now)
+        if reason is None:
+            return
+        self.ledger.told(state)
+        log.warning("schedule.overdue", policy=rule.name, volume=volume, reason=reason)
+        if self.notifier is not None:
+            await self.notifier.overdue(volume, rule.name, reason)
+        self.on_change()
