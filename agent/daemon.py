@@ -6,24 +6,17 @@ import asyncio
 import dataclasses
 import signal
 import sys
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import nkeys
 import structlog
-
-from volumectl.signing import Signer
 
 from . import __version__
 from .auth.local import ensure_local_auth
-from .auth.policy import Policy, load_policy
+from .auth.policy import Policy
 from .auth.rules import Rules
-from .auth.transport import is_loopback
-from .auth.verify import Verifier
-from .backoff import until_ok
 from .backup.backups import Backups
 from .backup.digest import Digests
 from .backup.local_store import LocalStore
@@ -36,11 +29,11 @@ from .backup.volume_files import DataPath, remove_leftover_helpers
 from .bus import Bus
 from .causes import Causes
 from .commands import Commands
-from .config import DEFAULT_POLICY, NatsAuth, Settings, parse_args
+from .config import NatsAuth, Settings, parse_args
 from .dispatch import Dispatcher, Handler
 from .docker import DockerEngine
 from .embedded import EmbeddedNats
-from .errors import AgentError, Invalid, Transient
+from .errors import AgentError
 from .events.inventory import Inventory
 from .events.news import VolumeNews
 from .events.onstop import OnStop
@@ -58,7 +51,7 @@ from .policies.trust import PolicyTrust
 from .policies.view import PolicyStatus, PolicyViews
 from .requests import RequestService
 from .share import Shares
-from .streams import OUTCOME_TTL_S
+from .startup import local_policy, persist, unless_stopped, wait_for_docker, warn_if_exposed
 from .tasks import Tasks
 from .typing import Engine, EventSink, Peers
 from .volumes import Volumes
@@ -130,65 +123,6 @@ class Domain:
         }
 
 
-async def _wait_for_docker(engine: DockerEngine) -> None:
-    """An agent may start before Docker (boot order): say so, and retry with backoff."""
-
-    async def ping() -> dict[str, Any]:
-        await engine.ping()
-        return await engine.version()
-
-    v = await until_ok(ping, "docker.unreachable", url=engine.url)
-    log.info("docker.connected", url=engine.url, version=v.get("Version"), api=v.get("ApiVersion"))
-
-
-async def _persist(what: str, step: Callable[[], Awaitable[T]]) -> T:
-    """A start-up step, retried with backoff while Docker or NATS fails it for now (dockerd restarting, a JetStream
-    leader election), as the first connections are: a passing fault does not make the agent exit."""
-    return await until_ok(step, "startup.retrying", catch=(Transient,), what=what)
-
-
-async def _unless_stopped(aw: Awaitable[T], stop: asyncio.Event) -> T:
-    """Await `aw` unless `stop` is set first; then cancel it and raise CancelledError."""
-    task = asyncio.ensure_future(aw)
-    stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    stopper.cancel()
-    if not task.done():
-        task.cancel()
-        raise asyncio.CancelledError
-    return task.result()
-
-
-def local_policy(settings: Settings) -> tuple[Verifier, Rules, Signer | None]:
-    """The policy file and the agent's own key, read once at start; `Invalid` with a sentence if either cannot be
-    used: the agent does not start without them."""
-    seed, path = settings.auth.nkey_seed, settings.policy or Path(DEFAULT_POLICY)
-    try:
-        policy = load_policy(path)
-        rules = Rules(policy, path)
-        signer = Signer.from_file(seed) if seed else None
-    except (ValueError, OSError, nkeys.NkeysError) as exc:
-        raise Invalid(str(exc) or f"The nkey seed {seed} cannot be used.") from exc
-    v, g = policy.volumes, policy.signatures
-    log.info("policy.loaded", file=str(path), identities=len(policy.identity), bind_roots=v.bind_roots,
-             drivers=v.drivers, local_types=v.local_types, share_images=policy.share.images,
-             signed_as=signer.public_key if signer else None)
-    if signer is None:
-        log.warning("policy.unsigned_peers", why="no --nats-nkey-seed: this agent's requests to other agents "
-                    "(migrate) are not signed, and they refuse them")
-    if g.max_command_age_s > OUTCOME_TTL_S:
-        log.warning("policy.replay_window", why=f"max_command_age_s is longer than outcomes are kept "
-                    f"({OUTCOME_TTL_S:g} s): a durable command replayed after that would be applied again")
-    return Verifier(policy, path, host=settings.host_id), rules, signer
-
-
-def _warn_if_exposed(listen: str) -> None:
-    if not is_loopback(f"http://{listen}"):
-        log.warning("metrics.exposed", address=listen, why="the metrics endpoint has no authentication and names "
-                    "this host's volumes and policies", fix="listen on 127.0.0.1 and scrape from this host, or put a "
-                    "reverse proxy with authentication in front")
-
-
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the agent until `stop` is set; then stop taking work, drain, and close down."""
     log.info("agent.starting", version=__version__, host=settings.host_id, docker=settings.docker_url)
@@ -208,7 +142,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         # First in, last out: metrics are served while the agent waits for Docker and NATS, and a backup that fails
         # while in-flight operations drain is still notified.
         if settings.metrics_listen:
-            _warn_if_exposed(settings.metrics_listen)
+            warn_if_exposed(settings.metrics_listen)
             stack.push_async_callback(metrics.stop)
             await metrics.start(settings.metrics_listen)
         stack.push_async_callback(notifier.stop)
@@ -223,23 +157,23 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         engine = DockerEngine(settings.docker_url, settings.docker_timeout_s)
         stack.push_async_callback(engine.stop)
         await engine.start()
-        await _unless_stopped(_wait_for_docker(engine), stop)
+        await unless_stopped(wait_for_docker(engine), stop)
 
         bus = Bus(settings, urls)
         stack.push_async_callback(bus.stop)
-        await _unless_stopped(bus.start(), stop)
+        await unless_stopped(bus.start(), stop)
 
         tasks = Tasks(settings.concurrency)
         stores = Stores(LocalStore(settings.data_dir / "backups"), NatsStore(bus, settings.data_dir / "spool"))
         await stores.cleanup()
         if settings.metrics_listen:
-            made = await _unless_stopped(_persist("reading this host's backups for the metrics",
+            made = await unless_stopped(persist("reading this host's backups for the metrics",
                                                   lambda: stores.catalog(host=settings.host_id)), stop)
-            here = await _unless_stopped(_persist("listing volumes for the metrics", lambda: engine.volume_list({})),
+            here = await unless_stopped(persist("listing volumes for the metrics", lambda: engine.volume_list({})),
                                          stop)
             names = {v["Name"] for v in here}  # a volume removed since has no series to alert on
             metrics.backed_up_before(r for r in made if r.volume in names)
-        await _unless_stopped(_persist("removing leftover helpers", lambda: remove_leftover_helpers(engine)), stop)
+        await unless_stopped(persist("removing leftover helpers", lambda: remove_leftover_helpers(engine)), stop)
         trust = PolicyTrust(verifier.policy, verifier.source, host=settings.host_id, subjects=settings.subjects)
         book, ledger = PolicyBook(trust, settings.data_dir / "policies"), Ledger(settings.data_dir / "schedule.json")
         inventory = Inventory(engine, stores, bus, settings.host_id, heartbeat_s=settings.heartbeat_s,
@@ -270,7 +204,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             bus, dispatcher, tasks, max_ack_pending=settings.concurrency, ack_wait_s=settings.ack_wait_s
         )
         stack.push_async_callback(commands.stop)
-        await _unless_stopped(_persist("setting up the durable command consumer", commands.start), stop)
+        await unless_stopped(persist("setting up the durable command consumer", commands.start), stop)
         on_stop = OnStop(engine, domain.locks, domain.causes, bus, domain.backups, tasks, cursor)
         watch = DockerWatch(engine, cursor, [VolumeNews(bus, domain.causes), inventory, on_stop, scheduler])
         stack.push_async_callback(watch.stop)
@@ -278,7 +212,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         await inventory.start()
         # Policies last in, first out: no scheduled backup starts once stopping has begun.
         stack.push_async_callback(feed.stop)
-        await _unless_stopped(_persist("reading the backup policies", feed.start), stop)
+        await unless_stopped(persist("reading the backup policies", feed.start), stop)
         stack.push_async_callback(scheduler.stop)
         await scheduler.start()
 

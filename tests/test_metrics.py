@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from agent import __version__
 from agent.auth.verify import Caller
 from agent.backup.observed import BackupObserver
-from agent.daemon import _warn_if_exposed
+from agent.startup import warn_if_exposed
 from agent.dispatch import Dispatcher
 from agent.errors import Forbidden, Invalid
 from agent.metrics import Metrics
@@ -198,8 +198,8 @@ def _record(volume: str, created_at: str, duration_s: float) -> BackupRecord:
 
 def test_a_metrics_address_off_this_host_is_warned_of_once() -> None:
     with capture_logs() as logs:
-        _warn_if_exposed("127.0.0.1:9101")
-        _warn_if_exposed("[::1]:9101")
-        _warn_if_exposed("localhost:9101")
-        _warn_if_exposed("0.0.0.0:9101")
+        warn_if_exposed("127.0.0.1:9101")
+        warn_if_exposed("[::1]:9101")
+        warn_if_exposed("localhost:9101")
+        warn_if_exposed("0.0.0.0:9101")
     assert [(e["event"], e["address"]) for e in logs] == [("metrics.exposed", "0.0.0.0:9101")]
