@@ -16,10 +16,10 @@ from structlog.testing import capture_logs
 from agent import __version__
 from agent.auth.verify import Caller
 from agent.backup.observed import BackupObserver
-from agent.startup import warn_if_exposed
 from agent.dispatch import Dispatcher
 from agent.errors import Forbidden, Invalid
 from agent.metrics import Metrics
+from agent.startup import warn_if_exposed
 from agent.tasks import Tasks
 from contracts import BackupRecord, BackupRequest
 from tests.stack import free_port
