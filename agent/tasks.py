@@ -16,7 +16,11 @@ from typing import Any, Generic, TypeVar
 
 import structlog
 
-__all__ = ["Claim", "Tasks"]
+__all__ = [
+    "Claim",
+    "Tasks",
+    "cancel_and_wait",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -128,3 +132,12 @@ class Tasks:
         if pending:
             log.warning("tasks.cancelled", count=len(pending))
             await asyncio.wait(pending)
+
+
+async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
+    """Cancel a long-running loop of a component (idempotent stop) and wait until it has ended."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

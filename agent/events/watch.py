@@ -20,6 +20,7 @@ import structlog
 
 from ..backoff import Backoff, until_ok
 from ..errors import AgentError
+from ..tasks import cancel_and_wait
 from ..typing import Engine, EventHandler
 
 __all__ = ["Cursor", "DockerWatch"]
@@ -119,10 +120,7 @@ class DockerWatch:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         self.cursor.save(force=True)
 
     async def _resync(self) -> None:

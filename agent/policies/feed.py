@@ -19,6 +19,7 @@ from nats.aio.subscription import Subscription
 from volumectl.kv import IncompleteRead, read_bucket
 
 from ..bus import Bus
+from ..tasks import cancel_and_wait
 from .book import PolicyBook
 
 __all__ = ["PolicyFeed"]
@@ -60,10 +61,7 @@ class PolicyFeed:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         sub, self._sub = self._sub, None
         if sub is not None:
             with contextlib.suppress(Exception):

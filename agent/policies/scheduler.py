@@ -23,7 +23,7 @@ from contracts.retention import retain, to_forget
 from ..backup.backups import Backups
 from ..errors import AgentError
 from ..locks import KeyedLocks
-from ..tasks import Tasks
+from ..tasks import Tasks, cancel_and_wait
 from ..typing import Engine, Metrics, Notifier
 from .book import PolicyBook
 from .coverage import Rule, covered, label_rules, rules_of
@@ -80,10 +80,7 @@ class Scheduler:
     async def stop(self) -> None:
         """Start nothing more (running backups are drained with the other tasks)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         self.ledger.save()
 
     def poke(self) -> None:
