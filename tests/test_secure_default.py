@@ -23,6 +23,7 @@ from agent.embedded import EmbeddedNats
 from agent.errors import Unavailable
 from volumectl.local import local_seed
 
+from .procs import wait_for
 from .stack import Agent, Dockerd, free_port, venv_bin
 
 
@@ -176,6 +177,17 @@ def test_run_agent_then_volumectl_ls_on_the_same_host(dockerd: Dockerd, tmp_path
                              env={**env, "VOLUME_AGENT_DATA_DIR": str(data)})
         snapshot = json.loads(out.stdout)["result"]
         assert snapshot["insecure"] and "listens on 0.0.0.0" in snapshot["insecure"][0]
+        # The local operator sets a backup policy that this host's agent applies (signed with its seed).
+        local = {**env, "VOLUME_AGENT_DATA_DIR": str(data)}
+        out = subprocess.run([*ctl, "policy", "set", "local-nightly", "--schedule", "@daily", "--keep-daily", "7"],
+                             capture_output=True, text=True, timeout=60, env=local)
+        assert out.returncode == 0, out.stderr
+        def explained() -> bool:  # once the agent has read the bucket (at the write's signal)
+            out = subprocess.run([*ctl, "policy", "explain", "sec-local-vol"], capture_output=True, text=True,
+                                 timeout=60, env=local)
+            return "policy local-nightly: pending" in out.stdout
+
+        wait_for(explained, 20, "the local operator's policy applied")
         assert '"agent.insecure"' in agent.log()
         # Without the seed (another data dir, as a user who cannot read it would be): refused, and told why.
         out = subprocess.run([*ctl, "ls"], capture_output=True, text=True, timeout=60,
