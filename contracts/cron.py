@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 from zoneinfo import ZoneInfo
 
@@ -48,16 +48,22 @@ class CronSchedule:
     zone: str = "UTC"
 
     def slots(self, after: datetime, *, reverse: bool = False) -> Iterator[datetime]:
-        """Slot times after `after` (at or before it with `reverse`), in the schedule's zone, aware."""
-        return iter(CronSim(self.expr, after.astimezone(ZoneInfo(self.zone)), reverse=reverse))
+        """Slot times after `after` (before it with `reverse`), in UTC.
+
+        cronsim works in the schedule's zone and gives local times; they are turned into UTC at once, because
+        arithmetic and comparisons of local times ignore `fold`: in the hour that repeats when the clocks go back,
+        02:00 CET would otherwise compare (and add) as 02:00 CEST, an hour earlier."""
+        for t in CronSim(self.expr, after.astimezone(ZoneInfo(self.zone)), reverse=reverse):
+            yield t.astimezone(UTC)
 
     def next_after(self, t: datetime) -> datetime:
-        return next(self.slots(t))
+        """The first slot strictly after `t`."""
+        return next(s for s in self.slots(t) if s > t)
 
     def last_at_or_before(self, t: datetime) -> datetime:
         """The newest slot at or before `t`."""
         # cronsim's reverse iteration gives slots strictly before the time it starts from.
-        return next(self.slots(t + timedelta(microseconds=1), reverse=True))
+        return next(s for s in self.slots(t + timedelta(microseconds=1), reverse=True) if s <= t)
 
     def interval_s(self, around: datetime | None = None) -> float:
         """The longest gap between consecutive slots over the next few (what "twice its interval" is measured

@@ -230,3 +230,23 @@ def test_protection_says_failing_overdue_pending_or_ok() -> None:
     assert protection(failing, day, 0, T0 + timedelta(days=1), running=False) == (
         "failing", "The last scheduled backup failed: disk full")
     assert protection(failing, day, 0, T0, running=True) == ("running", None)
+
+
+@pytest.mark.parametrize(("expr", "expected"), [("0 * * * *", 4), ("*/20 * * * *", 14)])
+def test_the_night_the_clocks_go_back_runs_each_slot_once(expr: str, expected: int) -> None:
+    """In Europe/Berlin the hour 02:00-03:00 comes twice on 2026-10-25 (CEST, then CET): each slot of it runs
+    once, not again and again (local times compare without their fold)."""
+    sched = parse_schedule(expr, "Europe/Berlin")
+    start, end = datetime(2026, 10, 24, 22, tzinfo=UTC), datetime(2026, 10, 25, 3, tzinfo=UTC)
+    runs, done, now = [], start, start
+    while now < end:
+        due = next_due(sched, 0, done_through=done, now=now)
+        if due.at <= now:
+            runs.append(due.slot)
+            done = due.slot
+        else:
+            now = due.at
+    # After 22:00 UTC and before 03:00 UTC: 23:00, 00:00 (02:00 CEST), 01:00 (02:00 CET), 02:00; every 20 minutes
+    # 14 slots. Before the fix it was over a hundred runs: the repeated hour never counted as done.
+    assert len(runs) == expected and len(set(runs)) == len(runs) and runs == sorted(runs)
+    assert all(r.utcoffset() == timedelta(0) for r in runs)
