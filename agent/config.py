@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -74,6 +76,9 @@ class Settings:
     sizes_every_s: float = DEFAULT_SIZES_EVERY_S
     """How often volume sizes are computed (Docker's /system/df walks every volume); 0: never."""
     auth: NatsAuth = field(default_factory=NatsAuth)
+    age_identity: Path | None = None
+    """The age identity file (AGE-SECRET-KEY-1... lines) that decrypts encrypted backups on restore; read by the
+    age tool only, never by the agent past the start-up check. None: encrypted backups are not restored here."""
     insecure: tuple[str, ...] = ()
     """What `--insecure` let the agent run with that it would refuse otherwise (see `agent.auth.transport`)."""
 
@@ -135,6 +140,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         auth.add_argument(f"--nats-{name}", default=_env("NATS_" + name.replace("-", "_").upper()),
                           help="the agent's own identity: it also signs the agent's requests to other agents (migrate)"
                           if name == "nkey-seed" else None)
+    p.add_argument("--age-identity", default=_env("AGE_IDENTITY"),
+                   help="a file of age identities (AGE-SECRET-KEY-1... lines, as age-keygen writes them, mode 600): "
+                        "restores decrypt backups encrypted to their public keys; absent: encrypted backups are "
+                        "refused")
     p.add_argument("--insecure", action="store_true", default=_flag("INSECURE"),
                    help="run even where others could command this agent (NATS off this host without credentials "
                         "or TLS); said at start and in the inventory")
@@ -152,6 +161,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         p.error("--max-body and --concurrency must be positive, --grace not negative, --replicas 1 to 5, "
                 "--backup-replicas 0 to 5, --docker-timeout positive, --ack-wait and --heartbeat at least 1, "
                 "--sizes-every not negative")
+    if a.age_identity and (problem := age_identity_problem(Path(a.age_identity))):
+        p.error(f"--age-identity: {problem}")
     urls = [u.strip() for u in (a.nats or "").split(",") if u.strip()]
     found = exposures(urls, credentials=bool(a.nats_user or a.nats_token or a.nats_nkey_seed or a.nats_creds),
                       tls_options=bool(a.nats_tls_ca or a.nats_tls_cert), embedded_listen=a.embedded_listen)
@@ -182,5 +193,35 @@ def parse_args(argv: list[str] | None = None) -> Settings:
             user=a.nats_user, password=a.nats_password, token=a.nats_token, nkey_seed=a.nats_nkey_seed,
             creds=a.nats_creds, tls_ca=a.nats_tls_ca, tls_cert=a.nats_tls_cert, tls_key=a.nats_tls_key,
         ),
+        age_identity=Path(a.age_identity) if a.age_identity else None,
         insecure=tuple(e.what for e in found),
     )
+
+
+AGE_SECRET_KEY = "AGE-SECRET-KEY-1"
+
+
+def age_identity_problem(path: Path) -> str | None:
+    """Why `path` cannot serve as the agent's age identity file, in a sentence, or None. It must be readable, by
+    no one else (a secret key is a password), hold only comments and at least one X25519 key, and the age tool
+    must be here to use it. The sentence never quotes the file's content."""
+    try:
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            return f"{path} is readable by others (mode {stat.S_IMODE(mode):o}); chmod 600 it"
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        return f"{path} cannot be read ({exc.strerror or exc})"
+    keys = 0
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not line.startswith(AGE_SECRET_KEY):
+            return f"line {number} of {path} is no age identity ({AGE_SECRET_KEY}...): make the file with age-keygen"
+        keys += 1
+    if not keys:
+        return f"{path} holds no age identity ({AGE_SECRET_KEY}...): make one with `age-keygen -o {path}`"
+    if shutil.which("age") is None:
+        return "the age tool, which decrypts with it, is not installed: apt-get install age"
+    return None

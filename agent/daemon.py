@@ -25,6 +25,7 @@ from .auth.verify import Verifier
 from .backoff import until_ok
 from .backup.backups import Backups
 from .backup.digest import Digests
+from .backup.encryption import AgeIdentity
 from .backup.local_store import LocalStore
 from .backup.migrate import BusPeers, Migrations
 from .backup.nats_store import NatsStore
@@ -78,10 +79,11 @@ class Domain:
     @classmethod
     def wire(
         cls, engine: Engine, events: EventSink, stores: Stores, inventory: Inventory, peers: Peers, *, host: str,
-        data_path: DataPath, notes: Path | None = None, rules: Rules | None = None,
+        data_path: DataPath, notes: Path | None = None, rules: Rules | None = None, age_identity: Path | None = None,
     ) -> Domain:
         """`notes`: where restores keep a note per target while they write (None: in memory only);
-        `rules`: what the policy allows to be made or mounted (None: the default policy's, the strictest)."""
+        `rules`: what the policy allows to be made or mounted (None: the default policy's, the strictest);
+        `age_identity`: the file whose keys decrypt encrypted backups (None: they are refused)."""
         locks, causes = KeyedLocks(), Causes()
         rules = rules if rules is not None else Rules(Policy(), "(the default policy)")
         backups = Backups(engine, locks, causes, events, stores, host=host, data_path=data_path,
@@ -91,7 +93,7 @@ class Domain:
         return cls(
             engine=engine, locks=locks, causes=causes, volumes=volumes, backups=backups,
             restores=Restores(engine, locks, causes, events, stores, volumes, data_path=data_path, notes=notes,
-                              host=host),
+                              host=host, age=AgeIdentity(age_identity)),
             digests=digests,
             migrations=Migrations(engine, locks, volumes, backups, digests, peers, host=host),
             shares=Shares(engine, locks, causes, rules), inventory=inventory,
@@ -207,7 +209,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         inventory = Inventory(engine, stores, bus, settings.host_id, heartbeat_s=settings.heartbeat_s,
                               sizes_every_s=settings.sizes_every_s, insecure=list(settings.insecure))
         domain = Domain.wire(engine, bus, stores, inventory, BusPeers(bus, signer), host=settings.host_id,
-                             data_path=settings.data_path, notes=settings.data_dir / "restoring", rules=rules)
+                             data_path=settings.data_path, notes=settings.data_dir / "restoring", rules=rules,
+                             age_identity=settings.age_identity)
         await domain.restores.cleanup()
         dispatcher = Dispatcher(settings.host_id, domain.handlers(), KvOutcomes(bus), bus, tasks, verifier,
                                 max_body=settings.max_body)
