@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import stat
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -79,6 +80,8 @@ class Settings:
     age_identity: Path | None = None
     """The age identity file (AGE-SECRET-KEY-1... lines) that decrypts encrypted backups on restore; read by the
     age tool only, never by the agent past the start-up check. None: encrypted backups are not restored here."""
+    age_recipients: tuple[str, ...] = ()
+    """The public keys of `age_identity`'s keys: what this host can decrypt (said at start)."""
     insecure: tuple[str, ...] = ()
     """What `--insecure` let the agent run with that it would refuse otherwise (see `agent.auth.transport`)."""
 
@@ -161,8 +164,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         p.error("--max-body and --concurrency must be positive, --grace not negative, --replicas 1 to 5, "
                 "--backup-replicas 0 to 5, --docker-timeout positive, --ack-wait and --heartbeat at least 1, "
                 "--sizes-every not negative")
-    if a.age_identity and (problem := age_identity_problem(Path(a.age_identity))):
-        p.error(f"--age-identity: {problem}")
+    try:
+        age_recipients = age_identities(Path(a.age_identity)) if a.age_identity else ()
+    except ValueError as exc:
+        p.error(f"--age-identity: {exc}")
     urls = [u.strip() for u in (a.nats or "").split(",") if u.strip()]
     found = exposures(urls, credentials=bool(a.nats_user or a.nats_token or a.nats_nkey_seed or a.nats_creds),
                       tls_options=bool(a.nats_tls_ca or a.nats_tls_cert), embedded_listen=a.embedded_listen)
@@ -194,6 +199,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
             creds=a.nats_creds, tls_ca=a.nats_tls_ca, tls_cert=a.nats_tls_cert, tls_key=a.nats_tls_key,
         ),
         age_identity=Path(a.age_identity) if a.age_identity else None,
+        age_recipients=age_recipients,
         insecure=tuple(e.what for e in found),
     )
 
@@ -201,27 +207,30 @@ def parse_args(argv: list[str] | None = None) -> Settings:
 AGE_SECRET_KEY = "AGE-SECRET-KEY-1"
 
 
-def age_identity_problem(path: Path) -> str | None:
-    """Why `path` cannot serve as the agent's age identity file, in a sentence, or None. It must be readable, by
-    no one else (a secret key is a password), hold only comments and at least one X25519 key, and the age tool
-    must be here to use it. The sentence never quotes the file's content."""
+def age_identities(path: Path) -> tuple[str, ...]:
+    """The public keys (recipients) of the age identity file `path`; `ValueError` with a sentence if it cannot serve
+    as the agent's: it must be readable, by no one else (a secret key is a password), hold only comments and X25519
+    keys whose checksums hold (`age-keygen -y` checks them), and the age tool must be here to use it. The sentence
+    never quotes the file's content."""
     try:
         mode = path.stat().st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            return f"{path} is readable by others (mode {stat.S_IMODE(mode):o}); chmod 600 it"
+            raise ValueError(f"{path} is readable by others (mode {stat.S_IMODE(mode):o}); chmod 600 it")
         lines = path.read_text(errors="replace").splitlines()
     except OSError as exc:
-        return f"{path} cannot be read ({exc.strerror or exc})"
-    keys = 0
+        raise ValueError(f"{path} cannot be read ({exc.strerror or exc})") from None
     for number, line in enumerate(lines, 1):
         line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if not line.startswith(AGE_SECRET_KEY):
-            return f"line {number} of {path} is no age identity ({AGE_SECRET_KEY}...): make the file with age-keygen"
-        keys += 1
-    if not keys:
-        return f"{path} holds no age identity ({AGE_SECRET_KEY}...): make one with `age-keygen -o {path}`"
-    if shutil.which("age") is None:
-        return "the age tool, which decrypts with it, is not installed: apt-get install age"
-    return None
+        if line and not line.startswith(("#", AGE_SECRET_KEY)):
+            raise ValueError(f"line {number} of {path} is no age identity ({AGE_SECRET_KEY}...): make the file "
+                             "with age-keygen")
+    if not any(line.strip().startswith(AGE_SECRET_KEY) for line in lines):
+        raise ValueError(f"{path} holds no age identity ({AGE_SECRET_KEY}...): make one with `age-keygen -o {path}`")
+    if shutil.which("age") is None or shutil.which("age-keygen") is None:
+        raise ValueError("the age tool, which decrypts with it, is not installed: apt-get install age")
+    out = subprocess.run(["age-keygen", "-y", str(path)], capture_output=True, text=True, check=False)
+    recipients = tuple(out.stdout.split())
+    if out.returncode != 0 or not recipients:
+        said = (out.stderr.splitlines() or [""])[0].removeprefix("age-keygen: error: ")
+        raise ValueError(f"{path} holds a key age cannot use ({said})")
+    return recipients

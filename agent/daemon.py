@@ -174,6 +174,8 @@ def local_policy(settings: Settings) -> tuple[Verifier, Rules, Signer | None]:
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the agent until `stop` is set; then stop taking work, drain, and close down."""
     log.info("agent.starting", version=__version__, host=settings.host_id, docker=settings.docker_url)
+    if settings.age_identity is not None:  # its public keys only: the file's path is all the agent hands on
+        log.info("agent.age_identity", file=str(settings.age_identity), decrypts_for=list(settings.age_recipients))
     if settings.insecure:
         log.warning("agent.insecure", reasons=list(settings.insecure),
                     fix="start it without --insecure to be told what to change")

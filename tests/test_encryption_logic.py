@@ -83,6 +83,7 @@ async def test_an_encrypted_backup_stores_only_ciphertext_and_restores_with_the_
     stored = Path(rec.location).read_bytes()
     assert rec.encrypted_to == [key.recipient] and rec.location.endswith(".age")
     assert stored.startswith(AGE_HEADER) and MARKER not in stored and len(stored) == rec.stored_size
+    assert await LocalStore(tmp_path / "local").cleanup() == 0  # a start's clean-up knows `.tar.*.age` files
     await agent.restores.restore(RestoreRequest(backup_id=rec.backup_id, volume="v2"))
     assert contents(Path(agent.engine.volumes["v2"]["Mountpoint"])) == contents(src)
 
@@ -173,9 +174,13 @@ def test_age_identity_is_checked_at_start_and_its_keys_are_never_quoted(
     tmp_path: Path, key: Key, capsys: pytest.CaptureFixture[str]
 ) -> None:
     base = ["--nats", "nats://127.0.0.1:4222", "--host-id", "h1"]
-    assert parse_args([*base, "--age-identity", str(key.path)]).age_identity == key.path
+    settings = parse_args([*base, "--age-identity", str(key.path)])
+    assert settings.age_identity == key.path and settings.age_recipients == (key.recipient,)
     assert parse_args(base).age_identity is None
     secret = next(line for line in key.path.read_text().splitlines() if line.startswith("AGE-SECRET-KEY-1"))
+    typo = tmp_path / "typo.txt"
+    typo.write_text(secret[:-1] + ("Q" if secret[-1] != "Q" else "P") + "\n")
+    typo.chmod(0o600)
     open_key = tmp_path / "open.txt"
     open_key.write_text(key.path.read_text())
     open_key.chmod(0o644)
@@ -186,7 +191,9 @@ def test_age_identity_is_checked_at_start_and_its_keys_are_never_quoted(
     empty.write_text("# nothing here\n")
     empty.chmod(0o600)
     for path, said in [(tmp_path / "missing.txt", "cannot be read"), (open_key, "readable by others"),
-                       (not_a_key, "line 3 of"), (empty, "holds no age identity")]:
+                       (not_a_key, "line 3 of"), (empty, "holds no age identity"),
+                       (typo, "holds a key age cannot use (failed to parse input: error at line 1: malformed "
+                              "secret key: invalid checksum)")]:
         with pytest.raises(SystemExit) as exited:
             parse_args([*base, "--age-identity", str(path)])
         err = capsys.readouterr().err
