@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
+import stat
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -84,6 +87,11 @@ class Settings:
     """Backups that run at once on this host (any trigger); the others queue."""
     policy_refresh_s: float = DEFAULT_POLICY_REFRESH_S
     auth: NatsAuth = field(default_factory=NatsAuth)
+    age_identity: Path | None = None
+    """The age identity file (AGE-SECRET-KEY-1... lines) that decrypts encrypted backups on restore; read by the
+    age tool only, never by the agent past the start-up check. None: encrypted backups are not restored here."""
+    age_recipients: tuple[str, ...] = ()
+    """The public keys of `age_identity`'s keys: what this host can decrypt (said at start)."""
     insecure: tuple[str, ...] = ()
     """What `--insecure` let the agent run with that it would refuse otherwise (see `agent.auth.transport`)."""
     metrics_listen: str | None = None
@@ -154,6 +162,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         auth.add_argument(f"--nats-{name}", default=_env("NATS_" + name.replace("-", "_").upper()),
                           help="the agent's own identity: it also signs the agent's requests to other agents (migrate)"
                           if name == "nkey-seed" else None)
+    p.add_argument("--age-identity", default=_env("AGE_IDENTITY"),
+                   help="a file of age identities (AGE-SECRET-KEY-1... lines, as age-keygen writes them, mode 600): "
+                        "restores decrypt backups encrypted to their public keys; absent: encrypted backups are "
+                        "refused")
     p.add_argument("--insecure", action="store_true", default=_flag("INSECURE"),
                    help="run even where others could command this agent (NATS off this host without credentials "
                         "or TLS); said at start and in the inventory")
@@ -185,6 +197,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     notify = a.notify if a.notify is not None else (_env("NOTIFY") or "").split()
     if bad := unusable_urls(notify):
         p.error("; ".join(bad) + " (see the apprise documentation for each service's URL)")
+    try:
+        age_recipients = age_identities(Path(a.age_identity)) if a.age_identity else ()
+    except ValueError as exc:
+        p.error(f"--age-identity: {exc}")
     urls = [u.strip() for u in (a.nats or "").split(",") if u.strip()]
     found = exposures(urls, credentials=bool(a.nats_user or a.nats_token or a.nats_nkey_seed or a.nats_creds),
                       tls_options=bool(a.nats_tls_ca or a.nats_tls_cert), embedded_listen=a.embedded_listen)
@@ -217,7 +233,41 @@ def parse_args(argv: list[str] | None = None) -> Settings:
             user=a.nats_user, password=a.nats_password, token=a.nats_token, nkey_seed=a.nats_nkey_seed,
             creds=a.nats_creds, tls_ca=a.nats_tls_ca, tls_cert=a.nats_tls_cert, tls_key=a.nats_tls_key,
         ),
+        age_identity=Path(a.age_identity) if a.age_identity else None,
+        age_recipients=age_recipients,
         insecure=tuple(e.what for e in found),
         metrics_listen=a.metrics_listen or None,
         notify=tuple(notify),
     )
+
+
+AGE_SECRET_KEY = "AGE-SECRET-KEY-1"
+
+
+def age_identities(path: Path) -> tuple[str, ...]:
+    """The public keys (recipients) of the age identity file `path`; `ValueError` with a sentence if it cannot serve
+    as the agent's: it must be readable, by no one else (a secret key is a password), hold only comments and X25519
+    keys whose checksums hold (`age-keygen -y` checks them), and the age tool must be here to use it. The sentence
+    never quotes the file's content."""
+    try:
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ValueError(f"{path} is readable by others (mode {stat.S_IMODE(mode):o}); chmod 600 it")
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        raise ValueError(f"{path} cannot be read ({exc.strerror or exc})") from None
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if line and not line.startswith(("#", AGE_SECRET_KEY)):
+            raise ValueError(f"line {number} of {path} is no age identity ({AGE_SECRET_KEY}...): make the file "
+                             "with age-keygen")
+    if not any(line.strip().startswith(AGE_SECRET_KEY) for line in lines):
+        raise ValueError(f"{path} holds no age identity ({AGE_SECRET_KEY}...): make one with `age-keygen -o {path}`")
+    if shutil.which("age") is None or shutil.which("age-keygen") is None:
+        raise ValueError("the age tool, which decrypts with it, is not installed: apt-get install age")
+    out = subprocess.run(["age-keygen", "-y", str(path)], capture_output=True, text=True, check=False)
+    recipients = tuple(out.stdout.split())
+    if out.returncode != 0 or not recipients:
+        said = (out.stderr.splitlines() or [""])[0].removeprefix("age-keygen: error: ")
+        raise ValueError(f"{path} holds a key age cannot use ({said})")
+    return recipients

@@ -19,6 +19,7 @@ from .auth.policy import Policy
 from .auth.rules import Rules
 from .backup.backups import Backups
 from .backup.digest import Digests
+from .backup.encryption import AgeIdentity
 from .backup.local_store import LocalStore
 from .backup.migrate import BusPeers, Migrations
 from .backup.nats_store import NatsStore
@@ -82,11 +83,12 @@ class Domain:
     def wire(
         cls, engine: Engine, events: EventSink, stores: Stores, inventory: Inventory, peers: Peers, *, host: str,
         data_path: DataPath, notes: Path | None = None, rules: Rules | None = None, max_backups: int = 0,
-        observer: BackupObserver | None = None,
+        observer: BackupObserver | None = None, age_identity: Path | None = None,
     ) -> Domain:
         """`notes`: where restores keep a note per target while they write (None: in memory only);
         `rules`: what the policy allows to be made or mounted (None: the default policy's, the strictest);
-        `observer`: told of every backup, made or failed (metrics, notifications)."""
+        `observer`: told of every backup, made or failed (metrics, notifications);
+        `age_identity`: the file whose keys decrypt encrypted backups (None: they are refused)."""
         locks, causes = KeyedLocks(), Causes()
         rules = rules if rules is not None else Rules(Policy(), "(the default policy)")
         backups = Backups(engine, locks, causes, events, stores, host=host, data_path=data_path,
@@ -97,7 +99,7 @@ class Domain:
         return cls(
             engine=engine, locks=locks, causes=causes, volumes=volumes, backups=backups,
             restores=Restores(engine, locks, causes, events, stores, volumes, data_path=data_path, notes=notes,
-                              host=host),
+                              host=host, age=AgeIdentity(age_identity)),
             digests=digests,
             migrations=Migrations(engine, locks, volumes, backups, digests, peers, host=host),
             shares=Shares(engine, locks, causes, rules), inventory=inventory,
@@ -126,6 +128,8 @@ class Domain:
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the agent until `stop` is set; then stop taking work, drain, and close down."""
     log.info("agent.starting", version=__version__, host=settings.host_id, docker=settings.docker_url)
+    if settings.age_identity is not None:  # its public keys only: the file's path is all the agent hands on
+        log.info("agent.age_identity", file=str(settings.age_identity), decrypts_for=list(settings.age_recipients))
     if settings.insecure:
         log.warning("agent.insecure", reasons=list(settings.insecure),
                     fix="start it without --insecure to be told what to change")
@@ -181,7 +185,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                               policies=PolicyStatus(book, ledger))
         domain = Domain.wire(engine, bus, stores, inventory, BusPeers(bus, signer), host=settings.host_id,
                              data_path=settings.data_path, notes=settings.data_dir / "restoring", rules=rules,
-                             max_backups=settings.max_backups, observer=BackupObserver(metrics, notifier))
+                             max_backups=settings.max_backups, observer=BackupObserver(metrics, notifier),
+                             age_identity=settings.age_identity)
         await domain.restores.cleanup()
         handlers = domain.handlers()
         dispatcher = Dispatcher(settings.host_id, handlers, KvOutcomes(bus), bus, tasks, verifier,

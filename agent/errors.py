@@ -11,7 +11,7 @@
     ├── Forbidden            forbidden     the local policy refuses it: signature, role, host, or a risky request
     └── Transient            (abstract)    a retry may succeed: durable commands are redelivered
         ├── Unavailable      unavailable   Docker, NATS or storage cannot be reached or used right now
-        │   └── ToolFailed   unavailable   tar, zstd or gzip failed: a volume or store could not be read or written
+        │   └── ToolFailed   unavailable   tar, zstd, gzip or age failed: a volume or store could not be read or written
         └── Timeout          timeout       the operation did not finish in time
 
 A `Forbidden` refusal is final (never redelivered) but never recorded under the command's id: it says nothing

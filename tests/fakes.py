@@ -237,9 +237,11 @@ class MemoryStore:
         self.root = root
         self.records: dict[str, BackupRecord] = {}
 
-    async def begin(self, backup_id: str, volume: str, compression: Compression) -> StoreWriter:
+    async def begin(
+        self, backup_id: str, volume: str, compression: Compression, *, encrypted: bool = False
+    ) -> StoreWriter:
         self.root.mkdir(parents=True, exist_ok=True)
-        final = self.root / f"{backup_id}{suffix_of(compression)}"
+        final = self.root / f"{backup_id}{suffix_of(compression, encrypted=encrypted)}"
         writer = StoreWriter(path=self.root / f".{backup_id}{PARTIAL}", final=final, location=str(final))
         writer.open()
         return writer
@@ -398,7 +400,7 @@ class FakeAgent:
 def fake_agent(
     engine: FakeEngine | None = None, sink: Sink | None = None, *stores: BackupStore, host: str = "h1",
     data_path: DataPath = "auto", notes: Path | None = None, rules: Rules | None = None,
-    observer: BackupObserver | None = None,
+    observer: BackupObserver | None = None, age_identity: Path | None = None,
 ) -> FakeAgent:
     """The agent's parts over a fake engine and sink (default: a throwaway local store); `observer`, e.g. over
     RecordingMetrics and RecordingNotifier, is told of every backup.
@@ -411,7 +413,7 @@ def fake_agent(
     all_stores = Stores(*stores)
     inventory = Inventory(engine, all_stores, sink, host, heartbeat_s=HEARTBEAT_S, sizes_every_s=0)
     domain = Domain.wire(engine, sink, all_stores, inventory, NoPeers(), host=host, data_path=data_path,
-                         notes=notes, rules=rules, observer=observer)
+                         notes=notes, rules=rules, observer=observer, age_identity=age_identity)
     return FakeAgent(engine, sink, all_stores, domain)
 
 

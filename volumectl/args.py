@@ -80,6 +80,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--stop-containers", action="store_true", help="stop the volume's running users meanwhile")
     b.add_argument("--store", choices=["local", "nats"], default="local",
                    help="local: this host's data dir; nats: the shared store every host can restore from")
+    b.add_argument("--encrypt-to", action="append", metavar="RECIPIENT",
+                   help="encrypt to this age public key (age1...; repeat for several); restoring needs one of their "
+                        "identities in the restoring agent's --age-identity")
 
     bs = sub.add_parser("backups", help="list backups, newest first")
     bs.add_argument("volume", nargs="?")
@@ -155,6 +158,8 @@ def request_of(a: argparse.Namespace, p: argparse.ArgumentParser) -> tuple[str, 
                     "store": a.store}
             if a.keep is not None:
                 body["keep"] = a.keep
+            if a.encrypt_to:
+                body["encrypt_to"] = a.encrypt_to
             op = "backup"
         case "backups":
             op, body = "backups", {k: v for k, v in (("volume", a.volume), ("made_here", a.made_here or a.all_hosts))

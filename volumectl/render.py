@@ -81,7 +81,8 @@ def human(op: str, result: dict[str, Any]) -> str:
             return str(result["name"]) + (f" (final backup {backup['backup_id']})" if backup else "")
         case "backup":
             return (f"{result['backup_id']}  {size(result['size'])} -> {size(result['stored_size'])} "
-                    f"{result['compression']} in {result['duration_s']:.1f} s\n{result['location']}")
+                    f"{result['compression']}{' + age' if result.get('encrypted_to') else ''} in "
+                    f"{result['duration_s']:.1f} s\n{result['location']}")
         case "backups":
             return backups_table(result["backups"])
         case "migrate":

@@ -28,6 +28,7 @@ from ..errors import AgentError, Internal, ToolFailed
 from ..locks import KeyedLocks
 from ..typing import Engine, EventSink
 from ..volumes import used_by
+from .encryption import encryptor
 from .hooks import POST_HOOK, PRE_HOOK, restart, run_hooks, stop_running
 from .observed import BackupObserver, observed
 from .pipes import Counted, Procs, compressor, feed, tar_totals
@@ -104,6 +105,7 @@ class Backups:
         v = await self.engine.volume_inspect(req.volume)
         users = await used_by(self.engine, req.volume)
         store = self.stores[req.store]
+        encrypt = encryptor(req.encrypt_to, req.volume)  # bad recipients, or no age here: before anything is written
         backup_id = new_backup_id(req.volume)
         started, created_at = time.monotonic(), datetime.now(UTC).isoformat()
         events = self.events
@@ -114,12 +116,12 @@ class Backups:
                 await run_hooks(self.engine, users, PRE_HOOK, must_succeed=True)
                 if req.stop_containers:
                     stopped = await stop_running(self.engine, self.causes, users)
-                writer = await store.begin(backup_id, req.volume, req.compression)
+                writer = await store.begin(backup_id, req.volume, req.compression, encrypted=encrypt is not None)
                 try:
                     progress = Progress(self.events, "backup", req.volume, backup_id)
                     async with progress.running():
                         still_running = [u for u in users if u not in stopped]
-                        size = await self._write(v, still_running, req.compression, writer, progress)
+                        size = await self._write(v, still_running, req.compression, encrypt, writer, progress)
                     record = BackupRecord(
                         backup_id=backup_id, volume=req.volume, host=self.host, trigger=trigger,  # type: ignore[arg-type]
                         size=size, stored_size=writer.written, sha256=writer.sha256.hexdigest(),
@@ -128,7 +130,7 @@ class Backups:
                         duration_s=round(time.monotonic() - started, 3),
                         stopped_containers=[u.container for u in stopped],
                         volume_driver=v.get("Driver") or "local", volume_labels=dict(v.get("Labels") or {}),
-                        container=container, policy=policy,
+                        container=container, policy=policy, encrypted_to=list(dict.fromkeys(req.encrypt_to)),
                     )
                     await store.commit(writer, record)
                 except BaseException:
@@ -151,17 +153,18 @@ class Backups:
         return record
 
     async def _write(
-        self, v: dict[str, Any], users: list[ContainerRef], compression: Compression, writer: StoreWriter,
-        progress: Progress,
+        self, v: dict[str, Any], users: list[ContainerRef], compression: Compression, encrypt: list[str] | None,
+        writer: StoreWriter, progress: Progress,
     ) -> int:
-        """Stream the volume's tar through the compressor into the store; returns the tar's size.
+        """Stream the volume's tar through the compressor (and age, to encrypt) into the store; returns the tar's
+        size.
 
-        The last process writes the store file itself, as `tar | zstd > file` would; a thread follows the
+        The last process writes the store file itself, as `tar | zstd | age > file` would; a thread follows the
         file as it grows and hashes it. Python stays out of the data path and the event loop stays free.
         """
-        comp = compressor(compression)
+        packers = [argv for argv in (compressor(compression), encrypt) if argv]
         async with volume_files(self.engine, v, users, self.data_path) as files:
-            if isinstance(files, ContainerDir) and comp is None:
+            if isinstance(files, ContainerDir) and not packers:
                 counted = Counted(files.read())
                 async for chunk in counted:
                     await asyncio.to_thread(writer.write, chunk)
@@ -172,15 +175,14 @@ class Backups:
             following = asyncio.create_task(asyncio.to_thread(writer.follow, done, progress.add))
             try:
                 if isinstance(files, HostDir):
-                    argvs = [files.create_argv(), *([comp] if comp else [])]
+                    argvs = [files.create_argv(), *packers]
                     await procs.chain(argvs, stdin=asyncio.subprocess.DEVNULL, stdout=writer.fd)
                     size = tar_totals((await _wait(procs, writer))[0])
                     if size is None:
                         raise Internal("tar did not report the size of the archive it wrote.")
                 else:
-                    assert comp is not None
                     counted = Counted(files.read())
-                    await procs.chain([comp], stdin=asyncio.subprocess.PIPE, stdout=writer.fd)
+                    await procs.chain(packers, stdin=asyncio.subprocess.PIPE, stdout=writer.fd)
                     await feed(procs.first, counted)
                     await _wait(procs, writer)
                     size = counted.n

@@ -43,9 +43,11 @@ class LocalStore:
     def _dir(self, volume: str) -> Path:
         return self.root / volume
 
-    async def begin(self, backup_id: str, volume: str, compression: Compression) -> StoreWriter:
+    async def begin(
+        self, backup_id: str, volume: str, compression: Compression, *, encrypted: bool = False
+    ) -> StoreWriter:
         d = self._dir(volume)
-        final = d / f"{backup_id}{suffix_of(compression)}"
+        final = d / f"{backup_id}{suffix_of(compression, encrypted=encrypted)}"
         writer = StoreWriter(path=d / f".{backup_id}{PARTIAL}", final=final, location=str(final))
         try:
             d.mkdir(parents=True, exist_ok=True)

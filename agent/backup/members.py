@@ -23,7 +23,8 @@ from pathlib import Path
 from contracts import BackupRecord
 
 from ..errors import Corrupt, ToolFailed
-from .pipes import Procs, decompressor
+from .encryption import AgeIdentity
+from .pipes import Procs
 
 __all__ = ["LIST_ARGV", "check_members", "member_problem", "parse_listing"]
 
@@ -118,15 +119,16 @@ def member_problem(kind: int, name: bytes, target: bytes | None, seen: dict[byte
     return None
 
 
-async def check_members(path: Path, record: BackupRecord) -> int:
+async def check_members(path: Path, record: BackupRecord, age: AgeIdentity | None = None) -> int:
     """Read the stored backup's member list with GNU tar; `Corrupt` with a sentence if a restore must not write
-    it (see the module's docstring) or it is no tar archive. Returns the number of members."""
+    it (see the module's docstring) or it is no tar archive. Returns the number of members. An encrypted backup is
+    decrypted in the pipe with `age`'s identity."""
     procs, seen, n = Procs(), dict[bytes, int](), 0
-    decomp = decompressor(record.compression)
+    unpackers = (age or AgeIdentity(None)).tar_stream(record)
     refused = None
     try:
         with open(path, "rb") as stored:  # noqa: ASYNC230 - a local file, opened once and handed to the child
-            await procs.chain([*([decomp] if decomp else []), LIST_ARGV], stdin=stored,
+            await procs.chain([*unpackers, LIST_ARGV], stdin=stored,
                               stdout=asyncio.subprocess.PIPE)
         out = procs.last.stdout
         assert out is not None

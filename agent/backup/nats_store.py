@@ -66,8 +66,10 @@ class NatsStore:
     def _location(self, backup_id: str) -> str:
         return f"nats://{self.bus.backups_bucket}/{backup_id}"
 
-    async def begin(self, backup_id: str, volume: str, compression: Compression) -> StoreWriter:
-        final = self.spool / f"{backup_id}{suffix_of(compression)}"
+    async def begin(
+        self, backup_id: str, volume: str, compression: Compression, *, encrypted: bool = False
+    ) -> StoreWriter:
+        final = self.spool / f"{backup_id}{suffix_of(compression, encrypted=encrypted)}"
         writer = StoreWriter(path=self.spool / f".{backup_id}{PARTIAL}", final=final,
                              location=self._location(backup_id))
         try:

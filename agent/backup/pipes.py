@@ -1,4 +1,4 @@
-"""The data path's processes: GNU tar and the (de)compressors joined by OS pipes, fed and read by Python.
+"""The data path's processes: GNU tar, the (de)compressors and age joined by OS pipes, fed and read by Python.
 
 Native speed: no data passes through Python but what it must feed, hash or count.
 """
@@ -134,16 +134,17 @@ def big_pipe() -> tuple[int, int]:
     return r, w
 
 
-# GNU tar closes a failure with one of these; the line before says what went wrong.
-_TAR_SIGN_OFFS = (
+# GNU tar and age close a failure with one of these; the line before says what went wrong.
+_SIGN_OFFS = (
     "tar: Error is not recoverable: exiting now",
     "tar: Exiting with failure status due to previous errors",
+    "age: report unexpected or unhelpful errors at",
 )
 
 
 def _last_line(text: str) -> str:
-    """The last line that says something (not tar's sign-off), at most 300 characters."""
-    lines = [line.strip() for line in text.splitlines() if line.strip() and line.strip() not in _TAR_SIGN_OFFS]
+    """The last line that says something (not a sign-off), at most 300 characters."""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(_SIGN_OFFS)]
     return lines[-1][-300:] if lines else ""
 
 

@@ -18,8 +18,9 @@ from ..errors import AgentError, Conflict, InUse, NotFound, Unavailable
 from ..locks import KeyedLocks
 from ..typing import BackupStore, Engine, EventSink
 from ..volumes import Volumes, used_by
+from .encryption import AgeIdentity
 from .members import check_members
-from .pipes import CHUNK, Counted, Procs, decompressor, feed, read_chunks, tar_totals
+from .pipes import CHUNK, Counted, Procs, feed, read_chunks, tar_totals
 from .progress import Progress
 from .stores import Stores
 from .unfinished import Unfinished, current_cmd_id
@@ -37,9 +38,10 @@ class Restores:
 
     def __init__(
         self, engine: Engine, locks: KeyedLocks, causes: Causes, events: EventSink, stores: Stores, volumes: Volumes,
-        *, data_path: DataPath, notes: Path | None = None, host: str | None = None,
+        *, data_path: DataPath, notes: Path | None = None, host: str | None = None, age: AgeIdentity | None = None,
     ) -> None:
-        """`host`: this host's id; its own backups in its local store are trusted as they are (None: none is)."""
+        """`host`: this host's id; its own backups in its local store are trusted as they are (None: none is).
+        `age`: what this host can decrypt (None: no encrypted backup)."""
         self.engine = engine
         self.locks = locks
         self.causes = causes
@@ -48,6 +50,7 @@ class Restores:
         self.stores = stores
         self.data_path = data_path
         self.host = host
+        self.age = age if age is not None else AgeIdentity(None)
         self.unfinished = Unfinished(notes)
 
     async def cleanup(self) -> None:
@@ -65,6 +68,7 @@ class Restores:
         async with self.locks.hold(req.volume):
             await events.event("restore.started", req.volume, backup_id=record.backup_id)
             try:
+                self.age.decryptor(record)  # encrypted, and no identity here: refused before anything is touched
                 result = await self._settle(req.volume, RestoreResult) or await self._restore(req, store, record)
             except AgentError as exc:
                 await events.event("restore.failed", req.volume, backup_id=record.backup_id, error=exc.message)
@@ -75,10 +79,12 @@ class Restores:
     async def _restore(self, req: RestoreRequest, store: BackupStore, record: BackupRecord) -> RestoreResult:
         started = time.monotonic()
         async with store.fetch(record) as path:  # verified: the bytes recorded, or `corrupt`
+            # Encrypted: to a key of this host's, or refused (the first chunk is decrypted, and dropped).
+            await self.age.probe(path, record)
             # What it holds, before the target is made or emptied: nothing outside the volume, no devices. Not
             # for what this host wrote into its own store (root only): as it found the volume, and costs a pass.
             if not (store.name == "local" and record.host == self.host):
-                await check_members(path, record)
+                await check_members(path, record, self.age)
             v, created = await self._target(
                 req.volume,
                 driver=req.driver or record.volume_driver,
@@ -181,22 +187,24 @@ class Restores:
                                          "DriverOpts": v.get("Options") or {}, "Labels": v.get("Labels") or {}})
 
     async def _extract(self, v: dict[str, Any], record: BackupRecord, path: Path, progress: Progress) -> None:
-        decomp = decompressor(record.compression)
+        """The stored bytes, decrypted and decompressed by processes in the pipe (plaintext never touches a
+        file), extracted into the volume."""
+        unpackers = self.age.tar_stream(record)
         async with volume_files(self.engine, v, [], self.data_path) as files:
             procs = Procs()
             try:
                 with open(path, "rb") as stored:  # noqa: ASYNC230 - a local file, opened once
                     if isinstance(files, HostDir):
-                        argvs = [*([decomp] if decomp else []), files.extract_argv()]
+                        argvs = [*unpackers, files.extract_argv()]
                         await procs.chain(argvs, stdin=stored, stdout=asyncio.subprocess.DEVNULL)
                         await procs.wait()
                         progress.add(record.stored_size)
                         return
                     assert isinstance(files, ContainerDir)
-                    if decomp is None:
+                    if not unpackers:
                         await files.write(_file_chunks(stored, progress))
                         return
-                    await procs.chain([decomp], stdin=stored, stdout=asyncio.subprocess.PIPE)
+                    await procs.chain(unpackers, stdin=stored, stdout=asyncio.subprocess.PIPE)
                     assert procs.last.stdout is not None
                     await files.write(read_chunks(procs.last.stdout, progress.add))
                     await procs.wait()

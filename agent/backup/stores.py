@@ -34,10 +34,13 @@ SYNC_EVERY = 64 << 20
 # How long the hashing thread waits for the compressor to write more; short against a multi-second backup.
 FOLLOW_IDLE_S = 0.005
 _SUFFIX = {"zstd": ".tar.zst", "gzip": ".tar.gz", "none": ".tar"}
+# What age adds to an encrypted backup's name (`.tar.zst.age`), as the age tool names its files.
+ENCRYPTED = ".age"
+_ALL_SUFFIXES = sorted((s + e for s in _SUFFIX.values() for e in ("", ENCRYPTED)), key=len, reverse=True)
 
 
-def suffix_of(compression: Compression) -> str:
-    return _SUFFIX[compression]
+def suffix_of(compression: Compression, *, encrypted: bool = False) -> str:
+    return _SUFFIX[compression] + (ENCRYPTED if encrypted else "")
 
 
 def new_backup_id(volume: str, now: datetime | None = None) -> str:
@@ -53,7 +56,7 @@ def newest_first(records: Iterable[BackupRecord]) -> list[BackupRecord]:
 
 def backup_id_of(data_file: str) -> str | None:
     """The backup id a data file belongs to (volume names may hold `.tar` themselves)."""
-    for suffix in sorted(_SUFFIX.values(), key=len, reverse=True):
+    for suffix in _ALL_SUFFIXES:
         if data_file.endswith(suffix):
             return data_file[: -len(suffix)]
     return None
