@@ -214,12 +214,12 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         watch = DockerWatch(engine, cursor, [VolumeNews(bus, domain.causes), inventory, on_stop, scheduler])
         stack.push_async_callback(watch.stop)
         await watch.start()
-        await inventory.start()
         # Policies last in, first out: no scheduled backup starts once stopping has begun.
         stack.push_async_callback(feed.stop)
         await unless_stopped(persist("reading the backup policies", feed.start), stop)
         stack.push_async_callback(scheduler.stop)
         await scheduler.start()
+        await inventory.start()  # after the scheduler's first look: what covers each volume is known
 
         log.info("agent.ready", host=settings.host_id, nats=urls)
         await stop.wait()

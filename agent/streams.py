@@ -42,6 +42,9 @@ Buckets = tuple[KeyValue, KeyValue, KeyValue, KeyValue]
 """The outcomes, inventory, backup catalog and policies buckets."""
 # Earlier versions of each policy stay readable (who changed what); agents apply the newest verified one.
 POLICY_HISTORY = 16
+# Bounds on what the bucket can make every agent read: a policy is a few hundred bytes.
+POLICY_MAX_VALUE = 64 * 1024
+POLICIES_MAX_BYTES = 64 * 1024 * 1024
 
 
 def streams(s: Subjects, replicas: int) -> list[StreamConfig]:
@@ -66,7 +69,8 @@ async def ensure_jetstream(js: JetStreamContext, settings: Settings, denials: De
         await _ensure_kv(js, KeyValueConfig(bucket=s.outcomes_bucket, ttl=OUTCOME_TTL_S, replicas=replicas)),
         await _ensure_kv(js, KeyValueConfig(bucket=s.inventory_bucket, history=1, replicas=replicas)),
         await _ensure_kv(js, KeyValueConfig(bucket=s.catalog_bucket, history=1, replicas=backup_replicas)),
-        await _ensure_kv(js, KeyValueConfig(bucket=s.policies_bucket, history=POLICY_HISTORY, replicas=replicas)),
+        await _ensure_kv(js, KeyValueConfig(bucket=s.policies_bucket, history=POLICY_HISTORY, replicas=replicas,
+                                            max_value_size=POLICY_MAX_VALUE, max_bytes=POLICIES_MAX_BYTES)),
     )
 
 

@@ -15,7 +15,7 @@ from agent.policies.coverage import covered, label_rules, rules_of
 from agent.policies.ledger import RunState, protection
 from agent.policies.timing import DEFAULT_SPREAD_MAX_S, next_due, offset_s, spread_window_s
 from agent.policies.trust import PolicyTrust, Untrusted
-from contracts import BackupPolicy, Subjects, check_policy
+from contracts import BackupPolicy, BackupRecord, Subjects, check_policy
 from contracts.cron import CronError, parse_schedule
 from contracts.labels import SCHEDULE, SCHEDULE_KEEP
 from volumectl.policies import PolicyRefused, sign_entry, valid_policy
@@ -250,3 +250,43 @@ def test_the_night_the_clocks_go_back_runs_each_slot_once(expr: str, expected: i
     # 14 slots. Before the fix it was over a hundred runs: the repeated hour never counted as done.
     assert len(runs) == expected and len(set(runs)) == len(runs) and runs == sorted(runs)
     assert all(r.utcoffset() == timedelta(0) for r in runs)
+
+
+def test_the_preview_counts_the_backup_the_next_run_adds() -> None:
+    from volumectl.policies import preview
+
+    def rec(i: int, policy: str | None = "nightly") -> BackupRecord:
+        return msgspec.convert({"backup_id": f"v.{i}", "volume": "v", "host": "h", "trigger": "schedule", "size": 1,
+                                "stored_size": 1, "sha256": "x", "compression": "zstd", "store": "local",
+                                "location": "/x", "created_at": f"2026-11-2{i}T03:00:00+00:00", "duration_s": 0.1,
+                                "stopped_containers": [], "policy": policy}, BackupRecord)
+
+    backups = [rec(1), rec(2), rec(3), rec(4, None)]  # the last one made by hand: never counted
+    (p,) = preview(_policy(keep={"last": 2}), backups, now=datetime(2026, 11, 29, tzinfo=UTC))
+    # Kept after the next run: that run's backup and v.3; v.1 and v.2 go.
+    assert (p.host, p.volume, p.kept) == ("h", "v", 1) and [b.backup_id for b in p.forgotten] == ["v.2", "v.1"]
+
+
+def test_a_changed_schedule_owes_no_slot_that_came_before_the_change(tmp_path: Path) -> None:
+    from agent.policies.ledger import Ledger
+
+    ledger = Ledger(tmp_path / "schedule.json")
+    daily, hourly = parse_schedule("@daily"), parse_schedule("@hourly")
+    state = ledger.get("p", "v", T0 - timedelta(days=3))
+    ledger.schedule_is(state, daily, T0)
+    state.last_slot = T0 - timedelta(hours=10)  # the last daily run
+    ledger.schedule_is(state, daily, T0)  # unchanged: nothing moves
+    assert state.last_slot == T0 - timedelta(hours=10)
+    # Edited to hourly at 10:00: the 01:00..10:00 slots of the new schedule are not owed (no fleet-wide run now).
+    ledger.schedule_is(state, hourly, T0)
+    assert state.last_slot == T0
+    assert next_due(hourly, 0, done_through=state.last_slot, now=T0 + timedelta(minutes=5)).slot == \
+        T0 + timedelta(hours=1)
+
+
+def test_an_ignored_entry_gone_from_the_bucket_is_no_longer_reported(keys: Keys) -> None:
+    book = PolicyBook(keys.trust)
+    book.reconcile({"junk": b"not json", "nightly": keys.entry("ops", _policy())})
+    assert set(book.rejected) == {"junk"} and set(book.accepted) == {"nightly"}
+    book.reconcile({"nightly": keys.entry("ops", _policy())})
+    assert book.rejected == {} and set(book.accepted) == {"nightly"}

@@ -72,6 +72,9 @@ def unprotected(snapshots: list[InventorySnapshot], hours: float | None, now: da
         reasons = []
         if v.protection in _AT_RISK:
             reasons.append(f"{v.protection}: {v.protection_reason or ''}".rstrip(": "))
+        elif v.protection is None and hours is None:
+            reasons.append("unknown: its agent predates contract 2.1 and says nothing of policies (give HOURS to "
+                           "judge by the age of its last backup)")
         if hours is not None and (r.last_backup_age is None or r.last_backup_age > hours * 3600):
             reasons.append(f"no backup in the last {hours:g} h")
         if reasons:

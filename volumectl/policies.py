@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import msgspec
 import nats.errors
@@ -81,9 +82,8 @@ async def set_policy(js: JetStreamContext, subjects: Subjects, signer: Signer, p
 
 async def remove_policy(js: JetStreamContext, subjects: Subjects, signer: Signer, name: str) -> PolicyEntry:
     """Write a signed removal of `name` (agents ignore a bare KV delete: anybody who could write could do that)."""
-    current = await read_policies(js, subjects)
-    if name not in current or not current[name].body:
-        raise PolicyRefused(f"There is no policy {name!r} to remove.")
+    # Written even when the bucket has no entry under the name (a bare delete or purge took it): agents that
+    # hold the policy keep applying it until a signed removal comes.
     entry = sign_entry(signer, subjects, name, None)
     await _put(js, subjects, entry)
     return entry
@@ -124,15 +124,18 @@ class Preview:
     forgotten: list[BackupRecord]
 
 
-def preview(policy: BackupPolicy, backups: Iterable[BackupRecord]) -> list[Preview]:
+def preview(policy: BackupPolicy, backups: Iterable[BackupRecord], now: datetime | None = None) -> list[Preview]:
     """What `policy`'s keep rules would delete at its next run on each host, of the backups it made (every
-    host's own, each volume and store apart, as the agents apply them)."""
+    host's own, each volume and store apart, as the agents apply them), counting the backup that run adds."""
     groups: dict[tuple[str, str, str], list[BackupRecord]] = {}
     for b in backups:
         if b.policy == policy.name:
             groups.setdefault((b.host, b.volume, b.store), []).append(b)
+    at = (now or datetime.now(UTC)).isoformat()
     out = []
     for (host, volume, _), records in sorted(groups.items()):
-        forgotten = to_forget(retain(records, policy.keep, policy.timezone))
+        upcoming = msgspec.structs.replace(records[0], backup_id="(next run)", created_at=at)
+        forgotten = [r for r in to_forget(retain([*records, upcoming], policy.keep, policy.timezone))
+                     if r is not upcoming]
         out.append(Preview(host, volume, len(records) - len(forgotten), forgotten))
     return out

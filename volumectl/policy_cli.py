@@ -105,6 +105,10 @@ async def run(a: argparse.Namespace, client: AgentClient) -> int:
                     {"policy": policy, "signed_by": entry.key, "signed_at_ns": entry.signed_at}), indent=2).decode())
                 return 0
             case "rm":
+                entry = (await read_policies(js, client.subjects)).get(a.name)
+                if entry is None or not entry.body:
+                    print(f"volumectl: the bucket has no policy {a.name!r}; writing a signed removal anyway, for "
+                          "agents that still hold it", file=sys.stderr)
                 await remove_policy(js, client.subjects, _signer(client), a.name)
                 print(f"removed {a.name} (agents stop scheduling it as they read the bucket)")
                 return 0

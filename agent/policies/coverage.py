@@ -116,6 +116,9 @@ def _label_policy(name: str, labels: Mapping[str, str], mounted: list[str]) -> B
     for rule, label in SCHEDULE_KEEP.items():
         if (value := labels.get(label)) is not None:
             keep[rule] = _count(label, value)
+    if not any(keep.values()):
+        raise ValueError(f"it keeps nothing: set {SCHEDULE_KEEP['daily']}=7 or another of "
+                         f"{', '.join(SCHEDULE_KEEP.values())} (or {ON_STOP_KEEP})")
     raw: dict[str, Any] = {
         "name": "labels", "schedule": labels[SCHEDULE], "keep": keep,
         "selector": {"volumes": volumes},

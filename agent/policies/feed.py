@@ -88,6 +88,11 @@ class PolicyFeed:
                 await asyncio.wait_for(self._signal.wait(), self.refresh_s)
             await asyncio.sleep(DEBOUNCE_S)
             self._signal.clear()
-            if not await self.read():
+            try:
+                ok = await self.read()
+            except Exception:  # a bug: said, and the feed goes on
+                log.exception("policy.feed_crashed")
+                ok = False
+            if not ok:
                 await asyncio.sleep(RETRY_S)
                 self._signal.set()

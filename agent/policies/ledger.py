@@ -17,6 +17,8 @@ import structlog
 from contracts import Protection
 
 if TYPE_CHECKING:
+    from contracts.cron import CronSchedule
+
     from .coverage import Rule
 
 __all__ = ["Ledger", "RunState", "is_failing", "overdue_reason", "protection", "worst"]
@@ -38,6 +40,9 @@ class RunState(msgspec.Struct, omit_defaults=True):
     last_error: str | None = None
     overdue_told: bool = False
     """An overdue notification went out (sent again only after a success)."""
+    schedule: str | None = None
+    """The schedule (expression and zone) the slots were counted in: a changed schedule owes no slot of its own
+    that came before the change (a fleet-wide edit must not start every host at once)."""
 
 
 def overdue_reason(state: RunState, interval_s: float, window_s: float, now: datetime) -> str | None:
@@ -97,14 +102,16 @@ class Ledger:
         """Container-label policies that are not valid, and why."""
         self._dirty = False
 
-    def cover(self, coverage: dict[str, list[Rule]], now: datetime) -> None:
+    def cover(self, coverage: dict[str, list[Rule]], now: datetime) -> bool:
         """A new look at the volumes and rules: pairs no longer covered are forgotten (a removed policy or volume
-        starts afresh if it comes back), new ones start owing slots from now."""
+        starts afresh if it comes back), new ones start owing slots from now. True if what is covered changed."""
+        before = (set(self.coverage), self.covered_pairs)
         self.coverage = coverage
         self.covered_pairs = {(r.name, v) for v, rules in coverage.items() for r in rules}
         for policy, volume in self.covered_pairs:
             self.get(policy, volume, now)
         self.forget_except(self.covered_pairs | self.running)
+        return before != (set(coverage), self.covered_pairs)
 
     def protection_of(self, volume: str, now: datetime) -> tuple[list[str], Protection, str | None]:
         """The policies that cover `volume`, and its worst protection among them (uncovered: none does)."""
@@ -144,6 +151,16 @@ class Ledger:
             state.last_error = error
         self._dirty = True
         return state
+
+    def schedule_is(self, state: RunState, schedule: CronSchedule, came_by: datetime) -> None:
+        """Note the schedule `state` is counted in; if it changed, its slots up to `came_by` count as done."""
+        sig = f"{schedule.expr} @ {schedule.zone}"
+        if state.schedule == sig:
+            return
+        if state.schedule is not None:
+            state.last_slot = max(state.last_slot or state.since, schedule.last_at_or_before(came_by))
+        state.schedule = sig
+        self._dirty = True
 
     def told(self, state: RunState) -> None:
         state.overdue_told = True

@@ -69,16 +69,24 @@ class Scheduler:
         self._cache: dict[tuple[str, str], tuple[Rule, datetime, Due]] = {}
         self._bus_rules: tuple[int, list[Rule]] = (-1, [])
         self._wake = asyncio.Event()
+        self._stopping = False
+        self._exported: set[tuple[str, str]] = set()
         self._task: asyncio.Task[None] | None = None
         self._told_running: set[tuple[str, str]] = set()
 
     async def start(self) -> None:
+        """Load the saved state and take a first look (so the inventory says what covers what from the start)."""
         if self._task is None:
             self.ledger.load()
+            try:
+                await self.evaluate(datetime.now(UTC))
+            except AgentError as exc:  # the loop looks again
+                log.warning("schedule.evaluation_failed", error=exc.message)
             self._task = asyncio.create_task(self._loop(), name="scheduler")
 
     async def stop(self) -> None:
-        """Start nothing more (running backups are drained with the other tasks)."""
+        """Start nothing more (running backups are drained with the other tasks; queued ones end)."""
+        self._stopping = True
         task, self._task = self._task, None
         await cancel_and_wait(task)
         self.ledger.save()
@@ -104,6 +112,9 @@ class Scheduler:
             except AgentError as exc:  # Docker is away: look again soon
                 log.warning("schedule.evaluation_failed", error=exc.message)
                 sleep_s = RETRY_S
+            except Exception:  # a bug: said, and the schedule goes on
+                log.exception("schedule.crashed")
+                sleep_s = RETRY_S
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), sleep_s)
 
@@ -120,7 +131,8 @@ class Scheduler:
         containers = await self.engine.containers({"label": [SCHEDULE]})
         self.label_rules, self.ledger.label_rejected = label_rules(containers)
         cover = covered(self.rules(), self.host, volumes)
-        self.ledger.cover(cover, now)
+        if self.ledger.cover(cover, now):
+            self.on_change()
         return cover
 
     async def tick(self) -> float:
@@ -143,10 +155,17 @@ class Scheduler:
                 else:
                     wake = min(wake, due.at)
                 await self._check_overdue(rule, volume, now)
+        for key in [k for k in self._cache if k not in self.ledger.covered_pairs]:
+            del self._cache[key]
+        self._told_running &= self.ledger.running
         if self.metrics is not None:
             self.metrics.coverage(per_policy, sum(1 for rules in cover.values() if not rules))
-            for (policy, volume), at in self.next_runs().items():
+            runs = self.next_runs()
+            for (policy, volume), at in runs.items():
                 self.metrics.next_run(policy, volume, at.timestamp())
+            for policy, volume in self._exported - set(runs):
+                self.metrics.next_run(policy, volume, None)
+            self._exported = set(runs)
         self.ledger.save()
         return max(MIN_SLEEP_S, (wake - datetime.now(UTC)).total_seconds())
 
@@ -159,11 +178,12 @@ class Scheduler:
         changed (a look at 2,000 volumes costs little when nothing is due)."""
         state = self.ledger.get(rule.name, volume, now)
         key = (rule.name, volume)
+        offset = offset_s(rule.name, self.host, volume, rule.window_s)
+        self.ledger.schedule_is(state, rule.schedule, now - timedelta(seconds=offset))
         done_through = state.last_slot or state.since
         cached = self._cache.get(key)
         if cached is not None and cached[0] == rule and cached[1] == done_through and cached[2].at > now:
             return cached[2]
-        offset = offset_s(rule.name, self.host, volume, rule.window_s)
         due = next_due(rule.schedule, offset, done_through=done_through, now=now)
         self._cache[key] = (rule, done_through, due)
         return due
@@ -183,9 +203,13 @@ class Scheduler:
         error: str | None = None
         finished = False
         try:
-            with structlog.contextvars.bound_contextvars(trigger="schedule", policy=rule.name, volume=volume):
-                outcome = await self.runner.local("backup", cmd_id, lambda: self._backup(rule, volume, made),
-                                                  caller=f"policy:{rule.name}")
+            # Queued for one of the --max-backups slots; a run still queued when the agent stops starts nothing.
+            async with self.backups.slot():
+                if self._stopping:
+                    return
+                with structlog.contextvars.bound_contextvars(trigger="schedule", policy=rule.name, volume=volume):
+                    outcome = await self.runner.local("backup", cmd_id, lambda: self._backup(rule, volume, made),
+                                                      caller=f"policy:{rule.name}")
             error, finished = (outcome.error.message if outcome.error is not None else None), True
         finally:
             # Cut short by shutdown before the backup was made: not recorded, so the next start runs it (once).
@@ -211,7 +235,7 @@ class Scheduler:
         p = rule.policy
         req = BackupRequest(volume=volume, compression=p.compression, store=p.store,
                             stop_containers=p.stop_containers, encrypt_to=list(p.encrypt_to))
-        async with self.backups.slot(), self.locks.hold(volume):
+        async with self.locks.hold(volume):  # the caller holds a backup slot
             record = await self.backups.backup_locked(req, trigger="schedule", policy=rule.name)
             made.append(record)
             try:

@@ -2,8 +2,8 @@
 
 A fleet-wide policy must not start every host's backup in the same second: each (policy, host, volume) gets an
 offset in [0, window) from a hash of the three names, the same on every run and every restart. A run missed
-while the agent was down (or still running when its next slot came) runs once, for the newest slot that has
-come, never once per missed slot.
+while the agent was down runs once, for the newest slot that has come, never once per missed slot; a slot that
+comes while the run before it is still going counts as done by that run (the scheduler's rule).
 """
 
 from __future__ import annotations

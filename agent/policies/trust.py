@@ -56,8 +56,9 @@ class PolicyTrust:
         self._now_ns = now_ns
         self._writers = " or ".join(r for r in ROLES if "policy.set" in ROLE_OPS[r])
 
-    def verify(self, key: str, raw: bytes) -> Verified:
-        """The entry stored under `key`, verified; `Untrusted` with a sentence otherwise."""
+    def verify(self, key: str, raw: bytes, *, check_clock: bool = True) -> Verified:
+        """The entry stored under `key`, verified; `Untrusted` with a sentence otherwise. `check_clock`: refuse an
+        entry signed further ahead of this host's clock than `max_skew_s` (not for a copy verified before)."""
         try:
             entry = _ENTRY.decode(raw)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -85,7 +86,7 @@ class PolicyTrust:
                             "entry was changed after it was signed, or signed for another bucket.")
         ahead = entry.signed_at - self._now_ns()
         skew = self.local.signatures.max_skew_s
-        if ahead > skew * _NS:
+        if check_clock and ahead > skew * _NS:
             raise Untrusted(f"Policy {key!r} was signed {ahead / _NS:.0f} s ahead of this host's clock, more than "
                             f"[signatures] max_skew_s = {skew:g} in the policy file {self.source} allows: check the "
                             "clocks (NTP) and set it again.")
