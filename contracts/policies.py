@@ -58,6 +58,12 @@ __all__ = [
 
 POLICY_NAME_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
 PolicyName = Annotated[str, msgspec.Meta(pattern=POLICY_NAME_PATTERN, description="A policy's name (its KV key).")]
+# A container's labels make a policy named `container:<container name>`: never a key of the bucket (`:` is not in
+# POLICY_NAME_PATTERN), so it cannot be mistaken for one of the fleet's.
+LABEL_POLICY_PATTERN = "^container:[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}$"
+AnyPolicyName = Annotated[str, msgspec.Meta(
+    pattern=f"{POLICY_NAME_PATTERN}|{LABEL_POLICY_PATTERN}",
+    description="A policy's name: its key in the bucket, or `container:<name>` for a container's labels.")]
 Glob = Annotated[str, msgspec.Meta(min_length=1, max_length=255, description="A shell glob (fnmatch): * ? [..]")]
 LabelSelector = Annotated[str, msgspec.Meta(pattern="^[^=]+(=.*)?$", max_length=512,
                                              description="`key` (the label is set) or `key=value`.")]
@@ -91,7 +97,7 @@ class Keep(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 class BackupPolicy(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """Back up the selected volumes on a schedule, keep them by age, optionally encrypted."""
 
-    name: PolicyName
+    name: AnyPolicyName
     schedule: Schedule
     """A cron expression (5 fields, or 6 with seconds first) or @hourly, @daily, @weekly, @monthly, @yearly."""
     keep: Keep

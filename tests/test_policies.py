@@ -206,6 +206,8 @@ async def test_container_labels_schedule_a_containers_volumes(host: Host) -> Non
 
     made = await eventually(backed_up, 20, "a backup on the container's schedule")
     assert made[0].trigger == "schedule"
+    views = {v.policy.name: v for v in (await view(host.client, host.id, vol)).policies}
+    assert views[f"container:{cname}"].source == "labels"
     host.docker.docker("rm", cname)
     await coverage_of(host.client, host.id, vol, None)
 

@@ -98,6 +98,8 @@ def test_a_bad_policy_is_refused_whole_naming_every_problem() -> None:
     with pytest.raises(PolicyRefused, match="spread"):
         valid_policy({"name": "p", "schedule": "@hourly", "keep": {"last": 1}, "spread_s": 3600})
     assert check_policy(_policy(encrypt_to=[RECIPIENT])) == []
+    with pytest.raises(PolicyRefused, match="containers' labels"):  # never a key of the bucket
+        valid_policy({"name": "container:web", "schedule": "@daily", "keep": {"last": 1}})
 
 
 # Trust

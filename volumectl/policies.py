@@ -8,6 +8,7 @@ operator it trusts signed.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from contracts import BackupPolicy, BackupRecord, PolicyEntry, Subjects, check_policy
-from contracts.policies import entry_signed_bytes
+from contracts.policies import POLICY_NAME_PATTERN, entry_signed_bytes
 from contracts.retention import retain, to_forget
 
 from .kv import READ_TIMEOUT_S, read_bucket
@@ -43,6 +44,9 @@ def valid_policy(raw: dict[str, object] | bytes) -> BackupPolicy:
         policy = _POLICY.decode(raw) if isinstance(raw, bytes) else msgspec.convert(raw, BackupPolicy)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise PolicyRefused(f"The policy is not valid: {exc}.") from None
+    if not re.match(POLICY_NAME_PATTERN, policy.name):
+        raise PolicyRefused(f"The policy's name {policy.name!r} must match {POLICY_NAME_PATTERN} (it is its key in "
+                            "the bucket; `container:` names are for containers' labels).")
     if problems := check_policy(policy):
         raise PolicyRefused("The policy is not valid: " + " ".join(problems))
     return policy
