@@ -114,6 +114,29 @@ async def test_a_per_second_policy_backs_up_on_schedule_and_keeps_only_what_it_s
     assert [b.policy for b in kept] == [name, name]
     assert kept[0].created_at >= records[-1].created_at
 
+    # The policy is gone from the bucket: `--explain-keep` says so; set again with keep last 1, the preview says
+    # what its next run would forget (both: the run's own backup is the one kept), and nothing is set without --yes.
+    out = ctl(host, "backups", vol, "--explain-keep")
+    assert out.returncode == 0 and f"policy {name} is no longer set" in out.stdout, out.stdout + out.stderr
+    out = ctl(host, "policy", "set", name, "--schedule", "* * * * * *", "--keep-last", "1", "--hosts", host.id,
+              "--volumes", vol, "--dry-run")
+    assert out.returncode == 0 and f"{host.id} {vol}: would forget 2 backup(s), keep 0" in out.stderr, out.stderr
+    out = ctl(host, "policy", "set", name, "--schedule", "@yearly", "--keep-last", "1", "--hosts", host.id,
+              "--volumes", vol)
+    assert out.returncode == 1 and "pass --yes" in out.stderr
+    assert name not in ctl(host, "policy", "ls").stdout
+    out = ctl(host, "policy", "set", name, "--schedule", "@yearly", "--keep-last", "3", "--hosts", host.id,
+              "--volumes", vol)  # keeps both and the next run's: nothing to forget, set at once
+    assert out.returncode == 0, out.stderr
+    policies.names.add(name)
+    explained = await eventually(lambda: _explain_keep(host, vol, name), 20, "the policy back in the bucket")
+    assert "last 1/3, newest" in explained and "last 2/3" in explained
+
+
+async def _explain_keep(host: Host, vol: str, name: str) -> str | None:
+    out = ctl(host, "backups", vol, "--explain-keep")
+    return out.stdout if f"policy {name}, keep last=3" in out.stdout else None
+
 
 async def test_a_run_missed_while_the_agent_was_down_runs_once_when_it_is_back(
     make_agent: Any, client: AgentClient, policies: Policies, tmp_path: Path
