@@ -38,7 +38,7 @@ RES_DUPLICATE_WINDOW_S = 3600.0
 ADMIN_JOB = ("this agent's NATS user may create it but not change it: an admin updates it (nats stream edit), "
              "or starts one agent with admin credentials")
 
-Buckets = tuple[KeyValue, KeyValue, KeyValue, KeyValue]
+Buckets = tuple[KeyValue, KeyValue, KeyValue, KeyValue | None]
 """The outcomes, inventory, backup catalog and policies buckets."""
 # Earlier versions of each policy stay readable (who changed what); agents apply the newest verified one.
 POLICY_HISTORY = 16
@@ -69,9 +69,23 @@ async def ensure_jetstream(js: JetStreamContext, settings: Settings, denials: De
         await _ensure_kv(js, KeyValueConfig(bucket=s.outcomes_bucket, ttl=OUTCOME_TTL_S, replicas=replicas)),
         await _ensure_kv(js, KeyValueConfig(bucket=s.inventory_bucket, history=1, replicas=replicas)),
         await _ensure_kv(js, KeyValueConfig(bucket=s.catalog_bucket, history=1, replicas=backup_replicas)),
-        await _ensure_kv(js, KeyValueConfig(bucket=s.policies_bucket, history=POLICY_HISTORY, replicas=replicas,
-                                            max_value_size=POLICY_MAX_VALUE, max_bytes=POLICIES_MAX_BYTES)),
+        await _ensure_policies(js, s, replicas, denials),
     )
+
+
+async def _ensure_policies(js: JetStreamContext, s: Subjects, replicas: int, denials: Denials) -> KeyValue | None:
+    """The policies bucket; None, said once, where NATS permissions from before contract 2.1 do not let the agent
+    make it: the agent runs without policies rather than not at all."""
+    cfg = KeyValueConfig(bucket=s.policies_bucket, history=POLICY_HISTORY, replicas=replicas,
+                         max_value_size=POLICY_MAX_VALUE, max_bytes=POLICIES_MAX_BYTES)
+    try:
+        return await denials.call(f"$JS.API.STREAM.CREATE.KV_{s.policies_bucket}", _ensure_kv(js, cfg))
+    except Denied:
+        log.warning("nats.policies_bucket_denied", bucket=s.policies_bucket,
+                    why="this agent's NATS user may not make the backup policies bucket (permissions generated "
+                        "before contract 2.1): no policy is applied",
+                    fix="re-run `volume-agent auth init` and reload the NATS servers")
+        return None
 
 
 async def _ensure_stream(js: JetStreamContext, cfg: StreamConfig, denials: Denials) -> None:
