@@ -270,6 +270,8 @@ async def test_the_fleet_view_lists_uncovered_and_failing_volumes_with_why_and_e
     assert "daily 7" in explained.stdout
     ls = ctl(host, "policy", "ls")
     assert f"p-{covered}" in ls.stdout and "0 3 * * *" in ls.stdout
+    shown = json.loads(ctl(host, "policy", "show", f"p-{covered}").stdout)
+    assert shown["policy"]["schedule"] == "0 3 * * *" and shown["signed_by"] == host.agent.auth.operator.public_key
     host.docker.docker("rm", "-f", f"user-{broken}")
 
 
