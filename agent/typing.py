@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +28,7 @@ from contracts import BackupRecord, Compression, Protection, RejectedPolicy, Rep
 if TYPE_CHECKING:
     from .auth.verify import Caller
     from .backup.stores import StoreWriter
+    from .dispatch import Outcome
     from .outcomes import StoredOutcome
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "EventHandler",
     "EventSink",
     "InventorySink",
+    "LocalRunner",
     "Metrics",
     "Notifier",
     "OutcomeStore",
@@ -176,3 +178,11 @@ class Notifier(Protocol):
     async def backup_failed(self, volume: str, error: str, *, trigger: str, policy: str | None) -> None: ...
     async def overdue(self, volume: str, policy: str, reason: str) -> None: ...
     async def recovered(self, volume: str, policy: str) -> None: ...
+
+
+class LocalRunner(Protocol):
+    """Applies an operation the agent starts itself (a scheduled backup) and publishes its outcome on the audit
+    stream as any command's (`Dispatcher.local`)."""
+
+    async def local(self, op: str, cmd_id: str, run: Callable[[], Awaitable[msgspec.Struct]], *, caller: str
+                    ) -> Outcome: ...

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
 import structlog
 
 from contracts import BackupPolicy, PolicyEntry
@@ -123,8 +124,6 @@ class PolicyBook:
     def _save(self, entry: PolicyEntry) -> None:
         if self.directory is None:
             return
-        import msgspec
-
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.directory / f"{entry.name}.json"
         tmp = path.with_suffix(".tmp")

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
-import msgspec
 import structlog
 
 from contracts import BackupRecord, BackupRequest
@@ -24,7 +23,7 @@ from ..backup.backups import Backups
 from ..errors import AgentError
 from ..locks import KeyedLocks
 from ..tasks import Tasks, cancel_and_wait
-from ..typing import Engine, Metrics, Notifier
+from ..typing import Engine, LocalRunner, Metrics, Notifier
 from .book import PolicyBook
 from .coverage import Rule, covered, label_rules, rules_of
 from .ledger import Ledger, is_failing, overdue_reason
@@ -37,13 +36,6 @@ log = structlog.get_logger(__name__)
 MAX_SLEEP_S = 30.0
 MIN_SLEEP_S = 0.05
 RETRY_S = 5.0
-
-
-class LocalRunner(Protocol):
-    """Applies an operation the agent starts itself and publishes its outcome (`Dispatcher.local`)."""
-
-    async def local(self, op: str, cmd_id: str, run: Callable[[], Awaitable[msgspec.Struct]], *, caller: str
-                    ) -> Any: ...
 
 
 class Scheduler:
