@@ -7,6 +7,7 @@ Pure functions of their inputs: evaluated anew whenever the policies, the volume
 from __future__ import annotations
 
 import fnmatch
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -93,15 +94,25 @@ def label_rules(containers: Iterable[Mapping[str, Any]]) -> tuple[list[Rule], di
         if SCHEDULE not in labels:
             continue
         cname = (c.get("Names") or [c.get("Id", "")[:12]])[0].lstrip("/")
-        name = f"container:{cname}"
-        try:
-            policy = _label_policy(name, labels, named_volumes(c.get("Mounts")))
-            if problems := check_policy(policy):
-                raise ValueError(" ".join(problems))
-            rules.append(_rule(policy, "labels", "", "labels"))
-        except (ValueError, CronError, msgspec.ValidationError) as exc:
-            rejected[name] = f"The backup labels of container {cname!r} are not a valid schedule: {exc}"
+        rule = _label_rule(cname, tuple(sorted(labels.items())), tuple(named_volumes(c.get("Mounts"))))
+        if isinstance(rule, str):
+            rejected[f"container:{cname}"] = rule
+        else:
+            rules.append(rule)
     return rules, rejected
+
+
+@functools.lru_cache(maxsize=1024)
+def _label_rule(cname: str, labels: tuple[tuple[str, str], ...], mounted: tuple[str, ...]) -> Rule | str:
+    """The rule of one container's labels, or why they are not one; remembered, because the scheduler reads the
+    containers at every look and their labels do not change."""
+    try:
+        policy = _label_policy(f"container:{cname}", dict(labels), list(mounted))
+        if problems := check_policy(policy):
+            raise ValueError(" ".join(problems))
+        return _rule(policy, "labels", "", "labels")
+    except (ValueError, CronError, msgspec.ValidationError) as exc:
+        return f"The backup labels of container {cname!r} are not a valid schedule: {exc}"
 
 
 def _label_policy(name: str, labels: Mapping[str, str], mounted: list[str]) -> BackupPolicy:

@@ -170,12 +170,14 @@ class Scheduler:
         changed (a look at 2,000 volumes costs little when nothing is due)."""
         state = self.ledger.get(rule.name, volume, now)
         key = (rule.name, volume)
+        cached = self._cache.get(key)
+        # The same rule as when it was cached: its schedule is the one the state is counted in already.
+        if cached is not None and cached[0] == rule and cached[1] == (state.last_slot or state.since) \
+                and cached[2].at > now:
+            return cached[2]
         offset = offset_s(rule.name, self.host, volume, rule.window_s)
         self.ledger.schedule_is(state, rule.schedule, now - timedelta(seconds=offset))
         done_through = state.last_slot or state.since
-        cached = self._cache.get(key)
-        if cached is not None and cached[0] == rule and cached[1] == done_through and cached[2].at > now:
-            return cached[2]
         due = next_due(rule.schedule, offset, done_through=done_through, now=now)
         self._cache[key] = (rule, done_through, due)
         return due
@@ -210,8 +212,7 @@ class Scheduler:
                 before = self.ledger.get(rule.name, volume, datetime.now(UTC))
                 was_told, was_failing = before.overdue_told, is_failing(before)
                 # Slots that came while it ran are covered by this run: a late backup is not started twice.
-                offset = timedelta(seconds=offset_s(rule.name, self.host, volume, rule.window_s))
-                slot = max(due.slot, rule.schedule.last_at_or_before(datetime.now(UTC) - offset))
+                slot = max(due.slot, rule.schedule.last_at_or_before(datetime.now(UTC) - (due.at - due.slot)))
                 self.ledger.finished(rule.name, volume, slot, backup_id=made[0].backup_id if made else None,
                                      error=None if made else error)
                 self.ledger.save()
