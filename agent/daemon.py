@@ -180,9 +180,10 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         await unless_stopped(persist("removing leftover helpers", lambda: remove_leftover_helpers(engine)), stop)
         trust = PolicyTrust(verifier.policy, verifier.source, host=settings.host_id, subjects=settings.subjects)
         book, ledger = PolicyBook(trust, settings.data_dir / "policies"), Ledger(settings.data_dir / "schedule.json")
+        status = PolicyStatus(book, ledger)
         inventory = Inventory(engine, stores, bus, settings.host_id, heartbeat_s=settings.heartbeat_s,
                               sizes_every_s=settings.sizes_every_s, insecure=list(settings.insecure),
-                              policies=PolicyStatus(book, ledger))
+                              policies=status)
         domain = Domain.wire(engine, bus, stores, inventory, BusPeers(bus, signer), host=settings.host_id,
                              data_path=settings.data_path, notes=settings.data_dir / "restoring", rules=rules,
                              max_backups=settings.max_backups, observer=BackupObserver(metrics, notifier),
@@ -195,7 +196,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         scheduler = Scheduler(engine, domain.locks, domain.backups, book, ledger, dispatcher, tasks,
                               host=settings.host_id, on_change=inventory.changed, metrics=metrics,
                               notifier=notifier)
-        handlers["policies"] = PolicyViews(book, ledger, scheduler, host=settings.host_id).policies
+        handlers["policies"] = PolicyViews(status, scheduler, host=settings.host_id).policies
         feed = PolicyFeed(bus, book, scheduler.poke, refresh_s=settings.policy_refresh_s)
         # Exit stack order (last in, first out): stop taking work and events, then drain, then close.
         cursor = Cursor(settings.data_dir / "events.cursor")

@@ -15,6 +15,7 @@ from contracts.retention import retain
 from . import render
 from .client import AgentClient, NoAgent
 from .policies import PolicyRefused, policy_of, preview, read_policies, remove_policy, set_policy, valid_policy
+from .signing import Signer
 
 __all__ = ["add_parser", "explain_keep", "run"]
 
@@ -120,7 +121,7 @@ async def run(a: argparse.Namespace, client: AgentClient) -> int:
     return 2
 
 
-def _signer(client: AgentClient) -> Any:
+def _signer(client: AgentClient) -> Signer:
     if client.signer is None:
         raise PolicyRefused("Setting or removing a policy needs your seed to sign it: pass --seed FILE.")
     return client.signer

@@ -33,9 +33,11 @@ class PolicyStatus:
 
 
 class PolicyViews:
-    def __init__(self, book: PolicyBook, ledger: Ledger, scheduler: Scheduler, *, host: str) -> None:
-        self.book = book
-        self.ledger = ledger
+    """The `policies` op: what the inventory says (`status`) in full, with the scheduler's next runs."""
+
+    def __init__(self, status: PolicyStatus, scheduler: Scheduler, *, host: str) -> None:
+        self.status = status
+        self.book, self.ledger = status.book, status.ledger
         self.scheduler = scheduler
         self.host = host
 
@@ -47,7 +49,6 @@ class PolicyViews:
                  for _, a in sorted(self.book.accepted.items())]
         views += [PolicyView(policy=r.policy, signed_by="labels", signed_at="", source="labels")
                   for r in self.scheduler.label_rules]
-        rejected = {**self.book.rejected, **self.ledger.label_rejected}
         volumes: list[VolumeCoverage] = []
         for volume, rules in sorted(cover.items()):
             if req.volume is not None and volume != req.volume:
@@ -69,5 +70,5 @@ class PolicyViews:
                     next_run=_iso(nxt), keep=r.policy.keep,
                 ))
         return PoliciesResult(host=self.host, policies=views,
-                              rejected=[RejectedPolicy(name=n, reason=why) for n, why in sorted(rejected.items())],
+                              rejected=self.status.rejected(),
                               volumes=volumes)
