@@ -45,10 +45,7 @@ def dockerd(stack_dir: Path) -> Iterator[Dockerd]:
 @pytest.fixture(scope="session")
 def nats_server(stack_dir: Path, identities: Identities) -> Iterator[NatsServer]:
     """As a fleet runs it: TLS, and nkey users with the generated least-privilege permissions."""
-    n = identities.secure(NatsServer(stack_dir / "nats"))
-    n.start()
-    yield n
-    n.stop()
+    yield from identities.running(NatsServer(stack_dir / "nats"))
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client
@@ -31,6 +31,7 @@ from .tls import TestCA, TlsFiles
 __all__ = ["Identities"]
 
 OPERATOR, READER, ADMIN = "ops", "viewer", "admin"
+S = TypeVar("S", NatsServer, NatsCluster)
 AUTH_FILE = "nats-auth.conf"
 
 
@@ -107,6 +108,13 @@ class Identities:
         self.servers.append(server)
         self._write_authorization(server)
         return server
+
+    def running(self, server: S) -> Iterator[S]:
+        """A fixture's body: `server` secured, started, yielded, stopped (`yield from identities.running(...)`)."""
+        self.secure(server)
+        server.start()
+        yield server
+        server.stop()
 
     def _write_authorization(self, server: NatsServer | NatsCluster) -> None:
         text = render_authorization(self.entries())

@@ -46,10 +46,7 @@ SOURCES = 2  # source volumes per host; never written after the start, so every 
 
 @pytest.fixture(scope="module")
 def cluster(stack_dir: Path, identities: Identities) -> Iterator[NatsCluster]:
-    c = identities.secure(NatsCluster(stack_dir / "chaos-nats"))
-    c.start()
-    yield c
-    c.stop()
+    yield from identities.running(NatsCluster(stack_dir / "chaos-nats"))
 
 
 @pytest.fixture(scope="module")

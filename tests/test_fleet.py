@@ -28,10 +28,7 @@ A, B = "fleet-a", "fleet-b"
 
 @pytest.fixture(scope="module")
 def cluster(stack_dir: Path, identities: Identities) -> Iterator[NatsCluster]:
-    c = identities.secure(NatsCluster(stack_dir / "cluster"))
-    c.start()
-    yield c
-    c.stop()
+    yield from identities.running(NatsCluster(stack_dir / "cluster"))
 
 
 def _host_docker(root: Path) -> Iterator[Dockerd]:

@@ -104,10 +104,7 @@ async def follower_reads(identities: Identities, urls: list[str], read: Reader, 
 
 @pytest.fixture(scope="module")
 def cluster(stack_dir: Path, identities: Identities) -> Iterator[NatsCluster]:
-    c = identities.secure(NatsCluster(stack_dir / "kvcluster"))
-    c.start()
-    yield c
-    c.stop()
+    yield from identities.running(NatsCluster(stack_dir / "kvcluster"))
 
 
 async def test_reads_from_a_follower_while_another_client_writes_are_complete(
