@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,19 @@ def build() -> dict[str, Any]:
         },
         "envelope": {"$ref": "#/$defs/Reply"},
         "event": {"$ref": "#/$defs/VolumeEvent"},
-        "$defs": components,
+        "$defs": _dedented(components),
     }
+
+
+def _dedented(node: Any) -> Any:
+    """Every `description` dedented (`inspect.cleandoc`), as msgspec 0.23 does and 0.22 did not: the schema is the
+    same whichever msgspec made it."""
+    if isinstance(node, dict):
+        return {k: inspect.cleandoc(v) if k == "description" and isinstance(v, str) else _dedented(v)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_dedented(v) for v in node]
+    return node
 
 
 def render() -> str:
