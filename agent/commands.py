@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 
 import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from contracts.auth import HEADER_SIG
 
 from .bus import Bus, nats_errors
 from .dispatch import Dispatcher, Outcome
@@ -104,12 +107,18 @@ class Commands:
                 await asyncio.sleep(FETCH_RETRY_S)
                 continue
             for msg in msgs:
-                cmd_id = self.dispatcher.command_id(msg.data, (msg.headers or {}).get("Nats-Msg-Id"))
-                await self.tasks.spawn(cmd_id, self._handle(msg, cmd_id))
+                try:
+                    msg_id = _fallback_id(msg)
+                    cmd_id = self.dispatcher.command_id(msg.data, msg_id)
+                except Exception:  # a bug: the loop, and every command behind this one, must go on
+                    log.exception("commands.unreadable", subject=msg.subject)
+                    with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+                        await msg.term()
+                    continue
+                await self.tasks.spawn(cmd_id, self._handle(msg, cmd_id, msg_id))
 
-    async def _handle(self, msg: Msg, cmd_id: str) -> None:
+    async def _handle(self, msg: Msg, cmd_id: str, msg_id: str | None) -> None:
         op = msg.subject[len(self._prefix):]
-        msg_id = (msg.headers or {}).get("Nats-Msg-Id")
         keepalive = asyncio.create_task(self._keepalive(msg))
         try:
             outcome = await self.dispatcher.execute(
@@ -136,6 +145,18 @@ class Commands:
             await asyncio.sleep(self.ack_wait_s / 3)
             with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
                 await msg.in_progress()
+
+
+def _fallback_id(msg: Msg) -> str | None:
+    """The id of a durable command whose body names none: its Nats-Msg-Id, else its signature's digest. A command
+    published again with neither is then the same command, answered from its recorded outcome, never applied twice
+    (JetStream's duplicate window drops it only when it has a Nats-Msg-Id)."""
+    headers = msg.headers or {}
+    if msg_id := headers.get("Nats-Msg-Id"):
+        return msg_id
+    if sig := headers.get(HEADER_SIG):
+        return f"sig-{hashlib.sha256(sig.encode()).hexdigest()[:40]}"
+    return None
 
 
 def _redelivers(msg: Msg, outcome: Outcome) -> bool:

@@ -13,6 +13,8 @@ from typing import TypeVar
 
 import structlog
 
+from volumectl.redact import redact
+
 from . import __version__
 from .auth.local import ensure_local_auth
 from .auth.policy import Policy
@@ -222,7 +224,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         await scheduler.start()
         await inventory.start()  # after the scheduler's first look: what covers each volume is known
 
-        log.info("agent.ready", host=settings.host_id, nats=urls)
+        log.info("agent.ready", host=settings.host_id, nats=[redact(u) for u in urls])
         await stop.wait()
         log.info("agent.stopping", in_flight=len(tasks))
     log.info("agent.stopped")

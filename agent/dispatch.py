@@ -15,6 +15,7 @@ import msgspec
 import structlog
 
 from contracts import OPS, BaseRequest, ErrorBody, Reply
+from contracts.bounds import MAX_DEPTH, check_bounds
 
 from .errors import AgentError, Conflict, Expired, Forbidden, Internal, Invalid, Transient, Unavailable, is_final
 from .outcomes import StoredOutcome
@@ -32,6 +33,9 @@ _FINGERPRINT_ENCODER = msgspec.json.Encoder(order="sorted")
 
 class _IdOnly(msgspec.Struct):
     id: str | None = None
+
+
+_MAX_ID = 128  # CommandId's max_length: a longer id is refused when the body is decoded, never used as a key
 
 
 _ID_ONLY = msgspec.json.Decoder(_IdOnly)
@@ -93,13 +97,16 @@ class Dispatcher:
         self.metrics = metrics
         self._handlers = handlers
 
-    @staticmethod
-    def command_id(data: bytes, fallback_id: str | None = None) -> str:
+    def command_id(self, data: bytes, fallback_id: str | None = None) -> str:
         """The id a command will run under (its body's `id`, else `fallback_id`, else a new one): the key of
-        its task in `Tasks`. Pass it on to `execute` as `new_id`."""
+        its task in `Tasks`. Pass it on to `execute` as `new_id`. Never raises: a body that cannot be read is
+        refused by `execute`, under a new id."""
         try:
+            check_bounds(data, max_bytes=self.max_body)
             given = _ID_ONLY.decode(data.strip() or b"{}").id
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, RecursionError):
+            given = None
+        if given is not None and len(given) > _MAX_ID:
             given = None
         return given or fallback_id or _new_id()
 
@@ -205,10 +212,7 @@ class Dispatcher:
 
     def interrupted(self, op: str, data: bytes) -> Outcome:
         """The reply for a command cut short by shutdown: its outcome is unknown."""
-        try:
-            cmd_id = self.decode(op, data).id or _new_id()
-        except Invalid:
-            cmd_id = _new_id()
+        cmd_id = self.command_id(data)
         return self._error(op, cmd_id, Unavailable(
             f"The agent stopped before {op} finished; its outcome is unknown. Retry with the same id."))
 
@@ -217,13 +221,19 @@ class Dispatcher:
         if op not in _DECODERS:
             raise Invalid(f"Unknown operation {op!r}; known: {', '.join(sorted(OPS))}.")
         if len(data) > self.max_body:
-            raise Invalid(f"The body is {len(data)} bytes, over the limit of {self.max_body}.")
+            raise Invalid(f"The body is {len(data)} bytes, over the limit of {self.max_body} (--max-body).")
+        try:
+            check_bounds(data, max_bytes=self.max_body)
+        except msgspec.DecodeError:
+            raise Invalid(f"The body nests deeper than {MAX_DEPTH} levels; no request does.") from None
         try:
             req: BaseRequest = _DECODERS[op].decode(data.strip() or b"{}")
         except msgspec.ValidationError as exc:
             raise Invalid(f"Invalid {op} request: {exc}.") from None
         except msgspec.DecodeError as exc:
             raise Invalid(f"The body is not valid JSON: {exc}.") from None
+        except RecursionError:  # out of reach within the depth bound; one answer all the same
+            raise Invalid(f"The body nests deeper than {MAX_DEPTH} levels; no request does.") from None
         return req
 
     async def _resolve(

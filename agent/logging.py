@@ -9,6 +9,8 @@ from typing import Any
 import msgspec
 import structlog
 
+from volumectl.redact import redact_event
+
 __all__ = ["configure"]
 
 
@@ -28,6 +30,7 @@ def configure(level: int = logging.INFO, *, json: bool | None = None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info if json else structlog.dev.set_exc_info,
+            redact_event,  # after the traceback is text: it may quote a URL too
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),

@@ -6,6 +6,7 @@ import msgspec
 import nats.js.errors
 
 from contracts import outcome_key
+from contracts.bounds import BoundedDecoder
 
 from .bus import Bus, nats_errors
 from .elections import through_elections
@@ -26,7 +27,7 @@ class KvOutcomes:
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
-        self._decoder = msgspec.json.Decoder(StoredOutcome)
+        self._decoder = BoundedDecoder(StoredOutcome, what="The recorded outcome")
 
     async def get(self, host: str, cmd_id: str) -> StoredOutcome | None:
         async with nats_errors("reading a recorded outcome"):

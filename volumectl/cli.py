@@ -27,6 +27,7 @@ from .client import AgentClient, NoAgent
 from .fleet import fleet_rows, unprotected
 from .kv import READ_TIMEOUT_S, IncompleteRead
 from .local import LOCAL_OPERATOR_SEED, connect_options, local_seed
+from .redact import redact
 from .signing import Signer
 
 __all__ = ["main"]
@@ -90,7 +91,8 @@ async def _run(a: argparse.Namespace, op: str, body: dict[str, Any]) -> int:
                                            inbox_prefix=f"_INBOX_{name}" if name else None,
                                            **connect_options(urls, seed, a.tls_ca))
     except Exception as exc:  # any connect failure is one sentence for a person
-        print(f"volumectl: cannot connect to NATS at {a.nats}: {exc or type(exc).__name__}", file=sys.stderr)
+        print(f"volumectl: cannot connect to NATS at {redact(a.nats)}: {redact(str(exc)) or type(exc).__name__}",
+              file=sys.stderr)
         if seed is None and "authorization" in str(exc).lower():
             print(f"volumectl: the agent's embedded server admits the local operator, whose seed is "
                   f"<data dir>/{LOCAL_OPERATOR_SEED} (root only): run volumectl as root, and set "

@@ -13,13 +13,15 @@ import nats.js.errors
 from nats.aio.client import Client
 
 from contracts import InventorySnapshot, Reply, Subjects
+from contracts.bounds import BoundedDecoder
 
 from .kv import READ_TIMEOUT_S, read_bucket
+from .redact import redact
 from .signing import Signer
 
 __all__ = ["AgentClient", "NoAgent"]
 
-_DECODE = msgspec.json.Decoder(Reply)
+_DECODE = BoundedDecoder(Reply, what="The reply")
 COMMAND_RETRY_PAUSES_S = (0.5, 1.0, 2.0, 4.0)
 _SNAPSHOT = msgspec.json.Decoder(InventorySnapshot)
 
@@ -75,7 +77,7 @@ class AgentClient:
     @property
     def url(self) -> str:
         u = self.nc.connected_url
-        return u.geturl() if u else "NATS"
+        return redact(u.geturl()) if u else "NATS"
 
     async def request(
         self, host: str, op: str, body: msgspec.Struct | dict[str, Any] | bytes | None = None, timeout: float = 30.0  # noqa: ASYNC109

@@ -20,6 +20,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from contracts import BackupPolicy, BackupRecord, PolicyEntry, Subjects, check_policy
+from contracts.bounds import BoundedDecoder
 from contracts.policies import POLICY_NAME_PATTERN, entry_signed_bytes
 from contracts.retention import retain, to_forget
 
@@ -29,8 +30,8 @@ from .signing import Signer
 __all__ = ["PolicyRefused", "Preview", "preview", "read_policies", "remove_policy", "set_policy", "sign_entry",
            "valid_policy"]
 
-_ENTRY = msgspec.json.Decoder(PolicyEntry)
-_POLICY = msgspec.json.Decoder(BackupPolicy)
+_ENTRY = BoundedDecoder(PolicyEntry, what="The entry")
+_POLICY = BoundedDecoder(BackupPolicy, what="The policy")
 PUT_TIMEOUT_S = 10.0
 
 

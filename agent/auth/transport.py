@@ -16,6 +16,8 @@ import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from volumectl.redact import redact
+
 __all__ = ["Exposure", "exposures", "is_loopback", "is_tls"]
 
 TLS_SCHEMES = frozenset({"tls", "wss"})
@@ -73,7 +75,7 @@ def exposures(urls: list[str], *, credentials: bool, tls_options: bool, embedded
     if not remote:
         return []
     found = []
-    named = ", ".join(remote)
+    named = ", ".join(redact(u) for u in remote)
     if not credentials and not any(_has_user(u) for u in remote):
         found.append(Exposure(
             what=f"NATS at {named} is not on this host and no credentials are given",
@@ -83,8 +85,8 @@ def exposures(urls: list[str], *, credentials: bool, tls_options: bool, embedded
     plain = [u for u in remote if not is_tls(u, tls_options=tls_options)]
     if plain:
         found.append(Exposure(
-            what=f"NATS at {', '.join(plain)} is not on this host and not TLS (credentials, commands and backups "
-                 "would cross the network in the clear)",
+            what=f"NATS at {', '.join(redact(u) for u in plain)} is not on this host and not TLS (credentials, "
+                 "commands and backups would cross the network in the clear)",
             fix="use tls://HOST:PORT URLs, with --nats-tls-ca FILE unless a CA this host trusts signed the "
                 "server's certificate",
         ))

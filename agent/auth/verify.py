@@ -3,9 +3,10 @@
 The dispatcher asks `Verifier.caller(op, subject, headers, body, durable=...)` before it decodes anything;
 every refusal is `Forbidden`, with a sentence that names the policy setting that would allow the request.
 Requests are refused when signed further than `max_skew_s` from the agent's clock, or seen before (a bounded
-cache of recent signatures). Durable commands are refused when signed longer ago than `max_command_age_s`; their
-replays are not looked up here (a redelivery is the same message): the command id's recorded outcome and
-JetStream's duplicate window catch them.
+cache of recent signatures), or signed before this process started: the cache lives in memory, so a request
+captured before a restart is refused, never applied again. Durable commands are refused when signed longer ago
+than `max_command_age_s`; their replays are not looked up here (a redelivery is the same message): the command
+id's recorded outcome catches them (a command without id or Nats-Msg-Id is named by its signature's digest).
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ class Verifier:
         self._skew_ns = int(policy.signatures.max_skew_s * _NS)
         self._max_age_ns = int(policy.signatures.max_command_age_s * _NS)
         self._seen = _SeenSignatures(cache_size)
+        self.started_ns = now_ns()
+        """Requests signed before this are refused: the replay cache does not outlive the process."""
 
     def caller(
         self, op: str, subject: str, headers: Mapping[str, str] | None, body: bytes, *, durable: bool
@@ -151,6 +154,11 @@ class Verifier:
                 f"The request was signed {-ahead / _NS:.0f} s ago, more than [signatures] max_skew_s = "
                 f"{sigs.max_skew_s:g} in the policy file {self.source} allows: sign every request anew, and check "
                 "the clocks (NTP).")
+        if not durable and signed_ns < self.started_ns:
+            raise Forbidden(
+                f"The request was signed {(self.started_ns - signed_ns) / _NS:.1f} s before this agent started: a "
+                "request from before a restart is never applied (it may be a replay); sign it anew, and check the "
+                "clocks (NTP) if this repeats.")
 
     def _authorize(self, identity: IdentityEntry, op: str) -> None:
         if op in OPS and op not in ROLE_OPS[identity.role]:

@@ -17,6 +17,7 @@ import msgspec
 import structlog
 
 from contracts import BackupRecord, Compression
+from contracts.bounds import BoundedDecoder
 
 from ..errors import Corrupt, NotFound
 from .stores import FOLLOW_CHUNK, PARTIAL, StoreWriter, backup_id_of, fsync_dir, newest_first, store_errors, suffix_of
@@ -25,7 +26,7 @@ __all__ = ["LocalStore"]
 
 log = structlog.get_logger(__name__)
 
-_DECODE = msgspec.json.Decoder(BackupRecord)
+_DECODE = BoundedDecoder(BackupRecord, what="The record")
 
 
 def _volume_of(backup_id: str) -> str:

@@ -22,6 +22,7 @@ import nats.js.errors
 import structlog
 
 from contracts import BackupRecord, catalog_key, catalog_key_parts
+from contracts.bounds import BoundedDecoder
 from volumectl.kv import IncompleteRead, read_bucket
 
 from ..bus import Bus, nats_errors
@@ -31,7 +32,7 @@ __all__ = ["Catalog"]
 
 log = structlog.get_logger(__name__)
 
-_DECODE = msgspec.json.Decoder(BackupRecord)
+_DECODE = BoundedDecoder(BackupRecord, what="The record")
 
 
 class Catalog:

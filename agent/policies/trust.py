@@ -17,6 +17,7 @@ import msgspec
 
 from contracts import BackupPolicy, PolicyEntry, Subjects, check_policy
 from contracts.auth import ROLE_OPS, ROLES
+from contracts.bounds import BoundedDecoder
 from contracts.policies import entry_signed_bytes
 
 from ..auth.keys import verify
@@ -25,8 +26,8 @@ from ..auth.policy import Policy
 __all__ = ["PolicyTrust", "Untrusted", "Verified"]
 
 _NS = 1_000_000_000
-_ENTRY = msgspec.json.Decoder(PolicyEntry)
-_POLICY = msgspec.json.Decoder(BackupPolicy)
+_ENTRY = BoundedDecoder(PolicyEntry, what="The entry")
+_POLICY = BoundedDecoder(BackupPolicy, what="The policy")
 
 
 class Untrusted(ValueError):
