@@ -190,11 +190,22 @@ class HostLease:
         if self._kv is None or rev is None:
             return
         try:
-            await asyncio.wait_for(self._kv.delete(self.host, last=rev), RELEASE_TIMEOUT_S)
+            await asyncio.wait_for(self._release(self._kv, rev), RELEASE_TIMEOUT_S)
             log.info("lease.released", host=self.host)
         except PASSING as exc:
             log.warning("lease.not_released", host=self.host, error=f"{type(exc).__name__}: {exc}",
                         why=f"an agent started with this host id on another machine waits {self.ttl_s:g} s")
+
+    async def _release(self, kv: LeaseKV, rev: int) -> None:
+        try:
+            await kv.delete(self.host, last=rev)
+        except nats.js.errors.APIError:
+            # A renewal cut off by the stop may have landed after all: delete by its revision if the lease is ours.
+            entry = await self._current(kv)
+            holder = _holder(entry) if entry else None
+            if entry is None or holder is None or holder.instance != self.me.instance:
+                raise
+            await kv.delete(self.host, last=entry.revision)
 
     def _value(self) -> bytes:
         return msgspec.json.encode(msgspec.structs.replace(self.me, renewed_at=_now()))
