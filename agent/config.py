@@ -38,6 +38,9 @@ DEFAULT_HEARTBEAT_S = 60.0
 DEFAULT_SIZES_EVERY_S = 900.0
 DEFAULT_POLICY_REFRESH_S = 60.0
 """The policies bucket is read whole this often, besides whenever an entry is written."""
+DEFAULT_LEASE_TTL_S = 15.0
+"""How long the host-id lease outlives its last renewal (agent/lease.py): an agent that cannot renew stops after
+this, and an agent started with the same host id elsewhere takes over after this without renewal."""
 # Backups at once: tar and zstd -T0 each keep a core busy; more only queue on the disk.
 DEFAULT_MAX_BACKUPS = 4
 
@@ -86,6 +89,7 @@ class Settings:
     max_backups: int = DEFAULT_MAX_BACKUPS
     """Backups that run at once on this host (any trigger); the others queue."""
     policy_refresh_s: float = DEFAULT_POLICY_REFRESH_S
+    lease_ttl_s: float = DEFAULT_LEASE_TTL_S
     auth: NatsAuth = field(default_factory=NatsAuth)
     age_identity: Path | None = None
     """The age identity file (AGE-SECRET-KEY-1... lines) that decrypts encrypted backups on restore; read by the
@@ -157,6 +161,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument("--policy-refresh", type=float,
                    default=float(_env("POLICY_REFRESH") or DEFAULT_POLICY_REFRESH_S),
                    help="seconds between complete reads of the policies bucket (it is also read on every change)")
+    # Hidden: tests shorten it. A fleet keeps the default: a shorter TTL lets a shorter NATS outage stop agents.
+    p.add_argument("--lease-ttl", type=float, default=float(_env("LEASE_TTL") or DEFAULT_LEASE_TTL_S),
+                   help=argparse.SUPPRESS)
     auth = p.add_argument_group("NATS authentication")
     for name in ("user", "password", "token", "nkey-seed", "creds", "tls-ca", "tls-cert", "tls-key"):
         auth.add_argument(f"--nats-{name}", default=_env("NATS_" + name.replace("-", "_").upper()),
@@ -185,10 +192,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         p.error(str(exc))
     if a.max_body < 1 or a.concurrency < 1 or a.grace < 0 or not 1 <= a.replicas <= 5 \
             or a.docker_timeout <= 0 or a.ack_wait < 1 or not 0 <= a.backup_replicas <= 5 or a.heartbeat < 1 \
-            or a.sizes_every < 0 or a.max_backups < 1 or a.policy_refresh < 1:
+            or a.sizes_every < 0 or a.max_backups < 1 or a.policy_refresh < 1 or a.lease_ttl < 1:
         p.error("--max-body and --concurrency must be positive, --grace not negative, --replicas 1 to 5, "
                 "--backup-replicas 0 to 5, --docker-timeout positive, --ack-wait and --heartbeat at least 1, "
-                "--sizes-every not negative, --max-backups and --policy-refresh at least 1")
+                "--sizes-every not negative, --max-backups, --policy-refresh and --lease-ttl at least 1")
     if a.metrics_listen:
         try:
             listen_address(a.metrics_listen)
@@ -229,6 +236,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         sizes_every_s=a.sizes_every,
         max_backups=a.max_backups,
         policy_refresh_s=a.policy_refresh,
+        lease_ttl_s=a.lease_ttl,
         auth=NatsAuth(
             user=a.nats_user, password=a.nats_password, token=a.nats_token, nkey_seed=a.nats_nkey_seed,
             creds=a.nats_creds, tls_ca=a.nats_tls_ca, tls_cert=a.nats_tls_cert, tls_key=a.nats_tls_key,

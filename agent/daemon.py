@@ -41,6 +41,7 @@ from .events.inventory import Inventory
 from .events.news import VolumeNews
 from .events.onstop import OnStop
 from .events.watch import Cursor, DockerWatch
+from .lease import HostLease, HostTaken
 from .locks import KeyedLocks
 from .logging import configure
 from .metrics import Metrics
@@ -55,6 +56,8 @@ from .policies.view import PolicyStatus, PolicyViews
 from .requests import RequestService
 from .share import Shares
 from .startup import local_policy, persist, unless_stopped, wait_for_docker, warn_if_exposed
+from .streams import ensure_lease_bucket
+from .supervisor import EXIT_FAILED, EXIT_HOST_TAKEN, Supervisor
 from .tasks import Tasks
 from .typing import Engine, EventSink, Peers
 from .volumes import Volumes
@@ -127,8 +130,10 @@ class Domain:
         }
 
 
-async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    """Run the agent until `stop` is set; then stop taking work, drain, and close down."""
+async def serve(settings: Settings, supervisor: Supervisor) -> None:
+    """Run the agent until its supervisor's `stop` is set (a signal, or a part's `fatal`); then stop taking work,
+    drain, and close down."""
+    stop = supervisor.stop
     log.info("agent.starting", version=__version__, host=settings.host_id, docker=settings.docker_url)
     if settings.age_identity is not None:  # its public keys only: the file's path is all the agent hands on
         log.info("agent.age_identity", file=str(settings.age_identity), decrypts_for=list(settings.age_recipients))
@@ -168,6 +173,12 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         bus = Bus(settings, urls)
         stack.push_async_callback(bus.stop)
         await unless_stopped(bus.start(), stop)
+        # One host id, one agent: claimed before anything here is touched (spool files, helper containers, restore
+        # notes, the command consumer), released last (after the drain) on a clean stop.
+        lease = HostLease(lambda: ensure_lease_bucket(bus.js, settings, bus.denials), settings.host_id,
+                          ttl_s=settings.lease_ttl_s, fatal=supervisor.fatal)
+        stack.push_async_callback(lease.stop)
+        await unless_stopped(persist("claiming this host id", lease.start), stop)
 
         tasks = Tasks(settings.concurrency)
         stores = Stores(LocalStore(settings.data_dir / "backups"), NatsStore(bus, settings.data_dir / "spool"))
@@ -243,18 +254,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _main(settings: Settings) -> int:
-    stop = asyncio.Event()
+    supervisor = Supervisor()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, supervisor.stop.set)
     try:
-        await serve(settings, stop)
+        await serve(settings, supervisor)
     except asyncio.CancelledError:
         log.info("agent.stopped_during_start")
+    except HostTaken as exc:
+        log.error("agent.refused", code=exc.code, error=exc.message, exit_code=EXIT_HOST_TAKEN,
+                  holder_pid=exc.holder.pid if exc.holder else None,
+                  holder_hostname=exc.holder.hostname if exc.holder else None,
+                  holder_renewed_at=exc.holder.renewed_at if exc.holder else None)
+        return EXIT_HOST_TAKEN
     except AgentError as exc:
         log.error("agent.failed", code=exc.code, error=exc.message)
-        return 1
-    return 0
+        return EXIT_FAILED
+    return supervisor.exit_code
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from contracts import Subjects
 from .config import Settings
 from .denials import Denials, Denied
 
-__all__ = ["Buckets", "ensure_jetstream", "ensure_object_store"]
+__all__ = ["Buckets", "ensure_jetstream", "ensure_lease_bucket", "ensure_object_store"]
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +45,8 @@ POLICY_HISTORY = 16
 # Bounds on what the bucket can make every agent read: a policy is a few hundred bytes.
 POLICY_MAX_VALUE = 64 * 1024
 POLICIES_MAX_BYTES = 64 * 1024 * 1024
+# A lease names its holder in a few hundred bytes; one key per host, its latest value only.
+LEASE_MAX_VALUE = 4 * 1024
 
 
 def streams(s: Subjects, replicas: int) -> list[StreamConfig]:
@@ -84,6 +86,22 @@ async def _ensure_policies(js: JetStreamContext, s: Subjects, replicas: int, den
         log.warning("nats.policies_bucket_denied", bucket=s.policies_bucket,
                     why="this agent's NATS user may not make the backup policies bucket (permissions generated "
                         "before contract 2.1): no policy is applied",
+                    fix="re-run `volume-agent auth init` and reload the NATS servers")
+        return None
+
+
+async def ensure_lease_bucket(js: JetStreamContext, settings: Settings, denials: Denials) -> KeyValue | None:
+    """The host-id leases bucket (agent/lease.py); None, said once, where NATS permissions generated before the
+    lease existed do not let the agent make it: the agent runs unguarded rather than not at all."""
+    s = settings.subjects
+    cfg = KeyValueConfig(bucket=s.leases_bucket, history=1, replicas=settings.replicas,
+                         max_value_size=LEASE_MAX_VALUE)
+    try:
+        return await denials.call(f"$JS.API.STREAM.CREATE.KV_{s.leases_bucket}", _ensure_kv(js, cfg))
+    except Denied:
+        log.warning("nats.leases_bucket_denied", bucket=s.leases_bucket,
+                    why="this agent's NATS user may not make the host-id leases bucket (permissions generated "
+                        "before the lease): nothing stops a second agent with this host id from running",
                     fix="re-run `volume-agent auth init` and reload the NATS servers")
         return None
 

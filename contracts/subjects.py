@@ -16,6 +16,7 @@ Object Store, the NATS micro service, and how keys are encoded in the buckets.
     KV      <prefix>_inventory       key <host>
     KV      <prefix>_backup_catalog  key catalog_key(host, backup_id) = <host>.<base64url(backup_id)>
     KV      <prefix>_policies        key <policy name>       written by operators only (contracts.policies)
+    KV      <prefix>_leases          key <host>              the agent that holds the host id (agent/lease.py)
     objects <prefix>_backups_<host>  name <backup_id>       (one Object Store per host: backups_bucket_of(host))
     service volume-agent             (NATS micro)
     inbox   _INBOX_<identity>        every client's inbox prefix (inbox_prefix(name)), so NATS permissions can
@@ -156,6 +157,11 @@ class Subjects:
     @property
     def policies_bucket(self) -> str:
         return self.bucket_name("policies")
+
+    @property
+    def leases_bucket(self) -> str:
+        """One key per host id, held by the one agent running under it (agent/lease.py)."""
+        return self.bucket_name("leases")
 
     def policy_subject(self, name: str) -> str:
         """The subject a policy's KV entry is written on, and signed for: `$KV.<prefix>_policies.<name>`."""

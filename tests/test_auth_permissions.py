@@ -83,6 +83,22 @@ def test_an_agent_publishes_only_its_own_and_reads_every_hosts_backups() -> None
         assert not allowed(p, "subscribe", s), s
 
 
+def test_an_agent_claims_renews_and_releases_the_lease_of_its_own_host_id_only() -> None:
+    """One host id, one agent (agent/lease.py): another host's agent cannot take over, renew or delete web-1's lease,
+    and no reader or operator may write a lease."""
+    p = permissions(ident("web-1", "agent"), agents=AGENTS)
+    for s in ("$KV.vol_leases.web-1", "$JS.API.STREAM.CREATE.KV_vol_leases", "$JS.API.STREAM.INFO.KV_vol_leases",
+              "$JS.API.STREAM.MSG.GET.KV_vol_leases", "$JS.API.DIRECT.GET.KV_vol_leases.$KV.vol_leases.web-1"):
+        assert allowed(p, "publish", s), s
+    for s in ("$KV.vol_leases.web-2", "$KV.vol_leases.>", "$KV.vol_leases.web-1.x",
+              "$JS.API.STREAM.PURGE.KV_vol_leases", "$JS.API.STREAM.DELETE.KV_vol_leases",
+              "$JS.API.STREAM.UPDATE.KV_vol_leases", "$JS.API.STREAM.MSG.DELETE.KV_vol_leases",
+              "$JS.API.DIRECT.GET.KV_vol_leases.$KV.vol_leases.web-2"):
+        assert not allowed(p, "publish", s), s
+    for who in (ident("ops", "operator"), ident("far", "operator", ["web-1"]), ident("viewer", "reader")):
+        assert not allowed(permissions(who, agents=AGENTS), "publish", "$KV.vol_leases.web-1"), who.name
+
+
 def test_a_reader_asks_for_reads_only_and_listens_to_the_fleet() -> None:
     p = permissions(ident("grafana", "reader"), agents=AGENTS)
     for s in ("vol.req.web-1.inspect", "vol.req.web-2.list", "vol.req.x.backups", "vol.req.x.inventory",

@@ -12,9 +12,10 @@ the permission violations a restricted one reported), not a guess:
   deletes or purges them, but purges chunks of its own backup bucket (Object Store deletes and failed uploads do
   that); its durable consumer `agent_H` on the command stream, created by name with its filter in the subject
   (CONSUMER.CREATE.<stream>.agent_H.<prefix>.cmd.H.>, so it cannot widen the filter to other hosts' commands),
-  pulled (MSG.NEXT) and acked; KV gets by STREAM.MSG.GET (nats-py's KV buckets are made without direct gets;
-  DIRECT.GET is allowed too, in case an admin made them with it); reads of the shared catalog and of every host's
-  backup bucket through ephemeral pull consumers.
+  pulled (MSG.NEXT) and acked; its host id's lease, written under its own key as its inventory is; KV gets by
+  STREAM.MSG.GET (nats-py's KV buckets are made without direct gets; DIRECT.GET is allowed too, in case an admin
+  made them with it); reads of the shared catalog and of every host's backup bucket through ephemeral pull
+  consumers.
 - reader and operator: KV reads of the inventory and the catalog through ephemeral pull consumers
   (volumectl.kv.read_bucket: STREAM.INFO, CONSUMER.CREATE, MSG.NEXT, CONSUMER.DELETE); the history of the audit
   stream and of events through consumers of their own; the agents' command consumers' state (CONSUMER.INFO).
@@ -82,6 +83,9 @@ def _agent(s: Subjects, host: str, hosts: Iterable[str]) -> dict[str, Any]:
         s.res(host, ">"), s.evt(host, ">"), s.inv(host),
         f"$KV.{s.inventory_bucket}.{host}", f"$KV.{s.outcomes_bucket}.{host}.>",
         f"$KV.{s.catalog_bucket}.{host}.>", f"$O.{own_bucket}.>",
+        # Its host id's lease (claim, renew, release), read back by key: one agent per host id (agent/lease.py).
+        f"$KV.{s.leases_bucket}.{host}", f"{API}.STREAM.MSG.GET.KV_{s.leases_bucket}",
+        f"{API}.DIRECT.GET.KV_{s.leases_bucket}.$KV.{s.leases_bucket}.{host}",
         # Never the policies bucket: it reads the fleet's policies (and makes the bucket), it cannot write one.
         # migrate: the restore and the digest on the target host.
         s.req("*", "restore"), s.req("*", "digest"),
@@ -89,7 +93,7 @@ def _agent(s: Subjects, host: str, hosts: Iterable[str]) -> dict[str, Any]:
         f"{API}.STREAM.INFO.*",
         *(f"{API}.STREAM.CREATE.{name}" for name in (
             s.cmd_stream, s.res_stream, s.evt_stream, f"KV_{s.outcomes_bucket}", f"KV_{s.inventory_bucket}",
-            f"KV_{s.catalog_bucket}", f"KV_{s.policies_bucket}", f"OBJ_{own_bucket}")),
+            f"KV_{s.catalog_bucket}", f"KV_{s.policies_bucket}", f"KV_{s.leases_bucket}", f"OBJ_{own_bucket}")),
         f"{API}.STREAM.PURGE.OBJ_{own_bucket}",
         f"{API}.CONSUMER.CREATE.{cmd}.{consumer}.{s.cmd(host, '>')}",
         f"{API}.CONSUMER.INFO.{cmd}.{consumer}", f"{API}.CONSUMER.MSG.NEXT.{cmd}.{consumer}",
