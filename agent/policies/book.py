@@ -1,16 +1,22 @@
 """The policies this agent applies: the verified entries of the policies bucket, kept on disk between runs.
 
-Each read of the bucket is offered whole (`reconcile`). An entry is applied only when `PolicyTrust` verifies it,
-and only when it is newer than the version held (no rollback to an older signed version). What cannot remove a
-policy: an unsigned write, a bare KV delete or purge, a bucket that lost the key. The agent keeps applying the
-version it holds and reports why (`rejected`). The last verified entry of each name (a policy or a signed
-removal) is saved under `<data dir>/policies/`, so a restart neither forgets a policy nor accepts a rollback.
+Each read of the bucket is offered whole (`reconcile`): every key's current entry, and the other signed entries
+known for its names (earlier revisions the bucket keeps, other agents' copies: `copies.py`). Per name, the entry
+applied is the newest (by `signed_at`) that `PolicyTrust` verifies for this host, and only when it is newer than
+the version held (no rollback to an older signed version). So an entry this host does not trust (an operator of
+other hosts, a reader, an unsigned write) neither applies nor hides the version it was written over: an agent
+that never saw the policy still finds that version in the history or in a copy. What cannot remove a policy: an
+unsigned write, a bare KV delete or purge, a bucket that lost the key, a removal signed by someone this host does
+not trust. The agent keeps applying the version it holds and reports why the bucket's entry is not applied
+(`rejected`). The last verified entry of each name (a policy or a signed removal) is saved under
+`<data dir>/policies/`, so a restart neither forgets a policy nor accepts a rollback.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,11 +66,25 @@ class PolicyBook:
             except (Untrusted, OSError) as exc:
                 self._reject(path.stem, f"The saved copy of policy {path.stem!r} is no longer applied: {exc}")
 
-    def reconcile(self, values: dict[str, bytes]) -> bool:
-        """A complete read of the bucket (key -> value); True if what is applied changed."""
+    def reconcile(self, values: Mapping[str, bytes], older: Iterable[tuple[str, bytes]] = ()) -> bool:
+        """A complete read of the bucket (key -> current value), and other signed entries of its names (name,
+        entry); True if what is applied changed."""
         before = self.changes
+        checked: dict[tuple[str, bytes], Verified | Untrusted] = {}
+        found: dict[str, set[bytes]] = {}
+        for name, raw in (*values.items(), *older):
+            found.setdefault(name, set()).add(raw)
+        for name, raws in sorted(found.items()):
+            newest = None
+            for raw in raws:
+                v = checked[name, raw] = self._check(name, raw)
+                if isinstance(v, Verified) and (newest is None or _order(v.entry) > _order(newest.entry)):
+                    newest = v
+            mine = self._held.get(name)
+            if newest is not None and (mine is None or newest.entry.signed_at > mine.signed_at):
+                self._take(newest, save=True)
         for key, raw in values.items():
-            self.offer(key, raw)
+            self._judge(key, checked[key, raw])
         for name in sorted(set(self.rejected) - set(values) - set(self.accepted)):
             del self.rejected[name]  # gone from the bucket, and never applied: nothing to say any more
         for name in sorted(set(self.accepted) - set(values)):
@@ -74,23 +94,28 @@ class PolicyBook:
                                "force; remove it with `volumectl policy rm`.")
         return self.changes != before
 
-    def offer(self, key: str, raw: bytes) -> None:
-        """One entry of the bucket."""
+    def entries(self) -> list[PolicyEntry]:
+        """The verified entry held of each name: the policies applied, and the signed removals."""
+        return [self._held[name] for name in sorted(self._held)]
+
+    def _check(self, name: str, raw: bytes) -> Verified | Untrusted:
         try:
-            verified = self.trust.verify(key, raw)
+            return self.trust.verify(name, raw)
         except Untrusted as exc:
-            self._reject(key, str(exc) + self._stays(key))
+            return exc
+
+    def _judge(self, key: str, checked: Verified | Untrusted) -> None:
+        """Why the bucket's current entry under `key` is not the version applied, if it is not."""
+        if isinstance(checked, Untrusted):
+            self._reject(key, str(checked) + self._stays(key))
             return
         held = self._held.get(key)
-        if held is not None and verified.entry.signed_at <= held.signed_at:
-            if verified.entry.signed_at == held.signed_at and verified.entry.sig == held.sig:
-                self._clear(key)  # the version held, read again
-                return
-            self._reject(key, f"Policy {key!r} in the bucket was signed at {_iso(verified.entry.signed_at)}, not "
-                              f"after the version this agent holds ({_iso(held.signed_at)}): an older version is "
-                              "never applied again (set it anew to change it)." + self._stays(key))
+        if held is None or (checked.entry.signed_at == held.signed_at and checked.entry.sig == held.sig):
+            self._clear(key)  # the version held, read again
             return
-        self._take(verified, save=True)
+        self._reject(key, f"Policy {key!r} in the bucket was signed at {_iso(checked.entry.signed_at)}, not after "
+                          f"the version this agent holds ({_iso(held.signed_at)}): an older version is never "
+                          "applied again (set it anew to change it)." + self._stays(key))
 
     def _take(self, v: Verified, *, save: bool) -> None:
         name = v.entry.name
@@ -136,6 +161,12 @@ class PolicyBook:
             log.warning("policy.not_saved", policy=entry.name, error=exc.strerror or str(exc))
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+
+def _order(entry: PolicyEntry) -> tuple[int, str]:
+    """Newest first by signing time; two entries signed in the same nanosecond are ordered by signature, so every
+    agent picks the same one."""
+    return entry.signed_at, entry.sig
 
 
 def _iso(ns: int) -> str:
