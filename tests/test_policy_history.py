@@ -130,14 +130,15 @@ async def test_a_removal_far_signs_does_not_remove_a_fleet_policy_on_a_fresh_hos
     assert (applied.policy, applied.signed_by) == (genuine, "ops")
 
 
-@pytest.mark.parametrize("attack", ["flood", "purge"])
+@pytest.mark.parametrize("attack", ["flood", "purge", "wipe"])
 async def test_a_policy_pushed_out_of_the_buckets_history_is_still_applied_by_a_fresh_host(
     attack: str, make_agent: Any, client: AgentClient, far: AgentClient, identities: Identities,
     fleet: Policies, tmp_path: Path,
 ) -> None:
     """(d) The genuine revision is gone from the bucket: `far` wrote more entries under the key than its history
-    keeps, or purged the key (a KV purge removes every revision). An agent that applied it (here: stopped since)
-    kept a copy of the signed entry that every agent can verify."""
+    keeps, purged the key (a KV purge removes every revision), or wiped the whole bucket (one publish with
+    `Nats-Rollup: all`, which a KV bucket accepts from anyone who may write one key). An agent that applied it
+    (here: stopped since) kept a copy of the signed entry that every agent can verify."""
     witness: Agent = make_agent(tmp_path / "witness")
     fresh: Agent = make_agent(tmp_path / "fresh", start=False)
     name = _name()
@@ -149,13 +150,17 @@ async def test_a_policy_pushed_out_of_the_buckets_history_is_still_applied_by_a_
         junk = msgspec.structs.replace(genuine, keep=msgspec.convert({"yearly": 1}, type(genuine.keep)))
         for _ in range(FLOOD):
             await kv.put(name, msgspec.json.encode(sign_entry(identities.signers["far"], S, name, junk)))
-    else:
+    elif attack == "purge":
         await kv.purge(name)
+    else:
+        await far.nc.jetstream().publish(S.policy_subject(name), b"", headers={"Nats-Rollup": "all"})
     info = await far.nc.jetstream().stream_info(f"KV_{S.policies_bucket}",
                                                 subjects_filter=S.policy_subject(name))
     kept = (info.state.subjects or {}).get(S.policy_subject(name), 0)
     # The genuine revision is gone: the bucket kept fewer than were written (the oldest go first), or the marker.
     assert kept < 1 + FLOOD if attack == "flood" else kept == 1
+    if attack == "wipe":
+        assert info.state.messages == 1
     fresh.start()
     applied = await _applied(client, fresh.host_id, name)
     assert (applied.policy, applied.signed_by) == (genuine, "ops")

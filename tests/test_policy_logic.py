@@ -14,7 +14,7 @@ from agent.policies.book import PolicyBook
 from agent.policies.coverage import covered, label_rules, rules_of
 from agent.policies.ledger import RunState, protection
 from agent.policies.timing import DEFAULT_SPREAD_MAX_S, next_due, offset_s, spread_window_s
-from agent.policies.trust import PolicyTrust, Untrusted
+from agent.policies.trust import PolicyTrust, Untrusted, Verified
 from contracts import BackupPolicy, BackupRecord, Subjects, check_policy
 from contracts.cron import CronError, parse_schedule
 from contracts.labels import SCHEDULE, SCHEDULE_KEEP
@@ -247,6 +247,31 @@ def test_an_agent_that_holds_a_version_takes_a_newer_copy_it_missed(keys: Keys, 
     again = PolicyBook(keys.trust, tmp_path / "policies")
     again.load_saved()
     assert again.accepted["nightly"].policy == v2
+
+
+def test_each_entry_is_verified_once_and_one_signed_ahead_again_later(keys: Keys) -> None:
+    """Reads repeat every minute: a verdict stands while the entry is read again (the local policy file is read
+    once), entries older than the version held are not verified at all, and only a clock can change a verdict."""
+    calls: list[str] = []
+    verify = keys.trust.verify
+
+    def counted(key: str, raw: bytes, *, check_clock: bool = True) -> Verified:
+        calls.append(key)
+        return verify(key, raw, check_clock=check_clock)
+
+    keys.trust.verify = counted  # type: ignore[method-assign]
+    book = PolicyBook(keys.trust)
+    history = [("nightly", keys.entry("ops", _policy(keep={"daily": i + 1}), at=T0 - timedelta(minutes=i)))
+               for i in range(16)]
+    book.reconcile(dict(history[:1]), history)
+    assert len(calls) == 1 and book.accepted["nightly"].policy.keep.daily == 1  # the newest verified first
+    book.reconcile(dict(history[:1]), history)
+    assert len(calls) == 1
+    ahead = keys.entry("ops", _policy(keep={"daily": 30}), at=T0 + timedelta(minutes=10))
+    book.reconcile({"nightly": ahead}, history)
+    assert book.accepted["nightly"].policy.keep.daily == 1 and "ahead of this host's clock" in book.rejected["nightly"]
+    keys.now += timedelta(minutes=10)
+    assert book.reconcile({"nightly": ahead}, history) and book.accepted["nightly"].policy.keep.daily == 30
 
 
 def test_the_history_read_gives_current_values_every_kept_value_and_last_revisions() -> None:
