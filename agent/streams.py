@@ -12,7 +12,7 @@ from __future__ import annotations
 import nats.js.errors
 import structlog
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, ObjectStoreConfig, StreamConfig
+from nats.js.api import DiscardPolicy, KeyValueConfig, ObjectStoreConfig, StreamConfig
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
@@ -21,7 +21,8 @@ from contracts import Subjects
 from .config import Settings
 from .denials import Denials, Denied
 
-__all__ = ["Buckets", "ensure_jetstream", "ensure_lease_bucket", "ensure_object_store"]
+__all__ = ["Buckets", "ensure_jetstream", "ensure_lease_bucket", "ensure_object_store", "ensure_policy_copies",
+           "policy_copies_stream"]
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +48,9 @@ POLICY_MAX_VALUE = 64 * 1024
 POLICIES_MAX_BYTES = 64 * 1024 * 1024
 # A lease names its holder in a few hundred bytes; one key per host, its latest value only.
 LEASE_MAX_VALUE = 4 * 1024
+
+# The copies every agent keeps of the entries it applies: one per host and policy (`<host>.<name>`).
+POLICY_COPIES_MAX_BYTES = 256 * 1024 * 1024
 
 
 def streams(s: Subjects, replicas: int) -> list[StreamConfig]:
@@ -104,6 +108,35 @@ async def ensure_lease_bucket(js: JetStreamContext, settings: Settings, denials:
                         "before the lease): nothing stops a second agent with this host id from running",
                     fix="re-run `volume-agent auth init` and reload the NATS servers")
         return None
+
+
+def policy_copies_stream(s: Subjects, replicas: int) -> StreamConfig:
+    """The bucket of policy copies, as a KV stream nats-py reads, but one that no publish can empty: no rollup
+    header (a KV purge, or `Nats-Rollup: all`, which would wipe every host's copies through a write to one's own
+    key), no per-message TTL, no purge or message delete through the API. A host overwrites only its own keys."""
+    bucket = s.policy_copies_bucket
+    return StreamConfig(
+        name=f"KV_{bucket}", subjects=[f"$KV.{bucket}.>"], max_msgs_per_subject=1, max_msgs=-1,
+        max_bytes=POLICY_COPIES_MAX_BYTES, max_msg_size=POLICY_MAX_VALUE, max_consumers=-1,
+        discard=DiscardPolicy.NEW, allow_rollup_hdrs=False, deny_delete=True, deny_purge=True,
+        duplicate_window=120.0, num_replicas=replicas,
+    )
+
+
+async def ensure_policy_copies(js: JetStreamContext, s: Subjects, replicas: int, denials: Denials) -> bool:
+    """The bucket of policy copies, made or found; False, said once, where NATS permissions generated before it
+    do not let the agent make it (policies are then chosen from the policies bucket's history alone). Raises
+    nats-py's errors otherwise."""
+    cfg = policy_copies_stream(s, replicas)
+    try:
+        await denials.call(f"$JS.API.STREAM.CREATE.{cfg.name}", _ensure_stream(js, cfg, denials))
+    except Denied:
+        log.warning("nats.policy_copies_bucket_denied", bucket=s.policy_copies_bucket,
+                    why="this agent's NATS user may not make the bucket of policy copies (permissions generated "
+                        "before it): a policy lost from the policies bucket's history cannot be recovered here",
+                    fix="re-run `volume-agent auth init` and reload the NATS servers")
+        return False
+    return True
 
 
 async def _ensure_stream(js: JetStreamContext, cfg: StreamConfig, denials: Denials) -> None:

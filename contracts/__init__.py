@@ -51,6 +51,8 @@ from .subjects import (
     catalog_key_parts,
     inbox_prefix,
     outcome_key,
+    policy_copy_key,
+    policy_copy_key_parts,
     valid_host_id,
 )
 from .volumes import (
@@ -151,6 +153,8 @@ __all__ = [
     "inbox_prefix",
     "labels",
     "outcome_key",
+    "policy_copy_key",
+    "policy_copy_key_parts",
     "result_as",
     "retain",
     "to_forget",

@@ -17,7 +17,10 @@ subject `$KV.<prefix>_policies.<name>`, `signed_at` and `body`) is by a key its 
 that may run `policy.set` (`contracts.auth.ROLE_OPS`), on this host (the identity's `hosts`), signed no later
 than `max_skew_s` ahead of its clock and not before the version it holds (no rollback). Anything else (an unsigned
 write, a bare KV delete or purge, a body that is not a valid policy) is ignored, logged and reported in `policies`;
-the version in force stays.
+the version in force stays. Of each name, an agent applies the newest entry that verifies for its host among the
+revisions the bucket keeps and every agent's copy of the entry it applies (KV `<prefix>_policy_copies`, key
+`<host>.<name>`, written by that host's agent only, the entry unchanged): an agent that starts afresh does not take
+the bucket's current entry on trust either.
 
 `check_policy` says whole what is wrong with a policy (it needs cronsim, a pure-Python cron library).
 """

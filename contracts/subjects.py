@@ -17,6 +17,8 @@ Object Store, the NATS micro service, and how keys are encoded in the buckets.
     KV      <prefix>_backup_catalog  key catalog_key(host, backup_id) = <host>.<base64url(backup_id)>
     KV      <prefix>_policies        key <policy name>       written by operators only (contracts.policies)
     KV      <prefix>_leases          key <host>              the agent that holds the host id (agent/lease.py)
+    KV      <prefix>_policy_copies   key policy_copy_key(host, name) = <host>.<policy name>: the signed entry
+                                     that host's agent applies, kept for agents that start later
     objects <prefix>_backups_<host>  name <backup_id>       (one Object Store per host: backups_bucket_of(host))
     service volume-agent             (NATS micro)
     inbox   _INBOX_<identity>        every client's inbox prefix (inbox_prefix(name)), so NATS permissions can
@@ -45,6 +47,8 @@ __all__ = [
     "catalog_key_parts",
     "inbox_prefix",
     "outcome_key",
+    "policy_copy_key",
+    "policy_copy_key_parts",
     "valid_host_id",
 ]
 
@@ -77,6 +81,17 @@ def catalog_key_parts(key: str) -> tuple[str, str] | None:
         return host, base64.urlsafe_b64decode(encoded.encode()).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         return None
+
+
+def policy_copy_key(host: str, name: str) -> str:
+    """The key of `host`'s copy of the signed entry of policy `name` it applies (only that host may write it)."""
+    return f"{host}.{name}"
+
+
+def policy_copy_key_parts(key: str) -> tuple[str, str] | None:
+    """(host, policy name) of a key of the policy copies bucket; None for a key of another shape."""
+    host, dot, name = key.partition(".")
+    return (host, name) if dot and valid_host_id(host) and name else None
 
 
 def inbox_prefix(identity: str) -> str:
@@ -162,6 +177,10 @@ class Subjects:
     def leases_bucket(self) -> str:
         """One key per host id, held by the one agent running under it (agent/lease.py)."""
         return self.bucket_name("leases")
+
+    @property
+    def policy_copies_bucket(self) -> str:
+        return self.bucket_name("policy_copies")
 
     def policy_subject(self, name: str) -> str:
         """The subject a policy's KV entry is written on, and signed for: `$KV.<prefix>_policies.<name>`."""

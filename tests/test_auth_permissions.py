@@ -60,8 +60,13 @@ def test_an_agent_publishes_only_its_own_and_reads_every_hosts_backups() -> None
            "$JS.API.STREAM.MSG.GET.KV_vol_outcomes", "$JS.API.STREAM.MSG.GET.OBJ_vol_backups_web-2",
            "$JS.API.CONSUMER.CREATE.OBJ_vol_backups_web-2.eph.$O.vol_backups_web-2.C.nuid",
            "$JS.API.CONSUMER.MSG.NEXT.OBJ_vol_backups_web-2.eph",
-           "$JS.API.CONSUMER.CREATE.KV_vol_backup_catalog.kvread_1.$KV.vol_backup_catalog.>"]
-    others = ["vol.res.web-2.create", "vol.evt.web-2.x", "vol.inv.web-2", "$KV.vol_inventory.web-2",
+           "$JS.API.CONSUMER.CREATE.KV_vol_backup_catalog.kvread_1.$KV.vol_backup_catalog.>",
+           "$KV.vol_policy_copies.web-1.nightly", "$JS.API.STREAM.CREATE.KV_vol_policy_copies",
+           "$JS.API.CONSUMER.CREATE.KV_vol_policy_copies.kvread_1.$KV.vol_policy_copies.>"]
+    others = ["$KV.vol_policy_copies.web-2.nightly", "$KV.vol_policy_copies.nightly", "$KV.vol_policies.nightly",
+              "$JS.API.STREAM.PURGE.KV_vol_policy_copies", "$JS.API.STREAM.MSG.DELETE.KV_vol_policy_copies",
+              "$JS.API.STREAM.UPDATE.KV_vol_policy_copies",
+              "vol.res.web-2.create", "vol.evt.web-2.x", "vol.inv.web-2", "$KV.vol_inventory.web-2",
               "$KV.vol_outcomes.web-2.abc", "$KV.vol_backup_catalog.web-2.dm9s", "$KV.vol_backup_catalog.dm9s",
               "$O.vol_backups_web-2.C.nuid", "$O.vol_backups.C.nuid", "vol.req.web-2.create", "vol.req.web-2.remove",
               "vol.cmd.web-2.create", "$JS.API.STREAM.DELETE.KV_vol_inventory", "$JS.API.STREAM.PURGE.VOL_RES",
@@ -123,6 +128,10 @@ def test_an_operator_runs_every_op_on_its_hosts_only() -> None:
         assert allowed(bob, "publish", s), s
     for s in ("vol.req.web-2.create", "vol.cmd.web-2.create", "vol.cmd.web-2.inspect", "$JS.API.STREAM.PURGE.VOL_CMD"):
         assert not allowed(bob, "publish", s), s
+    # It writes the fleet's policies (agents apply only what it may set for their host), never an agent's copies.
+    assert allowed(bob, "publish", "$KV.vol_policies.nightly")
+    assert allowed(bob, "publish", "$JS.API.CONSUMER.MSG.NEXT.KV_vol_policy_copies.kvread_1")
+    assert not allowed(bob, "publish", "$KV.vol_policy_copies.web-1.nightly")
     alice = permissions(ident("alice", "operator"), agents=AGENTS)
     assert allowed(alice, "publish", "vol.req.any-host.create") and allowed(alice, "publish", "vol.cmd.web-9.prune")
     assert not allowed(alice, "publish", "$JS.API.STREAM.DELETE.VOL_CMD")

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from agent.dispatch import Dispatcher
 from agent.errors import Invalid
 from agent.tasks import Tasks
-from contracts import OPS, BaseRequest, Subjects, valid_host_id
+from contracts import OPS, BaseRequest, Subjects, policy_copy_key, policy_copy_key_parts, valid_host_id
 from contracts.schema import SCHEMA_PATH, render
 
 from .fakes import FakeEngine, MemoryOutcomes, RecordingSink, TrustAll, fake_handlers
@@ -55,6 +55,9 @@ def test_subjects() -> None:
     assert s.all("list") == "vol.all.list"
     assert s.evt("h1", "volume.created") == "vol.evt.h1.volume.created"
     assert s.stream_name("cmd") == "VOL_CMD" and Subjects("acme.vol").stream_name("res") == "ACME_VOL_RES"
+    assert s.policy_copies_bucket == "vol_policy_copies" and policy_copy_key("web-1", "nightly") == "web-1.nightly"
+    assert policy_copy_key_parts("web-1.nightly") == ("web-1", "nightly")
+    assert policy_copy_key_parts("nightly") is None and policy_copy_key_parts("all.nightly") is None
     with pytest.raises(ValueError):
         Subjects("vol.>")
 

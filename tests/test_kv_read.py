@@ -26,7 +26,7 @@ from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue
 
 from contracts import EngineInfo, InventorySnapshot
-from volumectl.kv import IncompleteRead, read_bucket
+from volumectl.kv import IncompleteRead, read_bucket, read_history
 
 from .identities import Identities
 from .stack import NatsCluster, NatsServer, venv_bin
@@ -135,6 +135,22 @@ async def test_deleted_and_purged_keys_are_left_out_and_keys_keep_their_dots(js:
     await kv.delete("gone")
     await kv.purge("purged")  # the stream's last message is a marker: the read still ends
     assert await read_bucket(js, bucket, timeout=5) == {"a": b"a2", "with.dots.and-=_": b"with.dots.and-=_"}
+
+
+async def test_a_history_read_has_every_revision_kept_and_the_markers_in_stream_order(js: JetStreamContext) -> None:
+    bucket = f"kvread_{uuid.uuid4().hex[:8]}"
+    kv = await js.create_key_value(KeyValueConfig(bucket=bucket, history=3))
+    for i in range(5):
+        await kv.put("p", f"v{i}".encode())  # v0 and v1 fall out of the history of 3
+    await kv.put("q", b"q0")
+    await kv.delete("q")
+    await kv.put("r", b"r0")
+    await kv.purge("r")  # the revisions of r go, its marker stays
+    revs = await read_history(js, bucket, timeout=5)
+    assert [(r.key, r.value) for r in revs] == [("p", b"v2"), ("p", b"v3"), ("p", b"v4"), ("q", b"q0"),
+                                                 ("q", None), ("r", None)]
+    assert [r.seq for r in revs] == sorted(r.seq for r in revs) and revs[-1].seq == 9
+    assert await read_history(js, (await make_bucket(js))[0], timeout=5) == []
 
 
 async def test_a_bucket_whose_every_key_was_deleted_reads_as_empty(js: JetStreamContext) -> None:

@@ -14,7 +14,7 @@ from agent.policies.book import PolicyBook
 from agent.policies.coverage import covered, label_rules, rules_of
 from agent.policies.ledger import RunState, protection
 from agent.policies.timing import DEFAULT_SPREAD_MAX_S, next_due, offset_s, spread_window_s
-from agent.policies.trust import PolicyTrust, Untrusted
+from agent.policies.trust import PolicyTrust, Untrusted, Verified
 from contracts import BackupPolicy, BackupRecord, Subjects, check_policy
 from contracts.cron import CronError, parse_schedule
 from contracts.labels import SCHEDULE, SCHEDULE_KEEP
@@ -182,6 +182,104 @@ def test_the_book_keeps_a_policy_against_rollback_and_unsigned_removal(keys: Key
     keys.now += timedelta(seconds=10)
     assert again.reconcile({"nightly": keys.entry("ops", None)}) and "nightly" not in again.accepted
     assert "nightly" not in again.rejected
+
+
+def test_a_fresh_book_applies_the_newest_entry_it_trusts_not_the_buckets_current_one(keys: Keys) -> None:
+    """A host that never saw the policy: among the bucket's current entry, the revisions it keeps and other
+    agents' copies, the newest that verifies for this host wins. `far` (operator of `elsewhere` only) can
+    neither overwrite, roll back nor remove what `ops` set for every host."""
+    v1, v2 = _policy(), _policy(keep={"daily": 3})
+    first = keys.entry("ops", v1, at=T0 - timedelta(minutes=10))
+    second = keys.entry("ops", v2, at=T0 - timedelta(minutes=5))
+    theirs = keys.entry("far", _policy(keep={"last": 1}), at=T0 - timedelta(minutes=1))
+    gone = keys.entry("far", None, at=T0 - timedelta(minutes=1))
+    for current, history in [(theirs, [first, second, theirs]),  # (a) overwritten
+                             (first, [first, second, first]),  # (b) an older genuine version written back
+                             (gone, [first, second, gone])]:  # (c) a removal signed by far
+        book = PolicyBook(keys.trust)
+        assert book.reconcile({"nightly": current}, [("nightly", r) for r in history])
+        assert (book.accepted["nightly"].policy, book.accepted["nightly"].signer) == (v2, "ops")
+        assert "stays in force" in book.rejected["nightly"]
+    # On `elsewhere`, far may set it: its newer entry is the one applied there.
+    there = PolicyBook(PolicyTrust(keys.local, "policy.toml", host="elsewhere", subjects=S,
+                                   now_ns=lambda: int(keys.now.timestamp() * 1e9)))
+    there.reconcile({"nightly": theirs}, [("nightly", second)])
+    assert there.accepted["nightly"].signer == "far" and there.rejected == {}
+
+
+def test_copies_restore_what_the_bucket_lost_and_only_signatures_count(keys: Keys) -> None:
+    """(d) `far` flooded the key's history (or purged it): only its entries are left in the bucket. Other agents'
+    copies hold ops' entries; what a dishonest host stores counts only if an operator signed it for this host."""
+    v1, v2 = _policy(), _policy(keep={"daily": 3})
+    flood = [("nightly", keys.entry("far", _policy(keep={"last": i + 1}), at=T0 - timedelta(seconds=i)))
+             for i in range(16)]
+    copies = [("nightly", keys.entry("ops", v1, at=T0 - timedelta(minutes=10))),  # a host that was down a while
+              ("nightly", keys.entry("ops", v2, at=T0 - timedelta(minutes=5))),
+              ("nightly", keys.entry("agent-h", _policy(keep={"last": 9}), at=T0)),  # a host's own key signed it
+              ("nightly", keys.entry("viewer", None, at=T0)),
+              ("nightly", msgspec.json.encode({**msgspec.json.decode(keys.entry("ops", None, at=T0)), "body": "{}"})),
+              ("nightly", b"junk"), ("other", keys.entry("ops", v1, at=T0))]  # moved to another name: refused
+    book = PolicyBook(keys.trust)
+    assert book.reconcile({"nightly": flood[-1][1]}, [*flood, *copies])
+    assert book.accepted["nightly"].policy == v2 and set(book.accepted) == {"nightly"}
+    assert "far" in book.rejected["nightly"] and set(book.rejected) == {"nightly"}  # history and copies: not said
+    # A policy the bucket lost entirely (a purge of the key): known from a copy, kept, and said.
+    lost = PolicyBook(keys.trust)
+    lost.reconcile({}, copies[:2])
+    assert lost.accepted["nightly"].policy == v2 and "without a signed removal" in lost.rejected["nightly"]
+    # A signed removal newer than every copy of the policy: removed, and an old copy does not bring it back.
+    removed = PolicyBook(keys.trust)
+    removed.reconcile({}, [*copies[:2], ("nightly", keys.entry("ops", None, at=T0 - timedelta(minutes=1)))])
+    assert removed.accepted == {} and [e.body for e in removed.entries()] == [""]
+    removed.reconcile({"nightly": copies[1][1]}, copies[:2])
+    assert removed.accepted == {} and "older version is never applied" in removed.rejected["nightly"]
+
+
+def test_an_agent_that_holds_a_version_takes_a_newer_copy_it_missed(keys: Keys, tmp_path: Path) -> None:
+    """A host down while ops set v2, and far flooded the key since: the copy brings v2, and it is saved."""
+    book = PolicyBook(keys.trust, tmp_path / "policies")
+    v1, v2 = _policy(), _policy(keep={"daily": 3})
+    book.reconcile({"nightly": keys.entry("ops", v1, at=T0 - timedelta(minutes=10))})
+    theirs = keys.entry("far", _policy(keep={"last": 1}))
+    assert not book.reconcile({"nightly": theirs})
+    assert book.reconcile({"nightly": theirs}, [("nightly", keys.entry("ops", v2, at=T0 - timedelta(minutes=5)))])
+    assert book.accepted["nightly"].policy == v2 and "far" in book.rejected["nightly"]
+    again = PolicyBook(keys.trust, tmp_path / "policies")
+    again.load_saved()
+    assert again.accepted["nightly"].policy == v2
+
+
+def test_each_entry_is_verified_once_and_one_signed_ahead_again_later(keys: Keys) -> None:
+    """Reads repeat every minute: a verdict stands while the entry is read again (the local policy file is read
+    once), entries older than the version held are not verified at all, and only a clock can change a verdict."""
+    calls: list[str] = []
+    verify = keys.trust.verify
+
+    def counted(key: str, raw: bytes, *, check_clock: bool = True) -> Verified:
+        calls.append(key)
+        return verify(key, raw, check_clock=check_clock)
+
+    keys.trust.verify = counted  # type: ignore[method-assign]
+    book = PolicyBook(keys.trust)
+    history = [("nightly", keys.entry("ops", _policy(keep={"daily": i + 1}), at=T0 - timedelta(minutes=i)))
+               for i in range(16)]
+    book.reconcile(dict(history[:1]), history)
+    assert len(calls) == 1 and book.accepted["nightly"].policy.keep.daily == 1  # the newest verified first
+    book.reconcile(dict(history[:1]), history)
+    assert len(calls) == 1
+    ahead = keys.entry("ops", _policy(keep={"daily": 30}), at=T0 + timedelta(minutes=10))
+    book.reconcile({"nightly": ahead}, history)
+    assert book.accepted["nightly"].policy.keep.daily == 1 and "ahead of this host's clock" in book.rejected["nightly"]
+    keys.now += timedelta(minutes=10)
+    assert book.reconcile({"nightly": ahead}, history) and book.accepted["nightly"].policy.keep.daily == 30
+
+
+def test_the_history_read_gives_current_values_every_kept_value_and_last_revisions() -> None:
+    from agent.policies.feed import _current
+    from volumectl.kv import Revision
+
+    revs = [Revision("a", b"1", 1), Revision("b", b"x", 2), Revision("a", b"2", 3), Revision("b", None, 4)]
+    assert _current(revs) == ({"a": b"2"}, [("a", b"1"), ("b", b"x"), ("a", b"2")], {"a": 3, "b": 4})
 
 
 # Coverage

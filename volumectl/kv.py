@@ -17,6 +17,9 @@ sequence (1, 2, 3, ... without acks or redeliveries), so a message lost on the w
 noticed, not skipped. If the read cannot finish within its timeout it raises `IncompleteRead`: a caller gets
 all the keys or an error.
 
+`read_history` reads the same way every revision the bucket keeps (a consumer delivering all messages, not the
+last per subject): the whole stream up to its last sequence, delete and purge markers included as such.
+
 Messages removed behind the reader's back (a purge of the stream, `purge_deletes`, TTL expiry) can leave a
 listed key or the last sequence undeliverable: the read then fails with `IncompleteRead` rather than guess.
 The agent's buckets (inventory, backup catalog) have none of these.
@@ -28,6 +31,8 @@ import asyncio
 import contextlib
 import json
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
@@ -36,7 +41,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-__all__ = ["READ_TIMEOUT_S", "IncompleteRead", "read_bucket"]
+__all__ = ["READ_TIMEOUT_S", "IncompleteRead", "Revision", "read_bucket", "read_history"]
 
 READ_TIMEOUT_S = 30.0
 # Messages per pull request: a few MiB of inventory snapshots, well under nats-py's 64 MiB pending limit.
@@ -62,6 +67,16 @@ class IncompleteRead(TimeoutError):
         self.bucket = bucket
 
 
+@dataclass(frozen=True)
+class Revision:
+    """One message of a KV bucket: a value, or the delete or purge marker of its key (`value` None)."""
+
+    key: str
+    value: bytes | None
+    seq: int
+    """Its stream sequence (the KV revision)."""
+
+
 class _Progress:
     def __init__(self) -> None:
         self.last = 0
@@ -85,10 +100,34 @@ async def read_bucket(
     Raises `nats.js.errors.BucketNotFoundError` when the bucket does not exist and `IncompleteRead` when it
     cannot be read up to its last sequence within `timeout` seconds. Other nats-py errors pass through.
     """
+    values: dict[str, bytes] = {}
+
+    def apply(rev: Revision) -> None:
+        if rev.value is None:
+            values.pop(rev.key, None)
+        else:
+            values[rev.key] = rev.value
+
+    await _read_whole(js, bucket, DeliverPolicy.LAST_PER_SUBJECT, apply, timeout)
+    return values
+
+
+async def read_history(
+    js: JetStreamContext, bucket: str, *, timeout: float = READ_TIMEOUT_S  # noqa: ASYNC109
+) -> list[Revision]:
+    """Every revision `bucket` keeps of every key, markers included, in stream order, as of the moment the read
+    began (or later). Raises as `read_bucket` does."""
+    revisions: list[Revision] = []
+    await _read_whole(js, bucket, DeliverPolicy.ALL, revisions.append, timeout)
+    return revisions
+
+
+async def _read_whole(js: JetStreamContext, bucket: str, deliver: DeliverPolicy, on: Callable[[Revision], None],
+                      timeout: float) -> None:  # noqa: ASYNC109
     progress, stream, consumer = _Progress(), f"KV_{bucket}", f"kvread_{uuid.uuid4().hex}"
     try:
         async with asyncio.timeout(timeout):
-            return await _read(js, bucket, consumer, progress)
+            await _read(js, bucket, consumer, progress, deliver, on)
     except nats.js.errors.NotFoundError as exc:
         raise nats.js.errors.BucketNotFoundError(description=f"KV bucket {bucket!r} does not exist") from exc
     except TimeoutError as exc:  # the deadline above, or a JetStream API call that was not answered
@@ -101,17 +140,17 @@ async def read_bucket(
                 await asyncio.wait_for(js.delete_consumer(stream, consumer), DELETE_TIMEOUT_S)
 
 
-async def _read(js: JetStreamContext, bucket: str, consumer: str, progress: _Progress) -> dict[str, bytes]:
+async def _read(js: JetStreamContext, bucket: str, consumer: str, progress: _Progress, deliver: DeliverPolicy,
+                on: Callable[[Revision], None]) -> None:
     stream, prefix = f"KV_{bucket}", f"$KV.{bucket}."
     unseen, last = await _subjects(js, stream, f"{prefix}>")
     if not unseen:
-        return {}
+        return
     progress.last, progress.listed, progress.unseen = last, len(unseen), len(unseen)
     await js.add_consumer(stream, config=ConsumerConfig(
-        name=consumer, filter_subject=f"{prefix}>", deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        name=consumer, filter_subject=f"{prefix}>", deliver_policy=deliver,
         ack_policy=AckPolicy.NONE, inactive_threshold=CONSUMER_IDLE_S, mem_storage=True, num_replicas=1,
     ))
-    values: dict[str, bytes] = {}
     sub = await js.pull_subscribe_bind(consumer=consumer, stream=stream)
     batch = FETCH_BATCH
     try:
@@ -125,7 +164,7 @@ async def _read(js: JetStreamContext, bucket: str, consumer: str, progress: _Pro
                 await asyncio.sleep(NOT_YET_PAUSE_S)
                 continue
             for msg in msgs:
-                _apply(msg, prefix, values, progress, bucket)
+                on(_revision(msg, prefix, progress, bucket))
                 unseen.discard(msg.subject)
             progress.unseen = len(unseen)
             # A short batch: the consumer had no more at hand. Once none is, nats-py's fetch waits for a whole
@@ -134,7 +173,6 @@ async def _read(js: JetStreamContext, bucket: str, consumer: str, progress: _Pro
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
-    return values
 
 
 async def _subjects(js: JetStreamContext, stream: str, subjects: str) -> tuple[set[str], int]:
@@ -173,17 +211,14 @@ async def _stream_info_page(js: JetStreamContext, stream: str, subjects: str, of
     return reply
 
 
-def _apply(msg: Msg, prefix: str, values: dict[str, bytes], progress: _Progress, bucket: str) -> None:
-    """One message, in stream order: a value sets its key, a delete or purge marker removes it."""
+def _revision(msg: Msg, prefix: str, progress: _Progress, bucket: str) -> Revision:
+    """One message, in stream order: a value of its key, or a delete or purge marker (value None)."""
     seq = msg.metadata.sequence
     if seq.consumer != progress.delivered + 1:
         raise IncompleteRead(bucket, f"message {progress.delivered + 1} of the read never arrived (a slow-consumer "
                                      "drop?)")
     progress.delivered += 1
-    key = msg.subject[len(prefix):]
-    headers = msg.headers or {}
-    if headers.get(KV_OPERATION) in REMOVALS or MARKER_REASON in headers:
-        values.pop(key, None)
-    else:
-        values[key] = msg.data
     progress.seen = max(progress.seen, seq.stream)
+    headers = msg.headers or {}
+    removed = headers.get(KV_OPERATION) in REMOVALS or MARKER_REASON in headers
+    return Revision(msg.subject[len(prefix):], None if removed else msg.data, seq.stream)

@@ -67,6 +67,7 @@ def _reader(s: Subjects) -> tuple[list[str], list[str]]:
     reads = sorted(op for op in ROLE_OPS["reader"] if op in OPS)
     pub = [s.req("*", op) for op in reads] + [s.all(">")]
     pub += _kv_read(s.inventory_bucket) + _kv_read(s.catalog_bucket) + _kv_read(s.policies_bucket)
+    pub += _kv_read(s.policy_copies_bucket)
     pub += _stream_read(s.res_stream) + _stream_read(s.evt_stream)
     # Which stream holds a subject (nats-py asks when a subscription names no stream).
     pub += [f"{API}.CONSUMER.INFO.{s.cmd_stream}.*", f"{API}.STREAM.NAMES"]
@@ -87,20 +88,23 @@ def _agent(s: Subjects, host: str, hosts: Iterable[str]) -> dict[str, Any]:
         f"$KV.{s.leases_bucket}.{host}", f"{API}.STREAM.MSG.GET.KV_{s.leases_bucket}",
         f"{API}.DIRECT.GET.KV_{s.leases_bucket}.$KV.{s.leases_bucket}.{host}",
         # Never the policies bucket: it reads the fleet's policies (and makes the bucket), it cannot write one.
+        # Its own copies of the signed entries it applies, under its own name (agent/policies/copies.py).
+        f"$KV.{s.policy_copies_bucket}.{host}.>",
         # migrate: the restore and the digest on the target host.
         s.req("*", "restore"), s.req("*", "digest"),
         # JetStream: make what it needs (never change, delete or purge it), read what it may.
         f"{API}.STREAM.INFO.*",
         *(f"{API}.STREAM.CREATE.{name}" for name in (
             s.cmd_stream, s.res_stream, s.evt_stream, f"KV_{s.outcomes_bucket}", f"KV_{s.inventory_bucket}",
-            f"KV_{s.catalog_bucket}", f"KV_{s.policies_bucket}", f"KV_{s.leases_bucket}", f"OBJ_{own_bucket}")),
+            f"KV_{s.catalog_bucket}", f"KV_{s.policies_bucket}", f"KV_{s.leases_bucket}",
+            f"KV_{s.policy_copies_bucket}", f"OBJ_{own_bucket}")),
         f"{API}.STREAM.PURGE.OBJ_{own_bucket}",
         f"{API}.CONSUMER.CREATE.{cmd}.{consumer}.{s.cmd(host, '>')}",
         f"{API}.CONSUMER.INFO.{cmd}.{consumer}", f"{API}.CONSUMER.MSG.NEXT.{cmd}.{consumer}",
         f"$JS.ACK.{cmd}.{consumer}.>",
         f"{API}.STREAM.MSG.GET.KV_{s.outcomes_bucket}",
         f"{API}.DIRECT.GET.KV_{s.outcomes_bucket}.$KV.{s.outcomes_bucket}.{host}.>",
-        *_kv_read(s.catalog_bucket), *_kv_read(s.policies_bucket),
+        *_kv_read(s.catalog_bucket), *_kv_read(s.policies_bucket), *_kv_read(s.policy_copies_bucket),
     ]
     for h in sorted({host, *hosts}):
         pub += _objects_read(s.backups_bucket_of(h))

@@ -23,7 +23,7 @@ from contracts.policies import entry_signed_bytes
 from ..auth.keys import verify
 from ..auth.policy import Policy
 
-__all__ = ["PolicyTrust", "Untrusted", "Verified"]
+__all__ = ["PolicyTrust", "SignedAhead", "Untrusted", "Verified"]
 
 _NS = 1_000_000_000
 _ENTRY = BoundedDecoder(PolicyEntry, what="The entry")
@@ -32,6 +32,10 @@ _POLICY = BoundedDecoder(BackupPolicy, what="The policy")
 
 class Untrusted(ValueError):
     """The entry is not applied here; the message says why, as a sentence."""
+
+
+class SignedAhead(Untrusted):
+    """Signed further ahead of this host's clock than allowed: it may be applied later."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,7 @@ class PolicyTrust:
         ahead = entry.signed_at - self._now_ns()
         skew = self.local.signatures.max_skew_s
         if check_clock and ahead > skew * _NS:
-            raise Untrusted(f"Policy {key!r} was signed {ahead / _NS:.0f} s ahead of this host's clock, more than "
+            raise SignedAhead(f"Policy {key!r} was signed {ahead / _NS:.0f} s ahead of this host's clock, more than "
                             f"[signatures] max_skew_s = {skew:g} in the policy file {self.source} allows: check the "
                             "clocks (NTP) and set it again.")
         if not entry.body:
