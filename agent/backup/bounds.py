@@ -3,12 +3,11 @@ system has free.
 
 A record is the word of the host that wrote it, and a host's agent identity may write records into the shared
 store and ask any host to restore them. A few KB of zstd can unpack to terabytes. So:
-- The tar stream, decompressed and decrypted, is counted on its way into tar (`pump`: the kernel moves it between
-  the pipes, `splice(2)`: `pipes.pump`; on the archive API's path, where Python hands it to Docker anyway,
-  `pipes.Capped`). tar never
-  gets more than `limit(record)` bytes: past it, the restore stops, its writes are undone (`Unfinished`), and it
-  answers `corrupt`. The check of another host's member list counts the same way, so such a bomb is refused
-  before the target is touched.
+- The tar stream, decompressed and decrypted, is counted on its way into tar: the kernel moves it between the
+  pipes (`pipes.pump`, splice(2)), or, on the archive API's path where Python hands it to Docker anyway,
+  `pipes.Capped` cuts it. tar never gets more than `limit(record)` bytes: past it, the restore stops, its writes
+  are undone (`Unfinished`), and it answers `corrupt`. The check of another host's member list counts the same
+  way, so such a bomb is refused there, before the target is touched.
 - A record has no file count. Every tar member takes at least one 512-byte header, so the same bound holds the
   files to `limit // 512`.
 - Before anything is written, the record's size must fit in the free space of the volume's file system
@@ -31,8 +30,8 @@ from ..errors import Corrupt, Unavailable
 __all__ = ["MARGIN", "fits", "limit", "too_big"]
 
 # Above the stated size, what a tar stream may still hold: the record's `size` is the exact stream the agent
-# wrote (headers and padding included), but another tar writer may pad to a larger blocking factor (GNU tar's
-# `-b` up to 2048 blocks is 1 MiB). Small next to any disk, and no room for a bomb.
+# wrote (headers and end padding included), but another tar writer may pad its end to larger records (a blocking
+# factor of 2048 makes them 1 MiB). Small next to any disk, and no room for a bomb.
 MARGIN = 1 << 20
 
 
