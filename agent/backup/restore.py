@@ -170,14 +170,15 @@ class Restores:
         if running:
             named = ", ".join(u.container for u in running)
             raise InUse(f"Volume {name!r} is mounted by running containers ({named}); stop them first.")
-        path = host_path(v)  # on either data path: only a directory this host sees says how much is free
-        if record is not None and path is not None:
-            await fits(record, path, name, emptied=overwrite)
         async with volume_files(self.engine, v, [], self.data_path) as files:
-            if await files.is_empty():
-                return
-            if not overwrite:
+            empty = await files.is_empty()
+            if not empty and not overwrite:
                 raise Conflict(f"Volume {name!r} is not empty; restore with overwrite to replace its content.")
+            path = host_path(v)  # on either data path: only a directory this host sees says how much is free
+            if record is not None and path is not None:
+                await fits(record, path, name, emptied=not empty)
+            if empty:
+                return
             if isinstance(files, HostDir):
                 await files.clear()
                 return
