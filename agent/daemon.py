@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import signal
 import sys
 from contextlib import AsyncExitStack
@@ -53,6 +54,7 @@ from .policies.ledger import Ledger
 from .policies.scheduler import Scheduler
 from .policies.trust import PolicyTrust
 from .policies.view import PolicyStatus, PolicyViews
+from .private_files import UMASK, make_private
 from .requests import RequestService
 from .share import Shares
 from .startup import local_policy, persist, unless_stopped, wait_for_docker, warn_if_exposed
@@ -140,6 +142,7 @@ async def serve(settings: Settings, supervisor: Supervisor) -> None:
     if settings.insecure:
         log.warning("agent.insecure", reasons=list(settings.insecure),
                     fix="start it without --insecure to be told what to change")
+    await asyncio.to_thread(make_private, settings.data_dir)  # what an older version left loose, too
     local = None
     if not settings.nats_urls:
         # The embedded server admits this host's own identities only (made at first start): the agent is one of
@@ -249,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return auth_main(argv[1:])
     settings = parse_args(argv)
+    os.umask(UMASK)  # whatever the agent or its children (tar, age, nats-server) create is root's alone
     configure()
     return asyncio.run(_main(settings))
 

@@ -15,6 +15,7 @@ import structlog
 
 from .auth.local import LocalAuth
 from .errors import Unavailable
+from .private_files import FILE_MODE, open_private, private_dir
 
 __all__ = ["EmbeddedNats", "find_nats_server"]
 
@@ -63,8 +64,9 @@ class EmbeddedNats:
         return f"nats://{self.host}:{self.port}"
 
     def write_config(self) -> None:
-        self.store.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(CONFIG + self.auth.server_config())
+        private_dir(self.store)
+        with open_private(self.config) as f:
+            f.write((CONFIG + self.auth.server_config()).encode())
 
     def argv(self) -> list[str]:
         """The command line; the flags (listen, store, name) override the config file's settings."""
@@ -78,7 +80,8 @@ class EmbeddedNats:
             self.write_config()
         except OSError as exc:
             raise Unavailable(f"Cannot write the embedded nats-server's config {self.config}: {exc}.") from exc
-        with open(self.log_file, "ab") as server_log:  # noqa: ASYNC230 - opened once, handed to the child
+        log_fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
+        with os.fdopen(log_fd, "ab") as server_log:  # opened once, handed to the child
             start_at = server_log.tell()
             self._proc = await asyncio.create_subprocess_exec(
                 *self.argv(), stdout=asyncio.subprocess.DEVNULL, stderr=server_log,

@@ -85,30 +85,33 @@ def archive(members: list[Member], compression: Compression = "none") -> bytes:
 
 
 def record(backup_id: str, data: bytes, store: str, location: str, compression: Compression,
-           host: str = "elsewhere") -> BackupRecord:
+           host: str = "elsewhere", size: int | None = None) -> BackupRecord:
+    """`size`: what the record claims the tar stream holds (the stored bytes' length unless given)."""
     return BackupRecord(
-        backup_id=backup_id, volume=backup_id.split(".")[0], host=host, trigger="request", size=len(data),
+        backup_id=backup_id, volume=backup_id.split(".")[0], host=host, trigger="request",
+        size=len(data) if size is None else size,
         stored_size=len(data), sha256=hashlib.sha256(data).hexdigest(), compression=compression,
         store=store, location=location, created_at=datetime.now(UTC).isoformat(), duration_s=0.1,
         stopped_containers=[])
 
 
 def into_local_store(host: Host, backup_id: str, data: bytes, compression: Compression = "none",
-                     made_by: str = "elsewhere") -> None:
+                     made_by: str = "elsewhere", size: int | None = None) -> None:
     """A backup file and its record, as the local store keeps them (agent/backup/local_store.py)."""
     d = host.agent.data_dir / "backups" / backup_id.split(".")[0]
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"{backup_id}.tar"
     path.write_bytes(data)
     (d / f"{backup_id}.json").write_bytes(msgspec.json.encode(record(backup_id, data, "local", str(path),
-                                                                     compression, made_by)))
+                                                                     compression, made_by, size)))
 
 
 FOREIGN = "elsewhere"
 """The other host whose backups these are: a compromised one, writing hostile archives with its own key."""
 
 
-async def into_shared_store(host: Host, identities: Identities, backup_id: str, data: bytes) -> None:
+async def into_shared_store(host: Host, identities: Identities, backup_id: str, data: bytes,
+                            compression: Compression = "none", size: int | None = None) -> None:
     """An object and its catalog record, as agent/backup/nats_store.py keeps them, written with nats-py's own
     Object Store `put` by host `elsewhere` with its own credentials (all it may write is its own bucket and its own
     catalog keys, and that is all it needs to plant a backup)."""
@@ -121,7 +124,7 @@ async def into_shared_store(host: Host, identities: Identities, backup_id: str, 
         await obj.put(backup_id, data)
         kv = await js.key_value(host.client.subjects.catalog_bucket)
         await kv.put(catalog_key(FOREIGN, backup_id), msgspec.json.encode(
-            record(backup_id, data, "nats", f"nats://{bucket}/{backup_id}", "none", FOREIGN)))
+            record(backup_id, data, "nats", f"nats://{bucket}/{backup_id}", compression, FOREIGN, size)))
     finally:
         await nc.close()
 

@@ -20,6 +20,7 @@ from contracts import BackupRecord, Compression
 from contracts.bounds import BoundedDecoder
 
 from ..errors import Corrupt, NotFound
+from ..private_files import open_private, private_dir
 from .stores import FOLLOW_CHUNK, PARTIAL, StoreWriter, backup_id_of, fsync_dir, newest_first, store_errors, suffix_of
 
 __all__ = ["LocalStore"]
@@ -51,7 +52,7 @@ class LocalStore:
         final = d / f"{backup_id}{suffix_of(compression, encrypted=encrypted)}"
         writer = StoreWriter(path=d / f".{backup_id}{PARTIAL}", final=final, location=str(final))
         try:
-            d.mkdir(parents=True, exist_ok=True)
+            private_dir(d)
             writer.open()
         except OSError as exc:
             raise store_errors(exc, self.root) from exc
@@ -62,8 +63,9 @@ class LocalStore:
             writer.finish()
             rec = writer.final.with_name(f"{record.backup_id}.json")
             tmp = rec.with_name(f".{rec.name}{PARTIAL}")
-            tmp.write_bytes(msgspec.json.encode(record))
-            with open(tmp, "rb") as f:
+            with open_private(tmp) as f:
+                f.write(msgspec.json.encode(record))
+                f.flush()
                 os.fsync(f.fileno())
             os.rename(tmp, rec)
             fsync_dir(rec.parent)

@@ -12,7 +12,9 @@ written), and the restore is refused as `corrupt` if any member is:
 Backups made by the agent (`tar --create .` of a volume) never hold the last three. Symlinks themselves may point
 anywhere: they are read in a container's file system, and nothing the agent does follows them.
 
-The cost is one more pass over the archive (decompressed), before the extraction's: measured in README.
+The cost is one more pass over the archive (decompressed), before the extraction's: measured in README. That pass
+is bounded like the extraction (`bounds.py`): past the tar stream its record states, the backup is refused as
+`corrupt` there, before the target is touched, and a bomb costs no more than that to list.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from pathlib import Path
 from contracts import BackupRecord
 
 from ..errors import Corrupt, ToolFailed
+from .bounds import limit, too_big
 from .encryption import AgeIdentity
-from .pipes import Procs
+from .pipes import Procs, unpack_into
 
 __all__ = ["LIST_ARGV", "check_members", "member_problem", "parse_listing"]
 
@@ -125,11 +128,11 @@ async def check_members(path: Path, record: BackupRecord, age: AgeIdentity | Non
     decrypted in the pipe with `age`'s identity."""
     procs, seen, n = Procs(), dict[bytes, int](), 0
     unpackers = (age or AgeIdentity(None)).tar_stream(record)
-    refused = None
+    refused, pumped = None, None
     try:
-        with open(path, "rb") as stored:  # noqa: ASYNC230 - a local file, opened once and handed to the child
-            await procs.chain([*unpackers, LIST_ARGV], stdin=stored,
-                              stdout=asyncio.subprocess.PIPE)
+        with open(path, "rb") as stored:  # noqa: ASYNC230 - a local file, opened once and handed to the children
+            pumped = await unpack_into(procs, unpackers, stored, LIST_ARGV, limit(record),
+                                       stdout=asyncio.subprocess.PIPE)
         out = procs.last.stdout
         assert out is not None
         while refused is None:
@@ -148,6 +151,8 @@ async def check_members(path: Path, record: BackupRecord, age: AgeIdentity | Non
             except ValueError:
                 refused = f"a member GNU tar lists in a way the agent does not read ({_show(line[:200])})"
         if refused is None:
+            if await pumped > limit(record):
+                raise too_big(record, written=False)
             await procs.wait("listing a backup")
     except ToolFailed as exc:
         if exc.status < 0:  # killed: says nothing about the archive
@@ -156,6 +161,8 @@ async def check_members(path: Path, record: BackupRecord, age: AgeIdentity | Non
                       "nothing was written to the volume. Restore another backup.") from exc
     finally:
         await procs.reap()
+        if pumped is not None:
+            await asyncio.shield(pumped)  # ends with the processes: its fds are closed before we go on
     if refused is not None:
         raise Corrupt(f"Backup {record.backup_id!r} holds {refused}; nothing was written to the volume. A restore "
                       "writes only files, directories, links and FIFOs inside the volume: restore another backup, "

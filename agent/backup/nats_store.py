@@ -37,6 +37,7 @@ from ..backoff import retrying
 from ..bus import Bus, nats_errors
 from ..compat import new_nuid
 from ..errors import Corrupt, Unavailable
+from ..private_files import open_private, private_dir
 from .nats_catalog import Catalog
 from .stores import PARTIAL, StoreWriter, newest_first, store_errors, suffix_of
 
@@ -73,7 +74,7 @@ class NatsStore:
         writer = StoreWriter(path=self.spool / f".{backup_id}{PARTIAL}", final=final,
                              location=self._location(backup_id))
         try:
-            self.spool.mkdir(parents=True, exist_ok=True)
+            private_dir(self.spool)
             writer.open()
         except OSError as exc:
             raise store_errors(exc, self.spool) from exc
@@ -175,7 +176,7 @@ class NatsStore:
     async def fetch(self, record: BackupRecord) -> AsyncIterator[Path]:
         path = self.spool / f".{record.backup_id}.{os.urandom(3).hex()}.fetch{PARTIAL}"
         try:
-            self.spool.mkdir(parents=True, exist_ok=True)
+            private_dir(self.spool)
             await _retrying(f"downloading backup {record.backup_id} from the shared store",
                             lambda: self._download(record, path))
         except OSError as exc:
@@ -208,7 +209,7 @@ class NatsStore:
             raise Corrupt(f"The shared store's copy of backup {record.backup_id!r} is not the one recorded; "
                           "nothing was written to the volume.")
         h, got, n = hashlib.sha256(), 0, 0
-        with open(path, "wb") as f:  # noqa: ASYNC230 - written in a thread below
+        with open_private(path) as f:  # written in a thread below
             if info.chunks:
                 sub = await self.bus.js.pull_subscribe(
                     f"$O.{bucket}.C.{info.nuid}", stream=f"OBJ_{bucket}",

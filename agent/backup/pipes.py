@@ -11,7 +11,7 @@ import fcntl
 import os
 import signal
 from collections.abc import AsyncIterable, AsyncIterator, Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 from contracts import Compression
 
@@ -21,14 +21,17 @@ __all__ = [
     "CHUNK",
     "TAR_CREATE",
     "TAR_EXTRACT",
+    "Capped",
     "Counted",
     "Procs",
     "big_pipe",
     "compressor",
     "decompressor",
     "feed",
+    "pump",
     "read_chunks",
     "tar_totals",
+    "unpack_into",
 ]
 
 CHUNK = 1 << 20
@@ -195,3 +198,79 @@ class Counted:
         async for chunk in self.chunks:
             self.n += len(chunk)
             yield chunk
+
+
+class Capped:
+    """A byte stream cut at `most` bytes; `over` is set (and the stream ends) if it held more."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], most: int) -> None:
+        self.chunks, self.most, self.n, self.over = chunks, most, 0, False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[bytes]:
+        async for chunk in self.chunks:
+            if self.n + len(chunk) > self.most:
+                self.over = True
+                if self.n < self.most:
+                    yield chunk[: self.most - self.n]
+                self.n = self.most
+                return
+            self.n += len(chunk)
+            yield chunk
+
+
+def pump(src: int, dst: int, most: int) -> asyncio.Future[int]:
+    """Move bytes from fd `src` to fd `dst` (one of them a pipe) in the kernel (splice), at most `most`; closes
+    both when done.
+
+    Its result: how many moved, or `most + 1` if `src` offered more (one more byte is read and dropped: nothing
+    past `most` reaches `dst`). Runs in a thread; ending the processes at either end ends it (end of file, or a
+    broken pipe, which ends it quietly: the reader's own error says what failed).
+    """
+    return asyncio.ensure_future(asyncio.to_thread(_pump, src, dst, most))
+
+
+def _pump(src: int, dst: int, most: int) -> int:
+    moved = 0
+    try:
+        while moved < most:
+            n = os.splice(src, dst, min(CHUNK, most - moved))
+            if n == 0:
+                return moved
+            moved += n
+        return moved + 1 if os.read(src, 1) else moved
+    except (BrokenPipeError, ConnectionResetError):
+        return moved
+    finally:
+        os.close(dst)
+        os.close(src)
+
+
+async def unpack_into(procs: Procs, unpackers: list[list[str]], stored: BinaryIO, reader: list[str], most: int,
+                      *, stdout: Any) -> asyncio.Future[int]:
+    """Start `unpackers` (age, a decompressor: maybe none) on the file `stored`, and `reader` (tar) on what they
+    put out, at most `most` bytes of it, moved by `pump`: returns that pump (await it before `procs.wait()`: past
+    `most`, tar sees its input end and fails for that, and the pump's count says why)."""
+    src = dst = -1
+    try:
+        if unpackers:
+            src, w = big_pipe()
+            try:
+                await procs.chain(unpackers, stdin=stored, stdout=w)
+            finally:
+                os.close(w)
+        else:
+            src = os.dup(stored.fileno())
+        r, dst = big_pipe()
+        try:
+            await procs.chain([reader], stdin=r, stdout=stdout)
+        finally:
+            os.close(r)
+    except BaseException:
+        for fd in (src, dst):
+            if fd >= 0:
+                os.close(fd)
+        raise
+    return pump(src, dst, most)

@@ -18,13 +18,14 @@ from ..errors import AgentError, Conflict, InUse, NotFound, Unavailable
 from ..locks import KeyedLocks
 from ..typing import BackupStore, Engine, EventSink
 from ..volumes import Volumes, used_by
+from .bounds import fits, limit, too_big
 from .encryption import AgeIdentity
 from .members import check_members
-from .pipes import CHUNK, Counted, Procs, feed, read_chunks, tar_totals
+from .pipes import CHUNK, Capped, Counted, Procs, feed, read_chunks, tar_totals, unpack_into
 from .progress import Progress
 from .stores import Stores
 from .unfinished import Unfinished, current_cmd_id
-from .volume_files import ContainerDir, DataPath, HostDir, volume_files
+from .volume_files import ContainerDir, DataPath, HostDir, host_path, volume_files
 
 __all__ = ["Restores"]
 
@@ -91,7 +92,7 @@ class Restores:
                 driver_opts=req.driver_opts or {},
                 labels=req.labels if req.labels is not None else record.volume_labels,
             )
-            await self._prepare_or_undo(v, created, overwrite=req.overwrite)
+            await self._prepare_or_undo(v, created, overwrite=req.overwrite, record=record)
             note = self.unfinished.begin(req.volume, created=created)
             try:
                 progress = Progress(self.events, "restore", req.volume, record.backup_id)
@@ -147,20 +148,22 @@ class Restores:
         spec = {"Name": name, "Driver": driver, "DriverOpts": driver_opts, "Labels": labels}
         return await self.volumes.create_volume(spec), True
 
-    async def _prepare_or_undo(self, v: dict[str, Any], created: bool, *, overwrite: bool) -> None:
+    async def _prepare_or_undo(self, v: dict[str, Any], created: bool, *, overwrite: bool,
+                               record: BackupRecord | None = None) -> None:
         """Make the target ready; if it is refused, only a volume this call created goes again.
 
         A refused target's content is never touched: undoing writes is only for after we wrote.
         """
         try:
-            await self._prepare(v, overwrite=overwrite)
+            await self._prepare(v, overwrite=overwrite, record=record)
         except BaseException:
             if created:
                 await asyncio.shield(self._undo(v, created=True))
             raise
 
-    async def _prepare(self, v: dict[str, Any], *, overwrite: bool) -> None:
-        """Refuse a target in use or not empty (unless `overwrite`, which empties it)."""
+    async def _prepare(self, v: dict[str, Any], *, overwrite: bool, record: BackupRecord | None = None) -> None:
+        """Refuse a target in use, not empty (unless `overwrite`, which empties it), or without room for
+        `record`'s tar stream on its file system."""
         name = v["Name"]
         users = await used_by(self.engine, name)
         running = [u for u in users if u.state == "running"]
@@ -168,10 +171,14 @@ class Restores:
             named = ", ".join(u.container for u in running)
             raise InUse(f"Volume {name!r} is mounted by running containers ({named}); stop them first.")
         async with volume_files(self.engine, v, [], self.data_path) as files:
-            if await files.is_empty():
-                return
-            if not overwrite:
+            empty = await files.is_empty()
+            if not empty and not overwrite:
                 raise Conflict(f"Volume {name!r} is not empty; restore with overwrite to replace its content.")
+            path = host_path(v)  # on either data path: only a directory this host sees says how much is free
+            if record is not None and path is not None:
+                await fits(record, path, name, emptied=not empty)
+            if empty:
+                return
             if isinstance(files, HostDir):
                 await files.clear()
                 return
@@ -188,26 +195,45 @@ class Restores:
 
     async def _extract(self, v: dict[str, Any], record: BackupRecord, path: Path, progress: Progress) -> None:
         """The stored bytes, decrypted and decompressed by processes in the pipe (plaintext never touches a
-        file), extracted into the volume."""
+        file), extracted into the volume: at most the tar stream the record states (`bounds.py`), else `corrupt`
+        (the caller undoes what was written)."""
         unpackers = self.age.tar_stream(record)
+        most = limit(record)
         async with volume_files(self.engine, v, [], self.data_path) as files:
             procs = Procs()
             try:
                 with open(path, "rb") as stored:  # noqa: ASYNC230 - a local file, opened once
                     if isinstance(files, HostDir):
-                        argvs = [*unpackers, files.extract_argv()]
-                        await procs.chain(argvs, stdin=stored, stdout=asyncio.subprocess.DEVNULL)
+                        pumped = await unpack_into(procs, unpackers, stored, files.extract_argv(), most,
+                                                   stdout=asyncio.subprocess.DEVNULL)
+                        try:
+                            moved = await asyncio.shield(pumped)
+                        except asyncio.CancelledError:
+                            await procs.reap()  # the pump ends with them, and closes its pipes
+                            await pumped
+                            raise
+                        if moved > most:
+                            raise too_big(record, written=True)
                         await procs.wait()
                         progress.add(record.stored_size)
                         return
                     assert isinstance(files, ContainerDir)
-                    if not unpackers:
-                        await files.write(_file_chunks(stored, progress))
-                        return
-                    await procs.chain(unpackers, stdin=stored, stdout=asyncio.subprocess.PIPE)
-                    assert procs.last.stdout is not None
-                    await files.write(read_chunks(procs.last.stdout, progress.add))
-                    await procs.wait()
+                    if unpackers:
+                        await procs.chain(unpackers, stdin=stored, stdout=asyncio.subprocess.PIPE)
+                        assert procs.last.stdout is not None
+                        capped = Capped(read_chunks(procs.last.stdout, progress.add), most)
+                    else:
+                        capped = Capped(_file_chunks(stored, progress), most)
+                    try:
+                        await files.write(capped)
+                    except AgentError as exc:
+                        if capped.over:  # Docker refuses the stream cut short: the bound is the cause
+                            raise too_big(record, written=True) from exc
+                        raise
+                    if capped.over:
+                        raise too_big(record, written=True)
+                    if unpackers:
+                        await procs.wait()
             except BaseException:
                 await procs.reap()
                 raise

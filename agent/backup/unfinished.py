@@ -23,6 +23,8 @@ from typing import Any
 import msgspec
 import structlog
 
+from ..private_files import open_private, private_dir
+
 __all__ = ["Note", "Unfinished", "current_cmd_id"]
 
 SUFFIX = ".json"
@@ -84,9 +86,10 @@ class Unfinished:
     def _write(self, volume: str, note: Note) -> None:
         if self.root is None:
             return
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
         tmp = self.root / f".{volume}{SUFFIX}.tmp"
-        tmp.write_bytes(msgspec.json.encode(note))
+        with open_private(tmp) as f:
+            f.write(msgspec.json.encode(note))
         os.replace(tmp, self.root / f"{volume}{SUFFIX}")
 
     def purge_old(self) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "HostDir",
     "ensure_helper_image",
     "helper_container",
+    "host_path",
     "remove_leftover_helpers",
     "root_entry",
     "volume_files",
@@ -202,7 +203,7 @@ async def remove_leftover_helpers(engine: Engine) -> None:
             await engine.container_remove(c["Id"])
 
 
-def _on_host(v: dict[str, Any]) -> Path | None:
+def host_path(v: dict[str, Any]) -> Path | None:
     """The volume's directory when it holds the data itself (plain local volumes, not mounted on demand)."""
     opts = v.get("Options") or {}
     mp = v.get("Mountpoint") or ""
@@ -216,7 +217,7 @@ async def volume_files(
     engine: Engine, v: dict[str, Any], users: list[ContainerRef], mode: DataPath
 ) -> AsyncIterator[HostDir | ContainerDir]:
     """The volume's files; `users` lets a running container that mounts it serve the archive API."""
-    path = _on_host(v) if mode == "auto" else None
+    path = host_path(v) if mode == "auto" else None
     if path is not None:
         yield HostDir(path)
         return

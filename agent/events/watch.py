@@ -20,6 +20,7 @@ import structlog
 
 from ..backoff import Backoff, until_ok
 from ..errors import AgentError
+from ..private_files import open_private
 from ..tasks import cancel_and_wait
 from ..typing import Engine, EventHandler
 
@@ -94,7 +95,8 @@ class Cursor:
         at = min([self.last, *self._held])
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            tmp.write_text(str(at))
+            with open_private(tmp) as f:
+                f.write(str(at).encode())
             os.replace(tmp, self.path)
         except OSError as exc:
             log.warning("events.cursor_not_saved", error=str(exc))

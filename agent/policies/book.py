@@ -26,6 +26,7 @@ import structlog
 
 from contracts import BackupPolicy, PolicyEntry
 
+from ..private_files import open_private, private_dir
 from .trust import PolicyTrust, SignedAhead, Untrusted, Verified
 
 __all__ = ["Accepted", "PolicyBook"]
@@ -163,12 +164,13 @@ class PolicyBook:
     def _save(self, entry: PolicyEntry) -> None:
         if self.directory is None:
             return
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.directory / f"{entry.name}.json"
         tmp = path.with_suffix(".tmp")
         try:
-            tmp.write_bytes(msgspec.json.encode(entry))
-            with open(tmp, "rb") as f:
+            private_dir(self.directory)
+            with open_private(tmp) as f:
+                f.write(msgspec.json.encode(entry))
+                f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except OSError as exc:

@@ -16,6 +16,8 @@ import structlog
 
 from contracts import Protection
 
+from ..private_files import open_private, private_dir
+
 if TYPE_CHECKING:
     from contracts.cron import CronSchedule
 
@@ -180,8 +182,8 @@ class Ledger:
         data = msgspec.json.encode({_KEY_SEP.join(k): v for k, v in self.states.items()})
         tmp = self.path.with_suffix(".tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
+            private_dir(self.path.parent)
+            with open_private(tmp) as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
