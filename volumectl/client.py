@@ -12,7 +12,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 
-from contracts import InventorySnapshot, Reply, Subjects
+from contracts import IncompleteInventory, InventorySnapshot, Reply, Subjects, assemble
 
 from .kv import READ_TIMEOUT_S, read_bucket
 from .signing import Signer
@@ -21,7 +21,8 @@ __all__ = ["AgentClient", "NoAgent"]
 
 _DECODE = msgspec.json.Decoder(Reply)
 COMMAND_RETRY_PAUSES_S = (0.5, 1.0, 2.0, 4.0)
-_SNAPSHOT = msgspec.json.Decoder(InventorySnapshot)
+READ_ATTEMPTS = 3
+"""Reads of the inventory before giving up on a host whose chunks were rewritten during each."""
 
 
 class NoAgent(Exception):
@@ -136,12 +137,62 @@ class AgentClient:
         return sorted(replies, key=lambda r: r.host)
 
     async def inventories(self, timeout: float = READ_TIMEOUT_S) -> list[InventorySnapshot]:  # noqa: ASYNC109
-        """Every host's last inventory snapshot, from the KV bucket (hosts that are down included).
+        """Every host's last inventory snapshot, from the KV bucket (hosts that are down included), each whole.
 
-        All of them or an error: raises `IncompleteRead` when the bucket cannot be read completely in time.
+        All of them or an error: raises `IncompleteRead` when the bucket cannot be read completely in time, and
+        `IncompleteInventory` when a host's chunks were being rewritten at every one of READ_ATTEMPTS reads.
         """
-        try:
-            values = await read_bucket(self.nc.jetstream(), self.subjects.inventory_bucket, timeout=timeout)
-        except nats.js.errors.BucketNotFoundError:
-            return []
-        return sorted((_SNAPSHOT.decode(v) for v in values.values() if v), key=lambda s: s.host)
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                values = await read_bucket(self.nc.jetstream(), self.subjects.inventory_bucket, timeout=timeout)
+            except nats.js.errors.BucketNotFoundError:
+                return []
+            try:
+                return assemble(values)
+            except IncompleteInventory:
+                if attempt == READ_ATTEMPTS - 1:
+                    raise
+        return []  # not reached
+
+    async def inventory(self, host: str, timeout: float = 30.0) -> Reply:  # noqa: ASYNC109
+        """`host`'s whole inventory through the `inventory` op, chunk by chunk when it has several (contract 2.2;
+        an agent before it is asked for the whole). One reply: the chunks' volumes joined, or the first error."""
+        return await self._whole(await self.request(host, "inventory", {"chunk": 0}, timeout=timeout), timeout)
+
+    async def gather_inventories(self, window: float = 2.0, timeout: float = 30.0) -> list[Reply]:  # noqa: ASYNC109
+        """Every agent's whole inventory: chunk 0 from all (`<prefix>.all.inventory`), then the other chunks of
+        each host that has more, from that host."""
+        firsts = await self.gather("inventory", {"chunk": 0}, window=window)
+        return list(await asyncio.gather(*(self._whole(r, timeout) for r in firsts)))
+
+    async def _whole(self, first: Reply, timeout: float) -> Reply:  # noqa: ASYNC109
+        host = first.host
+        for _ in range(READ_ATTEMPTS):
+            if first.error is not None and first.error.code == "invalid" and "`chunk`" in first.error.message \
+                    and "unknown field" in first.error.message:  # an agent before contract 2.2
+                return await self.request(host, "inventory", {}, timeout=timeout)
+            if first.error is not None or first.result is None or (first.result.get("chunks") or 1) == 1:
+                return _joined(first, [])
+            n = first.result["chunks"]
+            rest = await asyncio.gather(*(self.request(host, "inventory", {"chunk": i}, timeout=timeout)
+                                          for i in range(1, n)))
+            failed = next((r for r in rest if r.error is not None or r.result is None), None)
+            if failed is not None:
+                return failed
+            if all(r.result is not None and r.result.get("chunks") == n for r in rest):
+                return _joined(first, rest)
+            # The host grew or shrank past a layout boundary meanwhile: ask again from chunk 0.
+            first = await self.request(host, "inventory", {"chunk": 0}, timeout=timeout)
+        raise NoAgent(host, self.url, f"its inventory changed layout at each of {READ_ATTEMPTS} reads")
+
+
+def _joined(first: Reply, rest: list[Reply]) -> Reply:
+    """One reply holding the whole snapshot: the chunks' volumes in name order, without the paging fields."""
+    if first.result is None:
+        return first
+    result = {k: v for k, v in first.result.items() if k not in ("chunk", "chunks")}
+    volumes = list(result.get("volumes") or [])
+    for r in rest:
+        volumes += (r.result or {}).get("volumes") or []
+    result["volumes"] = sorted(volumes, key=lambda v: v["name"])
+    return msgspec.structs.replace(first, result=result)
