@@ -25,6 +25,17 @@ from .digest import DigestRequest, DigestResult
 from .envelope import ERROR_CODES, ERROR_STATUS, BaseRequest, CommandId, ErrorBody, ErrorCode, Reply
 from .events import EVENT_KINDS, EventKind, VolumeEvent
 from .inventory import EngineInfo, InventoryRequest, InventorySnapshot, InventoryVolume, LastBackup
+from .inventory_chunks import (
+    ChunkRef,
+    IncompleteInventory,
+    InventoryChunk,
+    InventoryHead,
+    InventoryInChunks,
+    assemble,
+    chunk_key,
+    chunk_of,
+    head_key,
+)
 from .migrate import HostId, MigrateRequest, MigrateResult, MigrateStep
 from .ops import FLEET_OPS, OPS, Op, result_as
 from .policies import (
@@ -71,7 +82,7 @@ from .volumes import (
     VolumeRecord,
 )
 
-CONTRACT_VERSION = "2.1.0"
+CONTRACT_VERSION = "2.2.0"
 """Semantic version of the bus API: a breaking change bumps the major."""
 
 __all__ = [
@@ -92,6 +103,7 @@ __all__ = [
     "BackupsRequest",
     "BackupsResult",
     "BaseRequest",
+    "ChunkRef",
     "CloneRequest",
     "CloneResult",
     "CommandId",
@@ -108,7 +120,11 @@ __all__ = [
     "ForgetRequest",
     "ForgetResult",
     "HostId",
+    "IncompleteInventory",
     "InspectRequest",
+    "InventoryChunk",
+    "InventoryHead",
+    "InventoryInChunks",
     "InventoryRequest",
     "InventorySnapshot",
     "InventoryVolume",
@@ -147,9 +163,13 @@ __all__ = [
     "VolumeName",
     "VolumeRecord",
     "VolumesFrom",
+    "assemble",
     "catalog_key",
     "catalog_key_parts",
     "check_policy",
+    "chunk_key",
+    "chunk_of",
+    "head_key",
     "inbox_prefix",
     "labels",
     "outcome_key",
