@@ -59,7 +59,7 @@ async def harden(js: JetStreamContext, s: Subjects, *, dry_run: bool = False) ->
         except nats.js.errors.NotFoundError:
             out.append(Hardened(name, "absent", "agents make it without rollups"))
             continue
-        note = "per-message TTL stays allowed (NATS cannot turn it off)" if cfg.allow_msg_ttl else ""
+        note = "per-message TTL stays allowed: NATS cannot turn it off" if cfg.allow_msg_ttl else ""
         if not cfg.allow_rollup_hdrs and (cfg.deny_purge or not deny_purge):
             out.append(Hardened(name, "already", note))
             continue
