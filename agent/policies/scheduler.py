@@ -36,6 +36,10 @@ log = structlog.get_logger(__name__)
 MAX_SLEEP_S = 30.0
 MIN_SLEEP_S = 0.05
 RETRY_S = 5.0
+# A poke (a volume made or removed, a policy changed) is looked at after this, so that a burst of changes (a backlog
+# of creates, a compose project coming up) makes one look, not one per event: a look lists every volume and
+# container, and nothing a new volume is due for is that urgent.
+POKE_SETTLE_S = 0.5
 
 
 class Scheduler:
@@ -107,8 +111,11 @@ class Scheduler:
             except Exception:  # a bug: said, and the schedule goes on
                 log.exception("schedule.crashed")
                 sleep_s = RETRY_S
+            loop = asyncio.get_running_loop()
+            until = loop.time() + sleep_s
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), sleep_s)
+                await asyncio.sleep(min(POKE_SETTLE_S, until - loop.time()))  # never past a slot that is due
 
     def rules(self) -> list[Rule]:
         changes, rules = self._bus_rules
