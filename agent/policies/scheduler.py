@@ -40,6 +40,8 @@ RETRY_S = 5.0
 # of creates, a compose project coming up) makes one look, not one per event: a look lists every volume and
 # container, and nothing a new volume is due for is that urgent.
 POKE_SETTLE_S = 0.5
+# ...or after this many times as long as the last look took: looks at many volumes take at most a tenth of the time.
+POKE_SETTLE_LOOKS = 10
 
 
 class Scheduler:
@@ -101,8 +103,10 @@ class Scheduler:
         self.poke()
 
     async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             self._wake.clear()
+            looked_at = loop.time()
             try:
                 sleep_s = await self.tick()
             except AgentError as exc:  # Docker is away: look again soon
@@ -111,11 +115,11 @@ class Scheduler:
             except Exception:  # a bug: said, and the schedule goes on
                 log.exception("schedule.crashed")
                 sleep_s = RETRY_S
-            loop = asyncio.get_running_loop()
+            settle_s = max(POKE_SETTLE_S, POKE_SETTLE_LOOKS * (loop.time() - looked_at))
             until = loop.time() + sleep_s
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), sleep_s)
-                await asyncio.sleep(min(POKE_SETTLE_S, until - loop.time()))  # never past a slot that is due
+                await asyncio.sleep(min(settle_s, until - loop.time()))  # never past a slot that is due
 
     def rules(self) -> list[Rule]:
         changes, rules = self._bus_rules
