@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -71,6 +72,8 @@ class Scheduler:
         self._exported: set[tuple[str, str]] = set()
         self._task: asyncio.Task[None] | None = None
         self._told_running: set[tuple[str, str]] = set()
+        self._look_s = 0.0
+        """How long the last look's Engine calls took."""
 
     async def start(self) -> None:
         """Load the saved state and take a first look (so the inventory says what covers what from the start)."""
@@ -106,7 +109,6 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         while True:
             self._wake.clear()
-            looked_at = loop.time()
             try:
                 sleep_s = await self.tick()
             except AgentError as exc:  # Docker is away: look again soon
@@ -115,7 +117,7 @@ class Scheduler:
             except Exception:  # a bug: said, and the schedule goes on
                 log.exception("schedule.crashed")
                 sleep_s = RETRY_S
-            settle_s = max(POKE_SETTLE_S, POKE_SETTLE_LOOKS * (loop.time() - looked_at))
+            settle_s = max(POKE_SETTLE_S, POKE_SETTLE_LOOKS * self._look_s)
             until = loop.time() + sleep_s
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), sleep_s)
@@ -130,8 +132,10 @@ class Scheduler:
 
     async def evaluate(self, now: datetime) -> dict[str, list[Rule]]:
         """Which rules cover which volume here, now (two Engine calls)."""
+        started = time.monotonic()
         volumes = await self.engine.volume_list({})
         containers = await self.engine.containers({"label": [SCHEDULE]})
+        self._look_s = time.monotonic() - started
         self.label_rules, self.ledger.label_rejected = label_rules(containers)
         cover = covered(self.rules(), self.host, volumes)
         if self.ledger.cover(cover, now):
