@@ -74,7 +74,8 @@ async def main() -> None:
     p.add_argument("--agent-args", default="", help="more volume-agent arguments, e.g. '--concurrency 128'")
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for the drain")
     p.add_argument("--log", type=Path, help="keep the agent's log there")
-    p.add_argument("--profile", type=Path, help="py-spy's samples of the agent during the drain (raw format) there")
+    p.add_argument("--profile", type=Path,
+                   help="py-spy's samples of the agent during the drain (raw format) there (pip install py-spy)")
     a = p.parse_args()
     n = a.commands
     with tempfile.TemporaryDirectory(prefix="vbl", dir="/var/tmp") as tmp:
