@@ -28,7 +28,7 @@ from agent.backup.stores import PARTIAL, Stores, StoreWriter, newest_first, suff
 from agent.backup.volume_files import DataPath
 from agent.daemon import Domain
 from agent.dispatch import Handler
-from agent.errors import AgentError, InUse, NotFound, Unavailable
+from agent.errors import AgentError, Conflict, InUse, NotFound, Unavailable
 from agent.events.inventory import Inventory
 from agent.outcomes import StoredOutcome
 from agent.typing import (
@@ -123,6 +123,9 @@ class FakeEngine:
         self._call(f"create:{name}")
         if self.fail_with is not None:
             raise self.fail_with
+        had = self.volumes.get(name, {}).get("Driver", spec.get("Driver", "local"))
+        if had != spec.get("Driver", "local"):  # as Docker: another driver's volume of that name is a conflict
+            raise Conflict(f"volume {name!r} conflicts with existing state: driver {had!r} already has it.")
         if self.gate is not None:
             await self.gate.wait()
         mountpoint = f"/v/{name}"
