@@ -8,6 +8,7 @@ import socket
 from typing import Any
 
 from . import policy_cli
+from .web import options as web_options
 
 __all__ = ["DEFAULT_NATS", "parser", "request_of"]
 
@@ -124,6 +125,7 @@ def parser() -> argparse.ArgumentParser:
     fg.add_argument("backup_id")
 
     policy_cli.add_parser(sub)
+    web_options.add_parser(sub)
     sh.epilog = "The container's command, if any, follows `--`: volumectl share app --image img -- sleep 60"
     return p
 
@@ -177,6 +179,8 @@ def request_of(a: argparse.Namespace, p: argparse.ArgumentParser) -> tuple[str, 
             op, body = "fleet", {}
         case "policy":
             op, body = "policy", {}
+        case "web":
+            op, body = "web", {}
         case "restore":
             op, body = "restore", {"backup_id": a.backup_id, "volume": a.volume, "overwrite": a.overwrite}
         case "clone":

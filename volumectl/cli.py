@@ -193,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     if command and a.cmd != "share":
         p.error("only share takes a command after --")
     a.command = command
+    if a.cmd == "web":
+        from .web.main import run as web  # aiohttp: only this command needs it
+        return web(a, p)
     op, body = args.request_of(a, p)
     return asyncio.run(_run(a, op, body))
 
