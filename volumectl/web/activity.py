@@ -14,7 +14,7 @@ from collections import OrderedDict, deque
 from datetime import UTC, datetime
 from typing import Any
 
-from contracts import Reply, VolumeEvent
+from contracts import OPS, Reply, VolumeEvent
 
 from ..redact import redact
 
@@ -119,12 +119,15 @@ class Activity:
                 while len(self.audit) > AUDIT_VOLUMES:
                     self.audit.popitem(last=False)
             log.append(record)
-        if r.ok and r.op in ("backup", "restore"):
-            return None  # its events tell it, with its bar
+        refused = r.error is not None and r.error.code == "forbidden"
+        op = OPS.get(r.op)
+        if not refused and (op is None or not op.mutates):
+            return None  # reads (this page's own among them) are not activity
+        if not refused and (r.op in ("backup", "restore") and (r.ok or (r.host, r.id) in self.cmd_volume)):
+            return None  # its events tell it, with its bar and its error
         key = f"res:{r.host}:{r.id}"
         return self._put(key, {"key": key, "kind": "outcome", "host": r.host, "volume": vols[0] if vols else None,
-                               "at": at, "op": r.op, "state": "ok" if r.ok else
-                               ("refused" if r.error and r.error.code == "forbidden" else "failed"),
+                               "at": at, "op": r.op, "state": "ok" if r.ok else ("refused" if refused else "failed"),
                                "caller": r.caller, "code": record["code"], "message": record["message"]})
 
     def feed(self, limit: int = FEED_ITEMS) -> list[dict[str, Any]]:
