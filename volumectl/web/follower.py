@@ -144,11 +144,8 @@ class Follower:
         """Read the inventory, the catalog's totals and the policies whole."""
         t = time.perf_counter()
         values = await self._inventory_values()
-        self._raw = {}
-        for key, value in values.items():
-            self._raw.setdefault(key.partition(".")[0], {})[key] = value
-        unreadable: list[str] = []
         for attempt in range(3):
+            unreadable: list[str] = []
             try:
                 snapshots = assemble(values, unreadable)
                 break
@@ -156,6 +153,11 @@ class Follower:
                 if attempt == 2:
                     raise
                 values = await self._inventory_values()
+        self._raw = {}
+        for key, value in values.items():
+            host = key.partition(".")[0]
+            if key != host or f"{host}.head" not in values:  # a host's whole value, beside its head, is not kept
+                self._raw.setdefault(host, {})[key] = value
         self.fleet.replace(snapshots)
         self.fleet.unreadable = unreadable
         self.fleet.loaded_at = time.time()
@@ -239,11 +241,11 @@ class Follower:
     def _inventory_message(self, key: str, data: bytes) -> None:
         host, _, rest = key.partition(".")
         keys = self._raw.setdefault(host, {})
+        if rest == "" and f"{host}.head" in keys:
+            return  # the whole snapshot for older readers: the head and chunks say the same
         keys[key] = data
         if rest not in ("", "head"):
             return  # a chunk: its head follows
-        if rest == "" and f"{host}.head" in keys:
-            return  # the whole snapshot for older readers: the head says the same
         unreadable: list[str] = []
         try:
             snapshots = assemble(keys, unreadable)

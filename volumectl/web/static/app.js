@@ -117,13 +117,17 @@
       box.appendChild(h("p", { class: "muted" }, "No volume is failing or overdue."));
       return box;
     }
-    const rows = s.attention.map(a => h("tr", { "data-status": a.status, "data-host": a.host, "data-volume": a.volume },
+    const rows = s.attention.slice(0, state.allAttention ? undefined : 15).map(a => h("tr", { "data-status": a.status, "data-host": a.host, "data-volume": a.volume },
       h("td", {}, badge(a.status)), h("td", {}, hostLink(a.host)), h("td", {}, volLink(a.host, a.volume)),
       h("td", { class: "why" }, a.why)));
     box.appendChild(h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "status"), h("th", {}, "host"), h("th", {}, "volume"),
       h("th", {}, "why"))), h("tbody", {}, rows)));
-    if (s.attention_total > s.attention.length) {
-      box.appendChild(h("p", { class: "muted" }, `${num(s.attention_total - s.attention.length)} more; see the hosts page.`));
+    const hidden = s.attention_total - rows.length;
+    if (hidden > 0) {
+      const more = h("button", {}, `${num(hidden)} more`);
+      if (rows.length < s.attention.length) more.addEventListener("click", () => { state.allAttention = true; box.replaceWith(attention(s)); });
+      else more.addEventListener("click", () => { location.hash = "#/hosts"; });
+      box.appendChild(h("p", {}, more, h("span", { class: "muted" }, rows.length < s.attention.length ? "" : " on the hosts page (filter by status)")));
     }
     return box;
   }
@@ -150,9 +154,10 @@
     const unreadable = s.unreadable.map(u => h("div", { class: "banner error" }, u));
     clear($view).appendChild(h("div", {},
       h("h1", {}, "Fleet health"), unreadable, tiles(s),
-      h("h2", {}, "Failing and overdue"), attention(s),
       h("h2", {}, `Fleet map: ${num(s.grid.length)} hosts, coloured by their worst volume`),
-      h("div", { class: "card" }, grid, legend())));
+      h("div", { class: "card" }, grid, legend()),
+      h("h2", {}, "Failing and overdue"), attention(s)));
+    if (!document.body.dataset.readyMs) document.body.dataset.readyMs = String(Math.round(performance.now()));
     document.body.dataset.ready = "overview";
   }
   function onFleet(data) {
