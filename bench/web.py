@@ -66,7 +66,8 @@ def volumes_of(host: int, n: int, now: datetime, rnd: random.Random) -> list[Inv
         roll = rnd.random()
         status, why = ("ok", None)
         if roll < 0.01:
-            status, why = "failing", "The last scheduled backup failed: The exec-pre hook in container 'db' failed (exit 3)."
+            status, why = "failing", ("The last scheduled backup failed: The exec-pre hook in container 'db' failed "
+                                      "(exit 3).")
         elif roll < 0.03:
             status, why = "overdue", "No successful backup for 2 days (twice the interval)."
         elif roll < 0.07:
@@ -259,9 +260,11 @@ async def main() -> None:
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             t = time.perf_counter()
-            proc = subprocess.Popen([venv_bin("volumectl"), "--nats", server.url, "web", "--listen", f"127.0.0.1:{port}"],
-                                    stdout=subprocess.DEVNULL, stderr=open(Path(tmp, "web.log"), "wb"),
-                                    env={k: v for k, v in os.environ.items() if not k.startswith("VOLUME_AGENT_")})
+            with open(Path(tmp, "web.log"), "wb") as log:
+                proc = subprocess.Popen(
+                    [venv_bin("volumectl"), "--nats", server.url, "web", "--listen", f"127.0.0.1:{port}"],
+                    stdout=subprocess.DEVNULL, stderr=log,
+                    env={k: v for k, v in os.environ.items() if not k.startswith("VOLUME_AGENT_")})
             async with aiohttp.ClientSession() as s:
                 while True:
                     with contextlib.suppress(aiohttp.ClientError):
@@ -283,8 +286,8 @@ async def main() -> None:
                 print("browser: playwright or /usr/bin/chromium not installed; skipped")
             else:
                 print(f"first paint in chromium (goto -> overview drawn), 5 fresh pages: {fmt(found['paint'])}; "
-                      f"{found['requests']} requests, {found['bytes'] / 1024:.0f} KB transferred; as the page counts it "
-                      f"(navigation start -> drawn): {fmt(found['inside'])}")
+                      f"{found['requests']} requests, {found['bytes'] / 1024:.0f} KB transferred; as the page "
+                      f"counts it (navigation start -> drawn): {fmt(found['inside'])}")
                 print(f"event to page in chromium (publish -> item in the feed), 10 events: {fmt(found['events'])}")
             rss, peak = rss_kib(proc.pid)
             print(f"server RSS {rss / 1024:.0f} MiB (peak {peak / 1024:.0f} MiB) with {a.hosts * a.volumes} volumes "
