@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import playwright.async_api as playwright_api
 import pytest
 import pytest_asyncio
 
@@ -28,8 +29,6 @@ from .stack import BUSYBOX_IMAGE, free_port
 from .test_events import eventually
 from .test_policies import Policies
 from .test_volumectl import ctl
-
-playwright_api = pytest.importorskip("playwright.async_api")
 
 pytestmark = pytest.mark.integration
 
