@@ -100,7 +100,7 @@ class Domain:
         rules = rules if rules is not None else Rules(Policy(), "(the default policy)")
         backups = Backups(engine, locks, causes, events, stores, host=host, data_path=data_path,
                           on_backup=inventory.backed_up, on_forget=inventory.forgotten, max_running=max_backups,
-                          observer=observer)
+                          observer=observer, estimate=inventory.expected_size)
         volumes = Volumes(engine, locks, causes, rules, final_backup=backups.final)
         digests = Digests(engine, data_path=data_path)
         return cls(
