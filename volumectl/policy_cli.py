@@ -38,12 +38,7 @@ def _policy_from(a: argparse.Namespace) -> BackupPolicy:
     keep = {rule: getattr(a, f"keep_{rule}") for rule in _KEEP if getattr(a, f"keep_{rule}") is not None}
     if keep:
         raw["keep"] = keep
-    if "keep" not in raw:  # said as what to add, not as msgspec's missing field
-        raise PolicyRefused("The policy has no keep rules: give at least one of "
-                            + ", ".join(f"--keep-{r} N" for r in _KEEP) + " (N >= 1).")
-    if "schedule" not in raw:
-        raise PolicyRefused("The policy has no schedule: give --schedule, a cron expression (e.g. '0 3 * * *') "
-                            "or @hourly, @daily, @weekly, @monthly, @yearly.")
+
     selector = dict(raw.get("selector") or {})
     for field, value in (("hosts", a.hosts), ("volumes", a.volumes), ("labels", a.label)):
         if value:
@@ -54,6 +49,12 @@ def _policy_from(a: argparse.Namespace) -> BackupPolicy:
                          ("stop_containers", a.stop_containers)):
         if value is not None:
             raw[field] = value
+    if "keep" not in raw:  # said as what to add, not as msgspec's missing field
+        raise PolicyRefused("The policy has no keep rules: give at least one of "
+                            + ", ".join(f"--keep-{r} N" for r in _KEEP) + " (N >= 1).")
+    if "schedule" not in raw:
+        raise PolicyRefused("The policy has no schedule: give --schedule, a cron expression (e.g. '0 3 * * *') "
+                            "or @hourly, @daily, @weekly, @monthly, @yearly.")
     return valid_policy(raw)
 
 
