@@ -94,7 +94,7 @@ class EmbeddedNats:
             await self._kill()
             err = _last_line(self.log_file, start_at)
             if "address already in use" in err.lower():
-                raise Unavailable(port_taken(f"{self.host}:{self.port}")) from None
+                raise Unavailable(f"{port_taken(f'{self.host}:{self.port}')} (nats-server: {err})") from None
             raise Unavailable(f"The embedded nats-server did not start on {self.url}: {err or 'no output'}") from None
         log.info("nats.embedded_started", url=self.url, store=str(self.store), sync="always")
 
