@@ -1,7 +1,7 @@
 """The agent's local policy: who may do what on this host, and which risky requests are allowed at all.
 
-It lives in a file on the host (`--policy`, TOML) and is read at start and on SIGHUP (`policy_file.py`); nothing that arrives over the bus can
-change it. Every refusal names the policy key that would allow the request.
+It lives in a file on the host (`--policy`, TOML) and is read at start and on SIGHUP (`policy_file.py`);
+nothing that arrives over the bus can change it. Every refusal names the policy key that would allow the request.
 
     [[identity]]                 one per caller: its public nkey, its name (in outcomes), its role
     name = "alice"
