@@ -53,6 +53,10 @@ def _main(argv: list[str]) -> int:
     a.command = command
     op, body = args.request_of(a, p)
 
+    if "aiohttp" not in sys.modules and not any(u.strip().startswith("ws") for u in a.nats.split(",")):
+        # nats-py imports aiohttp for its WebSocket transport only, and does without it: a third of start-up.
+        sys.modules["aiohttp"] = None  # type: ignore[assignment]
+
     import asyncio
 
     from .commands import run  # the heavy part: nats-py, msgspec, the contracts
