@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from contracts import DEFAULT_PREFIX, Subjects, valid_host_id
+from contracts import CONTRACT_VERSION, DEFAULT_PREFIX, Subjects, valid_host_id
 
+from . import __version__
 from .auth.transport import exposures
 from .errors import Invalid
 from .events.chunks import DEFAULT_PER_CHUNK
@@ -125,25 +126,49 @@ def _default_host_id() -> str:
     return socket.gethostname().split(".")[0]
 
 
+class _Defaults(argparse.HelpFormatter):
+    """Each option's help ends with its default, as argparse's ArgumentDefaultsHelpFormatter does, but never for
+    credentials (a password from the environment is not printed), for options without a default, or for hidden
+    ones (they stay hidden)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        if text is None or text == argparse.SUPPRESS or "%(default)" in text or action.dest.startswith("nats_") \
+                or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def parse_args(argv: list[str] | None = None) -> Settings:
     """Settings from the command line and the environment; exits 2 on bad input, as argparse does."""
     p = argparse.ArgumentParser(
         prog="volume-agent",
         description="Manage this host's Docker volumes from NATS.",
-        epilog="Each option may also be set as VOLUME_AGENT_<NAME> (e.g. VOLUME_AGENT_NATS).",
+        epilog="Each option may also be set as VOLUME_AGENT_<NAME> (e.g. VOLUME_AGENT_NATS); a default shown is "
+               "what this environment gives. SIGHUP rereads the policy file (kept as it was if the new one is not "
+               "valid). `volume-agent auth --help`: identities and NATS authorization.",
+        formatter_class=_Defaults,
     )
+    p.add_argument("--version", action="version", version=f"volume-agent {__version__} (contract {CONTRACT_VERSION})")
     p.add_argument("--nats", default=_env("NATS"), help="comma-separated NATS URLs; absent: embedded server")
-    p.add_argument("--docker", default=_env("DOCKER") or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER)
-    p.add_argument("--host-id", default=_env("HOST_ID") or _default_host_id())
-    p.add_argument("--data-dir", default=_env("DATA_DIR") or DEFAULT_DATA_DIR)
+    p.add_argument("--docker", default=_env("DOCKER") or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER,
+                   help="the Docker Engine's URL (DOCKER_HOST too)")
+    p.add_argument("--host-id", default=_env("HOST_ID") or _default_host_id(),
+                   help="this agent's name on the bus (one agent per host id); the short hostname unless given")
+    p.add_argument("--data-dir", default=_env("DATA_DIR") or DEFAULT_DATA_DIR,
+                   help="local backups, spool, the embedded server's store and identities")
     p.add_argument("--policy", default=_env("POLICY"),
                    help="the local policy file: who may do what here, and what risky requests are allowed at all "
-                        f"(default: {DEFAULT_POLICY}, or the one made under the data dir for the embedded server)")
-    p.add_argument("--subject-prefix", default=_env("SUBJECT_PREFIX") or DEFAULT_PREFIX)
+                        f"(default: {DEFAULT_POLICY}, or the one made under the data dir for the embedded server); "
+                        "read at start and on SIGHUP")
+    p.add_argument("--subject-prefix", default=_env("SUBJECT_PREFIX") or DEFAULT_PREFIX,
+                   help="first token of every subject, stream and bucket name")
     p.add_argument("--embedded-listen", default=_env("EMBEDDED_LISTEN") or DEFAULT_EMBEDDED_LISTEN,
                    help="host:port of the embedded nats-server")
-    p.add_argument("--max-body", type=int, default=int(_env("MAX_BODY") or DEFAULT_MAX_BODY))
-    p.add_argument("--concurrency", type=int, default=int(_env("CONCURRENCY") or DEFAULT_CONCURRENCY))
+    p.add_argument("--max-body", type=int, default=int(_env("MAX_BODY") or DEFAULT_MAX_BODY),
+                   help="bytes a request body may have")
+    p.add_argument("--concurrency", type=int, default=int(_env("CONCURRENCY") or DEFAULT_CONCURRENCY),
+                   help="operations in flight at once")
     p.add_argument("--grace", type=float, default=float(_env("GRACE") or DEFAULT_GRACE_S),
                    help="seconds in-flight operations get to finish on SIGTERM")
     p.add_argument("--docker-timeout", type=float, default=float(_env("DOCKER_TIMEOUT") or DEFAULT_DOCKER_TIMEOUT_S),

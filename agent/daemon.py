@@ -16,7 +16,7 @@ import structlog
 
 from volumectl.redact import redact
 
-from . import __version__
+from . import __version__, tools
 from .auth.local import ensure_local_auth
 from .auth.policy import Policy
 from .auth.rules import Rules
@@ -36,7 +36,7 @@ from .commands import Commands
 from .config import NatsAuth, Settings, parse_args
 from .dispatch import Dispatcher, Handler
 from .docker import DockerEngine
-from .embedded import EmbeddedNats
+from .embedded import EmbeddedNats, in_use, port_taken
 from .errors import AgentError
 from .events.inventory import Inventory
 from .events.news import VolumeNews
@@ -100,7 +100,7 @@ class Domain:
         rules = rules if rules is not None else Rules(Policy(), "(the default policy)")
         backups = Backups(engine, locks, causes, events, stores, host=host, data_path=data_path,
                           on_backup=inventory.backed_up, on_forget=inventory.forgotten, max_running=max_backups,
-                          observer=observer)
+                          observer=observer, estimate=inventory.expected_size)
         volumes = Volumes(engine, locks, causes, rules, final_backup=backups.final)
         digests = Digests(engine, data_path=data_path)
         return cls(
@@ -150,7 +150,8 @@ async def serve(settings: Settings, supervisor: Supervisor) -> None:
         local = await asyncio.to_thread(ensure_local_auth, settings.data_dir, settings.host_id)
         settings = dataclasses.replace(settings, auth=NatsAuth(nkey_seed=str(local.agent_seed)),
                                        policy=settings.policy or local.policy)
-    verifier, rules, signer = local_policy(settings)  # before anything starts: nothing runs without a policy
+    local_file, signer = local_policy(settings)  # before anything starts: nothing runs without a policy
+    verifier, rules = local_file.verifier, local_file.rules
     metrics, notifier = Metrics(settings.host_id), Notifier(list(settings.notify), settings.host_id)
     async with AsyncExitStack() as stack:
         # First in, last out: metrics are served while the agent waits for Docker and NATS, and a backup that fails
@@ -194,7 +195,8 @@ async def serve(settings: Settings, supervisor: Supervisor) -> None:
             names = {v["Name"] for v in here}  # a volume removed since has no series to alert on
             metrics.backed_up_before(r for r in made if r.volume in names)
         await unless_stopped(persist("removing leftover helpers", lambda: remove_leftover_helpers(engine)), stop)
-        trust = PolicyTrust(verifier.policy, verifier.source, host=settings.host_id, subjects=settings.subjects)
+        trust = local_file.trust = PolicyTrust(verifier.policy, verifier.source, host=settings.host_id,
+                                               subjects=settings.subjects)
         book, ledger = PolicyBook(trust, settings.data_dir / "policies"), Ledger(settings.data_dir / "schedule.json")
         status = PolicyStatus(book, ledger)
         inventory = Inventory(engine, stores, bus, settings.host_id, heartbeat_s=settings.heartbeat_s,
@@ -214,6 +216,7 @@ async def serve(settings: Settings, supervisor: Supervisor) -> None:
                               notifier=notifier)
         handlers["policies"] = PolicyViews(status, scheduler, host=settings.host_id).policies
         feed = PolicyFeed(bus, book, scheduler.poke, refresh_s=settings.policy_refresh_s)
+        local_file.on_trust_changed += [book.trust_changed, feed.poke]
         # Exit stack order (last in, first out): stop taking work and events, then drain, then close.
         cursor = Cursor(settings.data_dir / "events.cursor")
         stack.callback(cursor.save, force=True)  # after the drain: a stop still being backed up is replayed
@@ -238,6 +241,9 @@ async def serve(settings: Settings, supervisor: Supervisor) -> None:
         await scheduler.start()
         await inventory.start()  # after the scheduler's first look: what covers each volume is known
 
+        # SIGHUP: the policy file (and the other files registered with it) read again, adopted whole or not at all.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, local_file.reload_all)
+        stack.callback(asyncio.get_running_loop().remove_signal_handler, signal.SIGHUP)
         log.info("agent.ready", host=settings.host_id, nats=[redact(u) for u in urls])
         await stop.wait()
         log.info("agent.stopping", in_flight=len(tasks))
@@ -252,8 +258,17 @@ def main(argv: list[str] | None = None) -> int:
 
         return auth_main(argv[1:])
     settings = parse_args(argv)
+    fatal, warnings = tools.check(tools.needed(settings))
+    if fatal:  # as argparse says a usage error: every backup would fail
+        print("volume-agent: error: " + "\nvolume-agent: error: ".join(fatal), file=sys.stderr)
+        return 2
+    if not settings.nats_urls and in_use(settings.embedded_listen):  # said plainly, before any log line
+        print(f"volume-agent: error: {port_taken(settings.embedded_listen)}", file=sys.stderr)
+        return EXIT_FAILED
     os.umask(UMASK)  # whatever the agent or its children (tar, age, nats-server) create is root's alone
     configure()
+    for warning in warnings:
+        log.warning("agent.tool_missing", why=warning)
     return asyncio.run(_main(settings))
 
 

@@ -16,6 +16,7 @@ import structlog
 
 from contracts import OPS, BaseRequest, ErrorBody, Reply
 from contracts.bounds import MAX_DEPTH, check_bounds
+from contracts.explain import sentence
 
 from .errors import AgentError, Conflict, Expired, Forbidden, Internal, Invalid, Transient, Unavailable, is_final
 from .outcomes import StoredOutcome
@@ -238,7 +239,7 @@ class Dispatcher:
         try:
             req: BaseRequest = _DECODERS[op].decode(data.strip() or b"{}")
         except msgspec.ValidationError as exc:
-            raise Invalid(f"Invalid {op} request: {exc}.") from None
+            raise Invalid(sentence(exc, f"The {op} request", op)) from None
         except msgspec.DecodeError as exc:
             raise Invalid(f"The body is not valid JSON: {exc}.") from None
         except RecursionError:  # out of reach within the depth bound; one answer all the same

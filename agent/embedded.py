@@ -6,8 +6,10 @@ It admits only this host's own identities (`agent.auth.local`): the agent and th
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from .auth.local import LocalAuth
 from .errors import Unavailable
 from .private_files import FILE_MODE, open_private, private_dir
 
-__all__ = ["EmbeddedNats", "find_nats_server"]
+__all__ = ["EmbeddedNats", "find_nats_server", "in_use", "port_taken"]
 
 log = structlog.get_logger(__name__)
 
@@ -91,6 +93,8 @@ class EmbeddedNats:
         except BaseException:
             await self._kill()
             err = _last_line(self.log_file, start_at)
+            if "address already in use" in err.lower():
+                raise Unavailable(f"{port_taken(f'{self.host}:{self.port}')} (nats-server: {err})") from None
             raise Unavailable(f"The embedded nats-server did not start on {self.url}: {err or 'no output'}") from None
         log.info("nats.embedded_started", url=self.url, store=str(self.store), sync="always")
 
@@ -123,6 +127,28 @@ class EmbeddedNats:
             proc.kill()
             await proc.wait()
         log.info("nats.embedded_stopped")
+
+
+def port_taken(listen: str) -> str:
+    """What to do when the embedded server's address is taken."""
+    host, _, port = listen.rpartition(":")
+    other = f"{host or '127.0.0.1'}:{int(port) + 1}"
+    return (f"{listen} is already in use: another volume-agent with its embedded NATS server (or another "
+            f"nats-server, or some other program) holds it; `ss -ltnp 'sport = :{port}'` names it. Stop it, or give "
+            f"this agent another address: --embedded-listen {other} (or VOLUME_AGENT_EMBEDDED_LISTEN); volumectl on "
+            f"this host then needs --nats nats://{other}.")
+
+
+def in_use(listen: str) -> bool:
+    """Whether something already listens on `listen` (HOST:PORT): a bind there fails."""
+    host, _, port = listen.rpartition(":")
+    with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT left by our last run is no user
+        try:
+            s.bind((host.strip("[]") or "127.0.0.1", int(port)))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
 
 
 def _since(path: Path, start_at: int) -> str:

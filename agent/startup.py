@@ -1,4 +1,4 @@
-"""Start-up steps of the daemon: the local policy read once, waiting for Docker, steps retried while a passing
+"""Start-up steps of the daemon: the local policy read, waiting for Docker, steps retried while a passing
 fault fails them, and awaiting anything unless a stop comes first."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import structlog
 from volumectl.signing import Signer
 
 from .auth.policy import load_policy
+from .auth.policy_file import PolicyFile
 from .auth.rules import Rules
 from .auth.transport import is_loopback
 from .auth.verify import Verifier
@@ -59,9 +60,9 @@ async def unless_stopped(aw: Awaitable[T], stop: asyncio.Event) -> T:
     return task.result()
 
 
-def local_policy(settings: Settings) -> tuple[Verifier, Rules, Signer | None]:
-    """The policy file and the agent's own key, read once at start; `Invalid` with a sentence if either cannot be
-    used: the agent does not start without them."""
+def local_policy(settings: Settings) -> tuple[PolicyFile, Signer | None]:
+    """The policy file (read again on SIGHUP: `PolicyFile.reload`) and the agent's own key, read at start;
+    `Invalid` with a sentence if either cannot be used: the agent does not start without them."""
     seed, path = settings.auth.nkey_seed, settings.policy or Path(DEFAULT_POLICY)
     try:
         policy = load_policy(path)
@@ -79,7 +80,7 @@ def local_policy(settings: Settings) -> tuple[Verifier, Rules, Signer | None]:
     if g.max_command_age_s > OUTCOME_TTL_S:
         log.warning("policy.replay_window", why=f"max_command_age_s is longer than outcomes are kept "
                     f"({OUTCOME_TTL_S:g} s): a durable command replayed after that would be applied again")
-    return Verifier(policy, path, host=settings.host_id), rules, signer
+    return PolicyFile(path, policy, Verifier(policy, path, host=settings.host_id), rules), signer
 
 
 def warn_if_exposed(listen: str) -> None:

@@ -78,7 +78,7 @@ class EventSink(Protocol):
 
     async def event(
         self, kind: str, volume: str, *, backup_id: str | None = None, bytes_done: int | None = None,
-        error: str | None = None, container: str | None = None,
+        error: str | None = None, container: str | None = None, bytes_total: int | None = None,
     ) -> None: ...
 
 

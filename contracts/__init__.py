@@ -82,7 +82,7 @@ from .volumes import (
     VolumeRecord,
 )
 
-CONTRACT_VERSION = "2.2.0"
+CONTRACT_VERSION = "2.3.0"
 """Semantic version of the bus API: a breaking change bumps the major."""
 
 __all__ = [

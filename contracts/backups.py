@@ -78,6 +78,9 @@ class BackupRecord(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     encrypted_to: list[str] = []
     """The age recipients the stored bytes are encrypted to (empty: not encrypted). `sha256` and `stored_size`
     are of the encrypted bytes: checked before decrypting."""
+    warnings: list[str] = []
+    """What went wrong without failing the backup, one sentence each (a post hook that failed). In the `backup`
+    reply and the outcome only, never in the catalog: the record is stored before the post hooks run (2.3)."""
 
 
 class BackupsRequest(BaseRequest):

@@ -40,6 +40,9 @@ class VolumeEvent(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     backup_id: str | None = None
     bytes_done: int | None = None
     """Tar bytes so far (`*.progress`) or in all (`*.completed`)."""
+    bytes_total: int | None = None
+    """`*.progress`: the tar bytes expected in all, when known: a restore's backup size; for a backup an estimate
+    (its last backup's size, or Docker's last measure of the volume), which the backup may exceed (contract 2.3)."""
     error: str | None = None
     """Why it failed (`*.failed`)."""
     container: str | None = None

@@ -227,7 +227,7 @@ class RecordingSink:
 
     async def event(
         self, kind: str, volume: str, *, backup_id: str | None = None, bytes_done: int | None = None,
-        error: str | None = None, container: str | None = None,
+        error: str | None = None, container: str | None = None, bytes_total: int | None = None,
     ) -> None:
         self.events.append((kind, volume))
         self.event_fields.append({"backup_id": backup_id, "bytes_done": bytes_done, "error": error,

@@ -64,8 +64,9 @@ class AgentClient:
         """`inbox_prefix`: where replies come (`_INBOX_<name>`: NATS may allow each identity only its own inbox)."""
         if inbox_prefix:
             kw["inbox_prefix"] = inbox_prefix
+        kw.setdefault("error_cb", _quiet)  # volumectl passes its own: permission violations said at once
         nc = await nats.connect(
-            servers=urls, connect_timeout=5, allow_reconnect=False, max_reconnect_attempts=1, error_cb=_quiet, **kw
+            servers=urls, connect_timeout=5, allow_reconnect=False, max_reconnect_attempts=1, **kw
         )
         return cls(nc, prefix, signer=signer)
 

@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 
 from contracts import BackupPolicy, BackupRecord, PolicyEntry, Subjects, check_policy
 from contracts.bounds import BoundedDecoder
+from contracts.explain import sentence
 from contracts.policies import POLICY_NAME_PATTERN, entry_signed_bytes
 from contracts.retention import retain, to_forget
 
@@ -44,7 +45,7 @@ def valid_policy(raw: dict[str, object] | bytes) -> BackupPolicy:
     try:
         policy = _POLICY.decode(raw) if isinstance(raw, bytes) else msgspec.convert(raw, BackupPolicy)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise PolicyRefused(f"The policy is not valid: {exc}.") from None
+        raise PolicyRefused(sentence(str(exc), "The policy")) from None
     if not re.match(POLICY_NAME_PATTERN, policy.name):
         raise PolicyRefused(f"The policy's name {policy.name!r} must match {POLICY_NAME_PATTERN} (it is its key in "
                             "the bucket; `container:` names are for containers' labels).")

@@ -1,4 +1,4 @@
-"""`volumectl policy set|ls|show|rm|explain` and `volumectl backups VOLUME --explain-keep`."""
+"""`volumectl policy set|ls|show|rm|explain` and `volumectl backups VOLUME --explain-keep` (the parser: args.py)."""
 
 from __future__ import annotations
 
@@ -14,42 +14,15 @@ from contracts.retention import retain
 
 from . import render
 from .client import AgentClient, NoAgent
+from .output import fail
 from .policies import PolicyRefused, policy_of, preview, read_policies, remove_policy, set_policy, valid_policy
 from .signing import Signer
 
-__all__ = ["add_parser", "explain_keep", "run"]
+__all__ = ["explain_keep", "run"]
 
 _KEEP = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
-
-
-def add_parser(sub: Any) -> None:
-    pol = sub.add_parser("policy", help="backup policies for the fleet: set, ls, show, rm, explain")
-    ps = pol.add_subparsers(dest="policy_cmd", required=True, metavar="ACTION")
-    s = ps.add_parser("set", help="set (create or replace) a policy, signed with your seed")
-    s.add_argument("name")
-    s.add_argument("--file", help="the whole policy as JSON (contracts.BackupPolicy); the options below override it")
-    s.add_argument("--schedule", help="cron expression (5 fields, or 6 with seconds first) or @hourly/@daily/...")
-    for rule in _KEEP:
-        s.add_argument(f"--keep-{rule}", type=int, metavar="N")
-    s.add_argument("--hosts", action="append", metavar="GLOB", help="only hosts matching (repeatable)")
-    s.add_argument("--volumes", action="append", metavar="GLOB", help="only volumes matching (repeatable)")
-    s.add_argument("--label", action="append", metavar="K[=V]", help="only volumes with this label (repeatable)")
-    s.add_argument("--timezone", help="IANA zone of the schedule and keep rules (default UTC)")
-    s.add_argument("--spread", type=float, metavar="SECONDS", help="window of the per-host offsets")
-    s.add_argument("--store", choices=["local", "nats"])
-    s.add_argument("--compression", choices=["zstd", "gzip", "none"])
-    s.add_argument("--encrypt-to", action="append", metavar="AGE_RECIPIENT", help="age public key (repeatable)")
-    s.add_argument("--stop-containers", action="store_true", default=None)
-    s.add_argument("--dry-run", action="store_true", help="check it and show what its keep rules would delete")
-    s.add_argument("--yes", action="store_true", help="set it even if its keep rules delete existing backups")
-    s.add_argument("--window", type=float, default=2.0, help="seconds to gather every host's backups for the preview")
-    ps.add_parser("ls", help="every policy in the bucket")
-    sh = ps.add_parser("show", help="one policy, whole, and who signed it")
-    sh.add_argument("name")
-    rm = ps.add_parser("rm", help="remove a policy (a signed removal)")
-    rm.add_argument("name")
-    ex = ps.add_parser("explain", help="which policy covers a volume, when it last ran and runs next, what it keeps")
-    ex.add_argument("volume")
+SIGNERS_TIMEOUT_S = 3.0
+"""How long `policy ls` waits for the agent's names of the signers (their keys are shown without it)."""
 
 
 def _policy_from(a: argparse.Namespace) -> BackupPolicy:
@@ -65,6 +38,7 @@ def _policy_from(a: argparse.Namespace) -> BackupPolicy:
     keep = {rule: getattr(a, f"keep_{rule}") for rule in _KEEP if getattr(a, f"keep_{rule}") is not None}
     if keep:
         raw["keep"] = keep
+
     selector = dict(raw.get("selector") or {})
     for field, value in (("hosts", a.hosts), ("volumes", a.volumes), ("labels", a.label)):
         if value:
@@ -75,6 +49,12 @@ def _policy_from(a: argparse.Namespace) -> BackupPolicy:
                          ("stop_containers", a.stop_containers)):
         if value is not None:
             raw[field] = value
+    if "keep" not in raw:  # said as what to add, not as msgspec's missing field
+        raise PolicyRefused("The policy has no keep rules: give at least one of "
+                            + ", ".join(f"--keep-{r} N" for r in _KEEP) + " (N >= 1).")
+    if "schedule" not in raw:
+        raise PolicyRefused("The policy has no schedule: give --schedule, a cron expression (e.g. '0 3 * * *') "
+                            "or @hourly, @daily, @weekly, @monthly, @yearly.")
     return valid_policy(raw)
 
 
@@ -85,40 +65,66 @@ async def run(a: argparse.Namespace, client: AgentClient) -> int:
             case "set":
                 return await _set(a, client)
             case "ls":
-                entries = await read_policies(js, client.subjects)
-                rows = []
-                for name, e in sorted(entries.items()):
-                    p = policy_of(e)
-                    if p is None:
-                        continue
-                    rows.append([name, p.schedule + ("" if p.timezone == "UTC" else f" {p.timezone}"),
-                                 _selector(p), _keep(p), p.store + (" encrypted" if p.encrypt_to else ""),
-                                 e.key[:12] + "..."])
-                print(render.table(rows, ["NAME", "SCHEDULE", "SELECTOR", "KEEP", "STORE", "SIGNED BY"]))
-                return 0
+                return await _ls(a, client)
             case "show":
                 entry = (await read_policies(js, client.subjects)).get(a.name)
                 policy = policy_of(entry) if entry else None
                 if entry is None or policy is None:
-                    print(f"volumectl: there is no policy {a.name!r}", file=sys.stderr)
-                    return 1
-                print(msgspec.json.format(msgspec.json.encode(
-                    {"policy": policy, "signed_by": entry.key, "signed_at_ns": entry.signed_at}), indent=2).decode())
+                    return fail(a, "not_found", f"There is no policy {a.name!r} in the bucket.")
+                names = await _signer_names(a, client)
+                shown = {"policy": policy, "signed_by": entry.key, "signer": names.get(entry.key),
+                         "signed_at_ns": entry.signed_at}
+                encoded = msgspec.json.encode(shown)
+                print((encoded if a.json else msgspec.json.format(encoded, indent=2)).decode())
                 return 0
             case "rm":
                 entry = (await read_policies(js, client.subjects)).get(a.name)
-                if entry is None or not entry.body:
-                    print(f"volumectl: the bucket has no policy {a.name!r}; writing a signed removal anyway, for "
-                          "agents that still hold it", file=sys.stderr)
-                await remove_policy(js, client.subjects, _signer(client), a.name)
-                print(f"removed {a.name} (agents stop scheduling it as they read the bucket)")
+                if (entry is None or not entry.body) and not a.force:
+                    return fail(a, "not_found", f"The bucket has no policy {a.name!r}: nothing removed. If agents "
+                                "still apply one deleted without a signed removal, write one with --force.")
+                written = await remove_policy(js, client.subjects, _signer(client), a.name)
+                if a.json:
+                    print(msgspec.json.encode({"removed": a.name, "signed_by": written.key}).decode())
+                else:
+                    print(f"removed {a.name} (agents stop scheduling it as they read the bucket)")
                 return 0
             case "explain":
                 return await _explain(a, client)
     except PolicyRefused as exc:
-        print(f"volumectl: {exc}", file=sys.stderr)
-        return 1
+        return fail(a, "refused", str(exc))
     return 2
+
+
+async def _signer_names(a: argparse.Namespace, client: AgentClient) -> dict[str, str]:
+    """Signers' names by public key, as the agent of --host knows them from its policy file (the bucket holds
+    keys only); empty if it does not answer soon."""
+    try:
+        reply = await client.request(a.host, "policies", {}, timeout=SIGNERS_TIMEOUT_S)
+        result = result_as(reply, PoliciesResult)
+    except (NoAgent, ValueError):
+        return {}
+    entries = await read_policies(client.nc.jetstream(), client.subjects)
+    names = {}
+    for view in result.policies:
+        e = entries.get(view.policy.name)
+        if e is not None and view.source == "bus" and policy_of(e) == view.policy:
+            names[e.key] = view.signed_by
+    return names
+
+
+async def _ls(a: argparse.Namespace, client: AgentClient) -> int:
+    entries = await read_policies(client.nc.jetstream(), client.subjects)
+    names = await _signer_names(a, client)
+    shown = [(name, e, p) for name, e in sorted(entries.items()) if (p := policy_of(e)) is not None]
+    if a.json:
+        print(msgspec.json.encode([{"name": name, "policy": p, "signed_by": e.key, "signer": names.get(e.key),
+                                    "signed_at_ns": e.signed_at} for name, e, p in shown]).decode())
+        return 0
+    rows = [[name, p.schedule + ("" if p.timezone == "UTC" else f" {p.timezone}"), _selector(p), _keep(p),
+             p.store + (" encrypted" if p.encrypt_to else ""), names.get(e.key) or e.key[:12] + "..."]
+            for name, e, p in shown]
+    print(render.table(rows, ["NAME", "SCHEDULE", "SELECTOR", "KEEP", "STORE", "SIGNED BY"]))
+    return 0
 
 
 def _signer(client: AgentClient) -> Signer:
@@ -133,19 +139,27 @@ async def _set(a: argparse.Namespace, client: AgentClient) -> int:
     replies = await client.gather("backups", {"made_here": True}, window=a.window)
     backups = [b for r in replies if r.ok for b in result_as(r, BackupsResult).backups]
     deletes = [p for p in preview(policy, backups) if p.forgotten]
+    forgets = [{"host": p.host, "volume": p.volume, "kept": p.kept,
+                "forgotten": [b.backup_id for b in p.forgotten]} for p in deletes]
     for p in deletes:
         print(f"{p.host} {p.volume}: would forget {len(p.forgotten)} backup(s), keep {p.kept}: "
               + ", ".join(b.backup_id for b in p.forgotten), file=sys.stderr)
     if a.dry_run:
-        print(f"policy {policy.name} is valid; {sum(len(p.forgotten) for p in deletes)} backup(s) would be "
-              f"forgotten at the next runs ({len(replies)} host(s) answered)")
+        if a.json:
+            print(msgspec.json.encode({"valid": True, "policy": policy, "would_forget": forgets,
+                                       "hosts_answered": len(replies)}).decode())
+        else:
+            print(f"policy {policy.name} is valid; {sum(len(p.forgotten) for p in deletes)} backup(s) would be "
+                  f"forgotten at the next runs ({len(replies)} host(s) answered)")
         return 0
     if deletes and not a.yes:
-        print("volumectl: not set: its keep rules would forget the backups above at the next runs; pass --yes to "
-              "set it anyway, or --dry-run to look only.", file=sys.stderr)
-        return 1
+        return fail(a, "refused", "Not set: its keep rules would forget the backups above at the next runs; pass "
+                    "--yes to set it anyway, or --dry-run to look only.")
     entry = await set_policy(client.nc.jetstream(), client.subjects, _signer(client), policy)
-    print(f"set {policy.name} (signed by {entry.key[:12]}...; every agent applies it when it reads the bucket)")
+    if a.json:
+        print(msgspec.json.encode({"set": policy.name, "signed_by": entry.key, "would_forget": forgets}).decode())
+    else:
+        print(f"set {policy.name} (signed by {entry.key[:12]}...; every agent applies it when it reads the bucket)")
     return 0
 
 
@@ -153,19 +167,16 @@ async def _explain(a: argparse.Namespace, client: AgentClient) -> int:
     try:
         reply = await client.request(a.host, "policies", {"volume": a.volume})
     except NoAgent as exc:
-        print(f"volumectl: {exc}", file=sys.stderr)
-        return 1
+        return fail(a, "no_agent", str(exc))
     if reply.error is not None:
-        print(f"volumectl: {reply.error.code}: {reply.error.message}", file=sys.stderr)
-        return 1
+        return fail(a, reply.error.code, reply.error.message, wire=True)
     result = result_as(reply, PoliciesResult)
     if a.json:
         print(msgspec.json.encode(result).decode())
         return 0
     covs = [c for c in result.volumes if c.volume == a.volume]
     if not covs:
-        print(f"volumectl: host {result.host} has no volume {a.volume!r}", file=sys.stderr)
-        return 1
+        return fail(a, "not_found", f"Host {result.host} has no volume {a.volume!r}.")
     for c in covs:
         if c.policy is None:
             print(f"{a.volume} on {result.host}: not covered by any policy")
@@ -188,7 +199,20 @@ async def explain_keep(a: argparse.Namespace, client: AgentClient, backups: list
     groups: dict[tuple[str | None, str, str], list[BackupRecord]] = {}
     for b in backups:
         groups.setdefault((b.policy, b.host, b.store), []).append(b)
-    for (name, host, store), records in sorted(groups.items(), key=lambda g: (g[0][0] or "", g[0][1], g[0][2])):
+    ordered = sorted(groups.items(), key=lambda g: (g[0][0] or "", g[0][1], g[0][2]))
+    if a.json:
+        out = []
+        for (name, host, store), records in ordered:
+            policy = policies.get(name) if name else None
+            kept = retain(records, policy.keep, policy.timezone) if policy else []
+            out.append({"policy": name, "host": host, "store": store, "keep": policy.keep if policy else None,
+                        "backups": [{"backup_id": k.record.backup_id, "created_at": k.record.created_at,
+                                     "kept_by": k.reasons} for k in kept] if policy else
+                                   [{"backup_id": r.backup_id, "created_at": r.created_at, "kept_by": None}
+                                    for r in records]})
+        print(msgspec.json.encode(out).decode())
+        return 0
+    for (name, host, store), records in ordered:
         policy = policies.get(name) if name else None
         if policy is None:
             why = "made without a policy" if name is None else f"policy {name} is no longer set"

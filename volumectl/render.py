@@ -11,7 +11,8 @@ from contracts.retention import Kept
 
 from .fleet import FleetRow, human_age
 
-__all__ = ["backups_table", "fleet_table", "human", "inventory_text", "keep_table", "show_volumes", "size", "table"]
+__all__ = ["backups_table", "fleet_table", "human", "inventory_text", "keep_table", "progress_line", "show_volumes",
+           "size", "table"]
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
@@ -38,6 +39,25 @@ def size(n: int) -> str:
         if size < 1024 or unit == "TiB":
             break
     return f"{size:.1f} {unit}"
+
+
+def duration(seconds: float) -> str:
+    s = max(0, round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def progress_line(kind: str, volume: str, done: int, total: int | None, elapsed_s: float) -> str:
+    """`backup web-data: 1.2 GiB of ~3.4 GiB (35%), 120.0 MiB/s, about 0:18 left`; without a total, bytes and rate.
+    The agent's total is an estimate for a backup (its last size): past it, the percent stays at 99."""
+    rate = done / elapsed_s if elapsed_s > 0 else 0.0
+    line = f"{kind} {volume}: {size(done)}"
+    if total:
+        line += f" of ~{size(total)} ({min(99, done * 100 // total)}%)"
+    if rate > 0:
+        line += f", {size(int(rate))}/s"
+        if total and total > done:
+            line += f", about {duration((total - done) / rate)} left"
+    return line
 
 
 def backups_table(backups: list[dict[str, Any]]) -> str:

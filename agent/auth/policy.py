@@ -1,7 +1,7 @@
 """The agent's local policy: who may do what on this host, and which risky requests are allowed at all.
 
-It lives in a file on the host (`--policy`, TOML) and is read at start; nothing that arrives over the bus can
-change it. Every refusal names the policy key that would allow the request.
+It lives in a file on the host (`--policy`, TOML) and is read at start and on SIGHUP (`policy_file.py`);
+nothing that arrives over the bus can change it. Every refusal names the policy key that would allow the request.
 
     [[identity]]                 one per caller: its public nkey, its name (in outcomes), its role
     name = "alice"
@@ -99,7 +99,8 @@ def _toml_list(items: list[str]) -> str:
 
 def render_policy(policy: Policy) -> str:
     """The policy as a commented TOML file (what `volume-agent auth init` writes)."""
-    out = ["# volume-agent local policy: who may do what on this host. Read at start; nothing on the bus changes it.",
+    out = ["# volume-agent local policy: who may do what on this host. Read at start and on SIGHUP (systemctl reload",
+           "# volume-agent); nothing on the bus changes it.",
            "# Copy it to every host (it holds public keys only). Roles: reader, operator, agent, admin.", ""]
     for i in policy.identity:
         out += ["[[identity]]", f'name = "{i.name}"', f'key = "{i.key}"', f'role = "{i.role}"']

@@ -60,6 +60,11 @@ class Rules:
         self.images = {_image_ref(i) for i in policy.share.images}
         self._images_listed = list(policy.share.images)
 
+    def adopt(self, other: Rules) -> None:
+        """Check against `other`'s rules from now on (the file reread), in one step: the volumes and shares that
+        hold this object see the new rules at their next check."""
+        self.__dict__.update(other.__dict__)
+
     def new_volume(self, name: str, driver: str, opts: Mapping[str, str]) -> None:
         """A volume about to be made (create, restore, clone): `Forbidden` unless the policy allows its spec."""
         if driver not in self.drivers:

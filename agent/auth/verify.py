@@ -73,24 +73,28 @@ class _SeenSignatures:
 
 
 class Verifier:
-    """Checks signatures, clocks, replays, roles and hosts for one agent, against a policy read at start."""
+    """Checks signatures, clocks, replays, roles and hosts for one agent, against the policy file as last read."""
 
     def __init__(
         self, policy: Policy, source: Path | str, *, host: str, now_ns: Callable[[], int] = time.time_ns,
         cache_size: int = REPLAY_CACHE_SIZE,
     ) -> None:
-        self.policy = policy
-        self.source = str(source)
         self.host = host
         self._now_ns = now_ns
-        self._keys = policy.by_key()
-        # Decoded once: a U... key is base32 with a checksum, in pure Python.
-        self._verify_keys = {key: verify_key(key) for key in self._keys}
-        self._skew_ns = int(policy.signatures.max_skew_s * _NS)
-        self._max_age_ns = int(policy.signatures.max_command_age_s * _NS)
+        self.adopt(policy, source)
         self._seen = _SeenSignatures(cache_size)
         self.started_ns = now_ns()
         """Requests signed before this are refused: the replay cache does not outlive the process."""
+
+    def adopt(self, policy: Policy, source: Path | str) -> None:
+        """Check against `policy` from now on (the file reread: agent/auth/policy_file.py); in one step, without
+        an await, so no request sees half of it. The signatures seen stay: a replay is refused across a reload."""
+        # Decoded once: a U... key is base32 with a checksum, in pure Python.
+        keys = policy.by_key()
+        verify_keys = {key: verify_key(key) for key in keys}
+        self.policy, self.source, self._keys, self._verify_keys = policy, str(source), keys, verify_keys
+        self._skew_ns = int(policy.signatures.max_skew_s * _NS)
+        self._max_age_ns = int(policy.signatures.max_command_age_s * _NS)
 
     def caller(
         self, op: str, subject: str, headers: Mapping[str, str] | None, body: bytes, *, durable: bool

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import structlog
 
 from contracts import (
@@ -58,8 +59,11 @@ class Backups:
         self, engine: Engine, locks: KeyedLocks, causes: Causes, events: EventSink, stores: Stores, *, host: str,
         data_path: DataPath, on_backup: Callable[[BackupRecord], None], on_forget: Callable[[BackupRecord], None],
         max_running: int = 0, observer: BackupObserver | None = None,
+        estimate: Callable[[str], int | None] | None = None,
     ) -> None:
-        """`max_running`: backups that may run at once (`--max-backups`; 0: no limit); the others queue."""
+        """`max_running`: backups that may run at once (`--max-backups`; 0: no limit); the others queue;
+        `estimate`: a volume's expected tar size, if known (progress events say it)."""
+        self.estimate = estimate
         self.engine = engine
         self.locks = locks
         self.causes = causes
@@ -112,13 +116,15 @@ class Backups:
         with structlog.contextvars.bound_contextvars(backup_id=backup_id):
             await events.event("backup.started", req.volume, backup_id=backup_id, container=container)
             stopped: list[ContainerRef] = []
+            warnings: list[str] = []
             try:
                 await run_hooks(self.engine, users, PRE_HOOK, must_succeed=True)
                 if req.stop_containers:
                     stopped = await stop_running(self.engine, self.causes, users)
                 writer = await store.begin(backup_id, req.volume, req.compression, encrypted=encrypt is not None)
                 try:
-                    progress = Progress(self.events, "backup", req.volume, backup_id)
+                    progress = Progress(self.events, "backup", req.volume, backup_id,
+                                        self.estimate(req.volume) if self.estimate else None)
                     async with progress.running():
                         still_running = [u for u in users if u not in stopped]
                         size = await self._write(v, still_running, req.compression, encrypt, writer, progress)
@@ -142,15 +148,16 @@ class Backups:
                 raise
             finally:
                 await asyncio.shield(restart(self.engine, stopped))
-                await asyncio.shield(run_hooks(self.engine, [u for u in users if u.state == "running"], POST_HOOK,
-                                                must_succeed=False))
+                warnings = await asyncio.shield(run_hooks(
+                    self.engine, [u for u in users if u.state == "running"], POST_HOOK, must_succeed=False))
             self.on_backup(record)
             await events.event("backup.completed", req.volume, backup_id=backup_id, bytes_done=size,
                                container=container)
             log.info("backup.completed", size=size, stored=writer.written, seconds=record.duration_s)
         if req.keep is not None:
             await self._keep(record, req.keep)
-        return record
+        # In the reply only: the catalog's record was written before the post hooks ran.
+        return msgspec.structs.replace(record, warnings=warnings) if warnings else record
 
     async def _write(
         self, v: dict[str, Any], users: list[ContainerRef], compression: Compression, encrypt: list[str] | None,

@@ -20,8 +20,11 @@ PRE_HOOK = labels.EXEC_PRE
 POST_HOOK = labels.EXEC_POST
 
 
-async def run_hooks(engine: Engine, users: list[ContainerRef], label: str, *, must_succeed: bool) -> None:
-    """Run the hook command each running user sets on itself (an image's labels do not count)."""
+async def run_hooks(engine: Engine, users: list[ContainerRef], label: str, *, must_succeed: bool) -> list[str]:
+    """Run the hook command each running user sets on itself (an image's labels do not count). A failure is
+    `Conflict` if `must_succeed` (pre hooks), else a sentence in the list returned (post hooks: the backup is made,
+    and its caller is told in the reply's `warnings`)."""
+    failed: list[str] = []
     for u in users:
         if u.state != "running":
             continue
@@ -36,6 +39,8 @@ async def run_hooks(engine: Engine, users: list[ContainerRef], label: str, *, mu
             if must_succeed:
                 raise Conflict(msg + "; nothing was backed up.")
             log.warning("backup.post_hook_failed", container=u.container, message=msg)
+            failed.append(msg + "; the backup was made.")
+    return failed
 
 async def _own_label(engine: Engine, cid: str, label: str) -> str | None:
     try:

@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 from contracts import Compression
 
 from ..errors import ToolFailed
+from ..tools import missing
 
 __all__ = [
     "CHUNK",
@@ -63,7 +64,9 @@ class Procs:
         self.procs: list[tuple[list[str], asyncio.subprocess.Process]] = []
 
     async def chain(self, argvs: list[list[str]], *, stdin: Any, stdout: Any) -> None:
-        """Start `argvs` in order; `stdin` feeds the first (PIPE, a file or fd), `stdout` takes the last."""
+        """Start `argvs` in order; `stdin` feeds the first (PIPE, a file or fd), `stdout` takes the last.
+        A program that is not installed is `Unavailable` naming it (those started before it are the caller's to
+        reap, as for any failure)."""
         prev: Any = stdin
         for i, argv in enumerate(argvs):
             last = i == len(argvs) - 1
@@ -72,6 +75,10 @@ class Procs:
                 proc = await asyncio.create_subprocess_exec(
                     *argv, stdin=prev, stdout=stdout if last else w, stderr=asyncio.subprocess.PIPE
                 )
+            except FileNotFoundError:
+                if r is not None:
+                    os.close(r)
+                raise missing(argv[0]) from None
             finally:
                 # The children hold their ends now; ours must go, or readers never see end-of-file.
                 if w is not None:

@@ -1,4 +1,5 @@
-"""Bytes done, published as `<op>.progress` events while a backup or restore runs."""
+"""Bytes done (and expected in all, when known), published as `<op>.progress` events while a backup or restore
+runs."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ PROGRESS_EVERY_S = 1.0
 class Progress:
     """Bytes done, published as `<op>.progress` events every second while the work runs."""
 
-    def __init__(self, events: EventSink, kind: str, volume: str, backup_id: str | None) -> None:
+    def __init__(self, events: EventSink, kind: str, volume: str, backup_id: str | None,
+                 total: int | None = None) -> None:
+        """`total`: the bytes expected in all, if known (said in each event: callers show percent and ETA)."""
         self.events, self.kind, self.volume, self.backup_id = events, kind, volume, backup_id
-        self.done = 0
+        self.done, self.total = 0, total
 
     def add(self, n: int) -> None:
         self.done += n
@@ -31,7 +34,8 @@ class Progress:
                 await asyncio.sleep(PROGRESS_EVERY_S)
                 with contextlib.suppress(AgentError):
                     await self.events.event(
-                        f"{self.kind}.progress", self.volume, backup_id=self.backup_id, bytes_done=self.done
+                        f"{self.kind}.progress", self.volume, backup_id=self.backup_id, bytes_done=self.done,
+                        bytes_total=self.total,
                     )
 
         ticker = asyncio.create_task(tick())

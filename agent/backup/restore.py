@@ -95,7 +95,7 @@ class Restores:
             await self._prepare_or_undo(v, created, overwrite=req.overwrite, record=record)
             note = self.unfinished.begin(req.volume, created=created)
             try:
-                progress = Progress(self.events, "restore", req.volume, record.backup_id)
+                progress = Progress(self.events, "restore", req.volume, record.backup_id, record.size)
                 async with progress.running():
                     await self._extract(v, record, path, progress)
             except BaseException:
@@ -122,7 +122,10 @@ class Restores:
             req.target, driver=src.get("Driver") or "local", driver_opts=dict(src.get("Options") or {}),
             labels=dict(src.get("Labels") or {}),
         )
-        await self._prepare_or_undo(tgt, created, overwrite=False)
+        await self._prepare_or_undo(tgt, created, overwrite=False, not_empty=(
+            f"Volume {req.target!r} is not empty: a clone goes into a new or empty volume. Name another target, or "
+            f"remove it first (volumectl rm {req.target}); to replace its content with {req.source!r}'s, back "
+            f"{req.source!r} up and restore that backup into it with overwrite."))
         note = self.unfinished.begin(req.target, created=created)
         try:
             size = await self._copy(src, src_users, tgt)
@@ -149,21 +152,22 @@ class Restores:
         return await self.volumes.create_volume(spec), True
 
     async def _prepare_or_undo(self, v: dict[str, Any], created: bool, *, overwrite: bool,
-                               record: BackupRecord | None = None) -> None:
+                               record: BackupRecord | None = None, not_empty: str | None = None) -> None:
         """Make the target ready; if it is refused, only a volume this call created goes again.
 
         A refused target's content is never touched: undoing writes is only for after we wrote.
         """
         try:
-            await self._prepare(v, overwrite=overwrite, record=record)
+            await self._prepare(v, overwrite=overwrite, record=record, not_empty=not_empty)
         except BaseException:
             if created:
                 await asyncio.shield(self._undo(v, created=True))
             raise
 
-    async def _prepare(self, v: dict[str, Any], *, overwrite: bool, record: BackupRecord | None = None) -> None:
-        """Refuse a target in use, not empty (unless `overwrite`, which empties it), or without room for
-        `record`'s tar stream on its file system."""
+    async def _prepare(self, v: dict[str, Any], *, overwrite: bool, record: BackupRecord | None = None,
+                       not_empty: str | None = None) -> None:
+        """Refuse a target in use, not empty (unless `overwrite`, which empties it; `not_empty`: the refusal's
+        sentence), or without room for `record`'s tar stream on its file system."""
         name = v["Name"]
         users = await used_by(self.engine, name)
         running = [u for u in users if u.state == "running"]
@@ -173,7 +177,8 @@ class Restores:
         async with volume_files(self.engine, v, [], self.data_path) as files:
             empty = await files.is_empty()
             if not empty and not overwrite:
-                raise Conflict(f"Volume {name!r} is not empty; restore with overwrite to replace its content.")
+                raise Conflict(not_empty or f"Volume {name!r} is not empty; restore with overwrite (volumectl restore "
+                               "--overwrite) to replace its content.")
             path = host_path(v)  # on either data path: only a directory this host sees says how much is free
             if record is not None and path is not None:
                 await fits(record, path, name, emptied=not empty)

@@ -166,6 +166,12 @@ class Inventory:
             self._backups_stale = True
             self.changed()
 
+    def expected_size(self, volume: str) -> int | None:
+        """What a backup of `volume` will likely weigh (tar bytes): its last backup's, else Docker's last measure of
+        its content; None if neither is known. For progress displays only."""
+        last = self._last_backup.get(volume)
+        return last.size if last is not None else self._sizes.get(volume)
+
     async def snapshot(self, req: InventoryRequest | None = None) -> InventorySnapshot:
         """The `inventory` op: the whole snapshot, or one chunk of it (`req.chunk`), as of now.
 

@@ -105,13 +105,18 @@ class PolicyBook:
                                "force; remove it with `volumectl policy rm`.")
         return self.changes != before
 
+    def trust_changed(self) -> None:
+        """The local policy file was reread: judge every entry anew at the next read of the bucket (entries held
+        stay applied until then, and after if they still verify or no newer one does)."""
+        self._checked.clear()
+
     def entries(self) -> list[PolicyEntry]:
         """The verified entry held of each name: the policies applied, and the signed removals."""
         return [self._held[name] for name in sorted(self._held)]
 
     def _check(self, name: str, raw: bytes) -> Verified | Untrusted:
-        """The verdict on an entry, as given the last time it was read if it was (the local policy file is read
-        once: it stands)."""
+        """The verdict on an entry, as given the last time it was read if it was (verdicts are forgotten when
+        the local policy file is reread: `trust_changed`)."""
         if (name, raw) in self._checked:
             return self._checked[name, raw]
         try:

@@ -67,6 +67,10 @@ class PolicyFeed:
             await asyncio.wait_for(self.read(), self.refresh_s)
         self._task = asyncio.create_task(self._loop(), name="policy-feed")
 
+    def poke(self) -> None:
+        """Read the bucket again soon (the local policy file was reread: who is trusted may have changed)."""
+        self._signal.set()
+
     async def stop(self) -> None:
         task, self._task = self._task, None
         await cancel_and_wait(task)

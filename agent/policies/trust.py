@@ -48,18 +48,20 @@ class Verified:
 
 
 class PolicyTrust:
-    """Checks entries of the policies bucket against the local policy file, read once at start."""
+    """Checks entries of the policies bucket against the local policy file as last read."""
 
     def __init__(
         self, local: Policy, source: str, *, host: str, subjects: Subjects, now_ns: Callable[[], int] = time.time_ns
     ) -> None:
-        self.local = local
-        self.source = source
         self.host = host
         self.subjects = subjects
-        self._keys = local.by_key()
+        self.adopt(local, source)
         self._now_ns = now_ns
         self._writers = " or ".join(r for r in ROLES if "policy.set" in ROLE_OPS[r])
+
+    def adopt(self, local: Policy, source: str) -> None:
+        """Trust who `local` names from now on (the file reread), in one step."""
+        self.local, self.source, self._keys = local, source, local.by_key()
 
     def verify(self, key: str, raw: bytes, *, check_clock: bool = True) -> Verified:
         """The entry stored under `key`, verified; `Untrusted` with a sentence otherwise. `check_clock`: refuse an
