@@ -192,6 +192,7 @@ async def test_cloning_a_plugin_volume_onto_a_new_name_never_writes_into_the_sou
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # about 45 s: Docker's own retries of the plugin
 @pytest.mark.timeout(240)
 async def test_a_stopped_plugin_is_unavailable_naming_it(hosts: dict[str, Host], plug_a: PluginHost) -> None:
     """Docker itself retries a plugin that does not answer for about 15 s per call before it reports it."""
