@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -33,6 +34,15 @@ _NOT_READY = (
     "open : no such file or directory",  # libnetwork's store, closed (its path is empty): container start
 )
 
+# A volume plugin that does not answer: Docker says so as HTTP 500, naming the driver and the socket it dialled
+# (`get v: error while checking if volume "v" exists in driver "rclone": Post "http://…/VolumeDriver.Get": dial unix
+# /run/docker/plugins/rclone.sock: connect: no such file or directory`), or as 404 when no plugin of that name was
+# ever found (`error looking up volume plugin nosuch: plugin "nosuch" not found`). Neither says anything about the
+# volume or the request: the plugin is down, and the same call works once it is back.
+_PLUGIN_DIAL = re.compile(r'dial unix (?P<sock>\S*?/(?P<name>[^/\s"]+)\.sock): connect: (?P<why>[^"]+?)\s*$')
+_PLUGIN_DRIVER = re.compile(r'in driver "(?P<name>[^"]+)"')
+_PLUGIN_MISSING = re.compile(r'error looking up volume plugin (?P<name>\S+): plugin "[^"]*" not found')
+
 
 @asynccontextmanager
 async def docker_errors(what: str) -> AsyncIterator[None]:
@@ -53,6 +63,9 @@ def _translate(exc: aiodocker.DockerError, what: str) -> AgentError:
         return Unavailable(f"Docker Engine is unreachable: {msg}.")
     if _not_ready(exc.status, msg):
         return Unavailable(f"Docker Engine is not ready for {what} (it is starting or stopping): {msg}.")
+    if (down := _plugin_down(exc.status, msg)) is not None:
+        return Unavailable(f"{down}, so Docker cannot work on {what}: start the plugin (or install it) and try "
+                           "again.")
     if exc.status == 404:
         return NotFound(f"{what} was not found: {msg}.")
     if exc.status == 409:
@@ -64,6 +77,18 @@ def _translate(exc: aiodocker.DockerError, what: str) -> AgentError:
     if exc.status == 503:
         return Unavailable(f"Docker Engine is not ready: {msg}.")
     return Internal(f"Docker failed on {what} (HTTP {exc.status}): {msg}.")
+
+
+def _plugin_down(status: int, msg: str) -> str | None:
+    """What Docker says about a volume plugin it cannot reach, as a sentence naming it; None for anything else."""
+    if status == 500 and (dial := _PLUGIN_DIAL.search(msg)) is not None:
+        driver = _PLUGIN_DRIVER.search(msg)
+        name = driver["name"] if driver is not None else dial["name"]
+        return f"The volume plugin {name!r} does not answer on {dial['sock']} ({dial['why']})"
+    if status in (404, 500) and (missing := _PLUGIN_MISSING.search(msg)) is not None:
+        return (f"The volume plugin {missing['name']!r} is not running on this host (Docker finds no plugin of that "
+                "name)")
+    return None
 
 
 def _not_ready(status: int, msg: str) -> bool:

@@ -86,12 +86,12 @@ class Identities:
 
     def write_policy(
         self, filename: str, *, bind_roots: Sequence[str | Path] = (), images: Sequence[str] = (),
-        max_skew_s: float = 120.0, max_command_age_s: float = 86400.0,
+        max_skew_s: float = 120.0, max_command_age_s: float = 86400.0, drivers: Sequence[str] = ("local",),
     ) -> Path:
         """A policy file for these keys (the session's, or a test's own agent's with other settings)."""
         policy = Policy(
             identity=self.entries(),
-            volumes=VolumesPolicy(bind_roots=[str(r) for r in bind_roots]),
+            volumes=VolumesPolicy(bind_roots=[str(r) for r in bind_roots], drivers=list(drivers)),
             share=SharePolicy(images=list(images)),
             signatures=SignaturePolicy(max_skew_s=max_skew_s, max_command_age_s=max_command_age_s),
         )

@@ -36,6 +36,11 @@ class Dockerd:
 
     root: Path
     proc: subprocess.Popen[bytes] | None = None
+    plugins: Path | None = None
+    """A directory of volume plugin sockets of this daemon's own: it runs in a mount namespace of its own where this
+    directory is /run/docker/plugins. Every dockerd looks there for plugins (the path is fixed), so a plugin socket
+    in the real one would be listed, and its volumes removed, by every other daemon on the machine (other tests'
+    resets). Start the plugin in the same namespace (`in_namespace`): its FUSE mounts must be where dockerd is."""
 
     @property
     def sock(self) -> Path:
@@ -48,15 +53,23 @@ class Dockerd:
     def start(self) -> Dockerd:
         self.root.mkdir(parents=True, exist_ok=True)
         self.sock.unlink(missing_ok=True)
+        argv = ["dockerd", "--host", self.url, "--data-root", str(self.root / "data"),
+                "--exec-root", str(self.root / "exec"), "--pidfile", str(self.root / "docker.pid"),
+                "--bridge=none", "--iptables=false", "--ip-masq=false", "--ip6tables=false"]
+        if self.plugins is not None:
+            self.plugins.mkdir(parents=True, exist_ok=True)
+            Path("/run/docker/plugins").mkdir(parents=True, exist_ok=True)  # the bind mount's target
+            argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    'mount --bind "$0" /run/docker/plugins && exec "$@"', str(self.plugins), *argv]
         with open(self.root / "dockerd.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                ["dockerd", "--host", self.url, "--data-root", str(self.root / "data"),
-                 "--exec-root", str(self.root / "exec"), "--pidfile", str(self.root / "docker.pid"),
-                 "--bridge=none", "--iptables=false", "--ip-masq=false", "--ip6tables=false"],
-                stdout=log, stderr=log, start_new_session=True,
-            )
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
         wait_for(self.ping, 30, f"dockerd at {self.sock}", self.proc)
         return self
+
+    def in_namespace(self, argv: list[str]) -> list[str]:
+        """`argv` run in this daemon's mount namespace (where its plugin directory is /run/docker/plugins)."""
+        assert self.proc is not None
+        return ["nsenter", f"--mount=/proc/{self.proc.pid}/ns/mnt", *argv]
 
     def ping(self) -> bool:
         with socket.socket(socket.AF_UNIX) as s:
