@@ -390,3 +390,20 @@ def test_an_ignored_entry_gone_from_the_bucket_is_no_longer_reported(keys: Keys)
     assert set(book.rejected) == {"junk"} and set(book.accepted) == {"nightly"}
     book.reconcile({"nightly": keys.entry("ops", _policy())})
     assert book.rejected == {} and set(book.accepted) == {"nightly"}
+
+
+def test_a_policy_whose_signer_is_revoked_by_a_reload_is_unapplied_at_once(keys: Keys) -> None:
+    """SIGHUP rereads the policy file: a signer removed from it no longer keeps its policies in force, and the newest
+    entry a signer still trusted made applies at the next read."""
+    book = PolicyBook(keys.trust)
+    older, newer = _policy(), _policy(keep={"daily": 3})
+    by_admin = keys.entry("admin", older, at=T0 - timedelta(minutes=5))
+    assert book.reconcile({"nightly": keys.entry("ops", newer)}, [("nightly", by_admin)])
+    assert book.accepted["nightly"].signer == "ops"
+    revoked = Policy(identity=[i for i in keys.local.identity if i.name != "ops"])
+    keys.trust.adopt(revoked, "policy.toml")
+    book.trust_changed()
+    assert "nightly" not in book.accepted and "no longer applied since the policy file was reread" in \
+        book.rejected["nightly"]
+    assert book.reconcile({"nightly": keys.entry("ops", newer)}, [("nightly", by_admin)])
+    assert book.accepted["nightly"].signer == "admin" and book.accepted["nightly"].policy == older

@@ -106,9 +106,19 @@ class PolicyBook:
         return self.changes != before
 
     def trust_changed(self) -> None:
-        """The local policy file was reread: judge every entry anew at the next read of the bucket (entries held
-        stay applied until then, and after if they still verify or no newer one does)."""
+        """The local policy file was reread: every entry held is verified again at once, as at start (`load_saved`):
+        one whose signer the file no longer lets set it here stops being applied, so revoking an operator's key takes
+        effect with the reload, not at the next restart. The bucket's entries are judged anew at its next read."""
         self._checked.clear()
+        for name, entry in sorted(self._held.items()):
+            try:
+                self.trust.verify(name, msgspec.json.encode(entry), check_clock=False)
+            except Untrusted as exc:
+                del self._held[name]
+                if self.accepted.pop(name, None) is not None:
+                    self.changes += 1
+                    log.warning("policy.unapplied", policy=name, why=str(exc))
+                self._reject(name, f"Policy {name!r} is no longer applied since the policy file was reread: {exc}")
 
     def entries(self) -> list[PolicyEntry]:
         """The verified entry held of each name: the policies applied, and the signed removals."""
