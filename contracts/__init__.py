@@ -7,6 +7,7 @@ is the same API as JSON Schema.
 from . import labels
 from .backups import (
     BACKUP_ID_PATTERN,
+    STORE_NAME_PATTERN,
     BackupRecord,
     BackupRequest,
     BackupsRequest,
@@ -16,6 +17,7 @@ from .backups import (
     Compression,
     ForgetRequest,
     ForgetResult,
+    ResticSnapshot,
     RestoreRequest,
     RestoreResult,
     StoreName,
@@ -71,7 +73,7 @@ from .volumes import (
     VolumeRecord,
 )
 
-CONTRACT_VERSION = "2.1.0"
+CONTRACT_VERSION = "2.2.0"
 """Semantic version of the bus API: a breaking change bumps the major."""
 
 __all__ = [
@@ -85,6 +87,7 @@ __all__ = [
     "HOST_ID_PATTERN",
     "OPS",
     "SERVICE_NAME",
+    "STORE_NAME_PATTERN",
     "VOLUME_NAME_PATTERN",
     "BackupPolicy",
     "BackupRecord",
@@ -134,6 +137,7 @@ __all__ = [
     "RemoveRequest",
     "RemoveResult",
     "Reply",
+    "ResticSnapshot",
     "RestoreRequest",
     "RestoreResult",
     "Selector",

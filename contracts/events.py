@@ -39,7 +39,13 @@ class VolumeEvent(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     cmd_id: str | None = None
     backup_id: str | None = None
     bytes_done: int | None = None
-    """Tar bytes so far (`*.progress`) or in all (`*.completed`)."""
+    """Tar bytes so far (`*.progress`) or in all (`*.completed`); restic stores: bytes of files read so far."""
+    bytes_total: int | None = None
+    """What `bytes_done` will come to, when known (`backup.progress` into a restic store: restic's own count)."""
+    percent: float | None = None
+    """Done so far, 0 to 100, when known."""
+    eta_s: float | None = None
+    """Seconds still to go, when estimated (restic's estimate)."""
     error: str | None = None
     """Why it failed (`*.failed`)."""
     container: str | None = None

@@ -78,8 +78,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--compression", choices=["zstd", "gzip", "none"], default="zstd")
     b.add_argument("--keep", type=int, help="keep only the newest N backups of this volume")
     b.add_argument("--stop-containers", action="store_true", help="stop the volume's running users meanwhile")
-    b.add_argument("--store", choices=["local", "nats"], default="local",
-                   help="local: this host's data dir; nats: the shared store every host can restore from")
+    b.add_argument("--store", type=policy_cli.store_name, default="local", metavar="NAME",
+                   help="local: this host's data dir; nats: the shared store every host can restore from; or a store "
+                        "the host's stores file defines (a restic repository)")
     b.add_argument("--encrypt-to", action="append", metavar="RECIPIENT",
                    help="encrypt to this age public key (age1...; repeat for several); restoring needs one of their "
                         "identities in the restoring agent's --age-identity")
@@ -98,6 +99,8 @@ def parser() -> argparse.ArgumentParser:
     mg.add_argument("--target", help="the volume's name there (default: the same)")
     mg.add_argument("--remove-source", action="store_true", help="remove the volume here once the copy is verified")
     mg.add_argument("--overwrite", action="store_true", help="replace the content of a non-empty target")
+    mg.add_argument("--store", type=policy_cli.store_name, metavar="NAME",
+                    help="the store the volume goes through, which both hosts define (default: nats)")
 
     dg = sub.add_parser("digest", help="a digest of a volume's content (equal digests: equal trees)")
     dg.add_argument("volume")
@@ -168,6 +171,8 @@ def request_of(a: argparse.Namespace, p: argparse.ArgumentParser) -> tuple[str, 
             body = {"volume": a.volume, "to": a.to, "remove_source": a.remove_source, "overwrite": a.overwrite}
             if a.target:
                 body["target"] = a.target
+            if a.store:
+                body["store"] = a.store
             op = "migrate"
         case "digest":
             op, body = "digest", {"volume": a.volume}
@@ -207,3 +212,4 @@ def request_of(a: argparse.Namespace, p: argparse.ArgumentParser) -> tuple[str, 
     if a.id:
         body["id"] = a.id
     return op, body
+

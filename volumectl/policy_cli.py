@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from contracts import BackupPolicy, BackupRecord, BackupsResult, PoliciesResult, result_as
+from contracts import STORE_NAME_PATTERN, BackupPolicy, BackupRecord, BackupsResult, PoliciesResult, result_as
 from contracts.retention import retain
 
 from . import render
@@ -36,7 +37,7 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--label", action="append", metavar="K[=V]", help="only volumes with this label (repeatable)")
     s.add_argument("--timezone", help="IANA zone of the schedule and keep rules (default UTC)")
     s.add_argument("--spread", type=float, metavar="SECONDS", help="window of the per-host offsets")
-    s.add_argument("--store", choices=["local", "nats"])
+    s.add_argument("--store", type=store_name, metavar="NAME", help="local, nats, or a store the hosts define")
     s.add_argument("--compression", choices=["zstd", "gzip", "none"])
     s.add_argument("--encrypt-to", action="append", metavar="AGE_RECIPIENT", help="age public key (repeatable)")
     s.add_argument("--stop-containers", action="store_true", default=None)
@@ -209,3 +210,10 @@ def _selector(p: BackupPolicy) -> str:
 
 def _keep(p: BackupPolicy) -> str:
     return " ".join(f"{k}={v}" for k, v in msgspec.structs.asdict(p.keep).items() if v) or "-"
+
+
+def store_name(text: str) -> str:
+    """A store's name, as the contract takes it (which stores a host has is its own configuration)."""
+    if not re.match(STORE_NAME_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"{text!r} is no store name (letters, digits, '_' and '-', at most 64)")
+    return text
