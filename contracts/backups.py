@@ -82,7 +82,11 @@ class ResticSnapshot(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=T
     data_added: int = 0
     """Bytes this backup added to the repository (after deduplication and compression)."""
     total_files_processed: int = 0
+    """Regular files (restic counts no symbolic links, FIFOs or devices here)."""
     total_bytes_processed: int = 0
+    entries: int | None = None
+    """directory: every entry under the volume root when it was backed up (files, directories, links...), as the
+    agent counted them: what a restore of it may hold."""
     root_uid: int | None = None
     root_gid: int | None = None
     root_mode: int | None = None

@@ -11,8 +11,8 @@ store and ask any host to restore them. A few KB of zstd can unpack to terabytes
 - A record has no file count. Every tar member takes at least one 512-byte header, so the same bound holds the
   files to `limit // 512`.
 - A restic `directory` snapshot's record counts the files' bytes (restic's), not a tar stream: its bound adds
-  ENTRY_BYTES for each file and directory restic counted (`restic dump` writes a header, padding and maybe an
-  extended header for each), and its listing may not hold more entries than that.
+  ENTRY_BYTES for each entry the agent counted in the volume as restic read it (`restic dump` writes a header,
+  padding and maybe an extended header for each), and its listing may not hold more entries than that.
 - Before anything is written, the record's size must fit in the free space of the volume's file system
   (`fits`: statvfs, the space an unprivileged writer may use, plus what `overwrite` frees), or `unavailable`.
   Only for a volume whose directory this host sees (plain local volumes); for one mounted on demand (tmpfs,
@@ -42,10 +42,13 @@ ENTRY_BYTES = 4096
 
 
 def most_entries(record: BackupRecord) -> int:
-    """The entries a restic `directory` snapshot may hold: the files and directories restic counted (and a few)."""
+    """The entries a restic `directory` snapshot may hold: what the agent counted when it was made (and a few, for
+    what appeared meanwhile)."""
     snap = record.restic
     if snap is None:
         return 0
+    if snap.entries is not None:
+        return snap.entries + max(256, snap.entries // 100)
     return snap.total_files_processed + snap.dirs_new + snap.dirs_changed + snap.dirs_unmodified + 256
 
 

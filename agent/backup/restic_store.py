@@ -98,11 +98,16 @@ class ResticStore:
         if isinstance(files, HostDir):
             parent = await self._parent(new.volume)
             st = await asyncio.to_thread(os.stat, files.path)
-            summary = await self._backup_dir(args, files.path, parent, new, progress)
+            # Counted beside restic (it reads the same directory entries): what a restore of it may hold.
+            counting = asyncio.ensure_future(asyncio.to_thread(count_entries, files.path))
+            try:
+                summary = await self._backup_dir(args, files.path, parent, new, progress)
+            finally:
+                entries = await asyncio.shield(counting)
             if summary.get("_parent_dropped"):
                 parent = None
             snap = _snapshot(summary, repository, "directory", parent=parent,
-                             root=(st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)))
+                             root=(st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)), entries=entries)
             size = snap.total_bytes_processed
         else:
             path = f"{new.volume}.tar"
@@ -267,13 +272,28 @@ class ResticStore:
                           "restore writes only files, directories, links and FIFOs inside the volume: restore "
                           "another backup.")
         if count > most_entries(record):
-            raise Corrupt(f"Backup {record.backup_id!r} holds {count} entries, more than its record's "
-                          f"{record.restic.total_files_processed} files and directories; nothing was written to "
-                          "the volume.")
+            raise Corrupt(f"Backup {record.backup_id!r} holds {count} entries, more than the "
+                          f"{record.restic.entries} its record says; nothing was written to the volume.")
+
+
+def count_entries(root: Path) -> int:
+    """Every entry under `root` (not following links, not crossing into what cannot be read)."""
+    n, stack = 0, [str(root)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    n += 1
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+        except OSError:
+            continue
+    return n
 
 
 def _snapshot(summary: dict[str, Any], repository: str, source: str, *, path: str | None = None,
-              parent: str | None = None, root: tuple[int, int, int] | None = None) -> ResticSnapshot:
+              parent: str | None = None, root: tuple[int, int, int] | None = None,
+              entries: int | None = None) -> ResticSnapshot:
     return ResticSnapshot(
         snapshot_id=str(summary["snapshot_id"]), repository_id=repository, source=source,  # type: ignore[arg-type]
         path=path, parent=parent,
@@ -284,6 +304,7 @@ def _snapshot(summary: dict[str, Any], repository: str, source: str, *, path: st
         total_files_processed=_int(summary.get("total_files_processed")) or 0,
         total_bytes_processed=_int(summary.get("total_bytes_processed")) or 0,
         root_uid=root[0] if root else None, root_gid=root[1] if root else None, root_mode=root[2] if root else None,
+        entries=entries,
     )
 
 
