@@ -4,6 +4,8 @@ another host's hostile snapshot, migrate, cross-host deduplication, and the stor
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import subprocess
 import uuid
@@ -11,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from volumectl.client import AgentClient
@@ -62,8 +65,6 @@ def restic(entry: dict[str, object], *args: str, stdin: bytes | None = None) -> 
 
 
 def snapshot_ids(entry: dict[str, object]) -> set[str]:
-    import json
-
     return {s["short_id"] for s in json.loads(restic(entry, "snapshots", "--json").stdout)}
 
 
@@ -208,3 +209,26 @@ def test_a_stores_file_naming_a_secret_others_can_read_is_refused_at_start(
     assert a.wait(30) == 2
     assert f"its {loose} {secret} is readable by others (mode 644); chmod 600 it" in a.log()
     assert "AWS_ACCESS_KEY_ID" not in a.log()
+
+
+async def test_restic_status_lines_become_progress_events_with_total_percent_and_eta(
+    restic_host: Host, client: AgentClient
+) -> None:
+    h = restic_host
+    await h.ok("create", {"name": "slow"})
+    (mountpoint(h.docker, "slow") / "random.bin").write_bytes(os.urandom(300 << 20))
+    progress = await client.nc.subscribe(f"vol.evt.{h.id}.backup.progress")
+    await client.nc.flush()
+    pending = asyncio.create_task(h.req("backup", {"volume": "slow", "store": "dir"}, timeout=120))
+    events = []
+    while not pending.done() or progress.pending_msgs:
+        try:
+            events.append(msgspec.json.decode((await progress.next_msg(timeout=1)).data))
+        except TimeoutError:
+            continue
+    await progress.unsubscribe()
+    assert (await pending).ok
+    under_way = [e for e in events if e.get("bytes_total")]
+    assert under_way, events
+    assert all(e["bytes_total"] == 300 << 20 and 0 <= e["percent"] <= 100 for e in under_way)
+    assert any(e["bytes_done"] > 0 for e in under_way)
