@@ -5,17 +5,21 @@ another host's hostile snapshot, migrate, cross-host deduplication, and the stor
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import subprocess
+import tarfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats
 import pytest
 
+from contracts import BackupRecord, ResticSnapshot, Subjects, catalog_key
 from volumectl.client import AgentClient
 
 from .conftest import Host
@@ -62,6 +66,13 @@ def restic_host(make_agent: Any, stores_file: Path, dockerd: Dockerd, client: Ag
 def restic(entry: dict[str, object], *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     argv, env = restic_env(entry)
     return subprocess.run([*argv, *args], input=stdin, capture_output=True, env=env, check=True)
+
+
+def ensure_repository(entry: dict[str, object]) -> None:
+    """The store's repository, made now unless an agent made it already (`init = true`)."""
+    argv, env = restic_env(entry)
+    if subprocess.run([*argv, "cat", "config"], capture_output=True, env=env, check=False).returncode != 0:
+        restic(entry, "init")
 
 
 def snapshot_ids(entry: dict[str, object]) -> set[str]:
@@ -232,3 +243,67 @@ async def test_restic_status_lines_become_progress_events_with_total_percent_and
     assert under_way, events
     assert all(e["bytes_total"] == 300 << 20 and 0 <= e["percent"] <= 100 for e in under_way)
     assert any(e["bytes_done"] > 0 for e in under_way)
+
+
+def _crafted_tar(members: list[tuple[str, str, bytes]]) -> bytes:
+    """A tar stream of (kind, name, data-or-link-target) members, as a hostile host would write it."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for kind, name, data in members:
+            info = tarfile.TarInfo(name)
+            if kind == "symlink":
+                info.type, info.linkname = tarfile.SYMTYPE, data.decode()
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("planted", ["symlink-escape", "bomb"])
+async def test_a_hostile_snapshot_another_host_recorded_is_refused_and_writes_nothing(
+    make_agent: Any, stores: dict[str, dict[str, object]], stores_file: Path, dockerd: Dockerd,
+    client: AgentClient, identities: Identities, nats_server: Any, tmp_path: Path, planted: str,
+) -> None:
+    """Host `evil` holds the repository's key and its own NATS credentials: it writes a crafted tar into the
+    repository with restic itself, and a record of it under its own key in the shared catalog. This host's restore
+    refuses it before the target is touched: a member under a symlink that points out of the volume, or a stream
+    far larger than its record says."""
+    here = _host(make_agent(extra=["--stores", str(stores_file)]), dockerd, client)
+    evil = f"evil-{uuid.uuid4().hex[:6]}"
+    identities.agent(evil)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if planted == "symlink-escape":
+        data = _crafted_tar([("symlink", "x", str(outside).encode()), ("file", "x/pwned", b"owned")])
+        claimed = len(data)
+    else:
+        data = _crafted_tar([("file", "zeros", bytes(8 << 20))])
+        claimed = 10_000
+    entry = stores["rest"]
+    ensure_repository(entry)
+    summary = json.loads(restic(entry, "backup", "--json", "--host", evil, "--stdin", "--stdin-filename", "p.tar",
+                                stdin=data).stdout.splitlines()[-1])
+    repository = json.loads(restic(entry, "cat", "config").stdout)["id"]
+    backup_id = f"planted.20261205T000000000000Z.{uuid.uuid4().hex[:6]}"
+    record = BackupRecord(
+        backup_id=backup_id, volume="planted", host=evil, trigger="request", size=claimed, stored_size=1,
+        sha256="", compression="zstd", store="rest", location=f"restic:rest/{summary['snapshot_id']}",
+        created_at="2026-12-05T00:00:00+00:00", duration_s=0.1, stopped_containers=[],
+        restic=ResticSnapshot(snapshot_id=summary["snapshot_id"], repository_id=repository, source="tar",
+                              path="p.tar"),
+    )
+    options = identities.options(evil)
+    nc = await nats.connect(nats_server.url, **options)
+    try:
+        kv = await nc.jetstream().key_value(Subjects("vol").catalog_bucket)
+        await kv.put(catalog_key(evil, backup_id), msgspec.json.encode(record))
+    finally:
+        await nc.close()
+
+    code, msg = await here.error("restore", {"backup_id": backup_id, "volume": "victim"})
+    assert code == "corrupt"
+    assert ("under a symbolic link" in msg) if planted == "symlink-escape" else ("more than its record says" in msg)
+    assert "nothing was written" in msg
+    assert list(outside.iterdir()) == []
+    assert "victim" not in dockerd.docker("volume", "ls", "-q").split()
