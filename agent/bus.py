@@ -5,9 +5,10 @@ nats-py's exceptions are translated into `agent.errors` here.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -192,13 +193,33 @@ class Bus:
         bucket = self.subjects.backups_bucket_of(host)
         return ObjectStore(name=bucket, stream=f"OBJ_{bucket}", js=self.js)
 
-    async def inventory(self, snapshot: bytes) -> None:
-        """Publish a snapshot on `<prefix>.inv.<host>` and keep it in the KV bucket under the host's id."""
+    # InventorySink
+    def _inventory(self) -> KeyValue:
+        if self._inventory_kv is None:
+            raise Unavailable("The inventory bucket is not set up.")
+        return self._inventory_kv
+
+    async def inventory_put(self, values: Mapping[str, bytes]) -> None:
+        """Publish each value on `<prefix>.inv.<key>` and put it in the KV bucket under `<key>`, the puts in flight
+        together (a full inventory of 20,000 volumes is some 64 chunks)."""
+        kv = self._inventory()
         async with nats_errors("publishing the inventory"):
-            if self._inventory_kv is None:
-                raise Unavailable("The inventory bucket is not set up.")
-            await self.nc.publish(self.subjects.inv(self.host), snapshot)
-            await self._inventory_kv.put(self.host, snapshot)
+            for key, value in values.items():
+                await self.nc.publish(self.subjects.inv(key), value)
+            await asyncio.gather(*(kv.put(key, value) for key, value in values.items()))
+
+    async def inventory_delete(self, keys: Iterable[str]) -> None:
+        kv = self._inventory()
+        async with nats_errors("removing old inventory chunks"):
+            await asyncio.gather(*(kv.delete(key) for key in keys))
+
+    async def inventory_get(self, key: str) -> bytes | None:
+        kv = self._inventory()
+        async with nats_errors("reading the inventory"):
+            try:
+                return (await kv.get(key)).value
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                return None
 
     async def stop(self) -> None:
         self._closing = True

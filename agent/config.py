@@ -17,6 +17,7 @@ from contracts import DEFAULT_PREFIX, Subjects, valid_host_id
 from .auth.transport import exposures
 from .backup.store_config import DEFAULT_STORES, StoreConfig, load_stores
 from .errors import Invalid
+from .events.chunks import DEFAULT_PER_CHUNK
 from .metrics import listen_address
 from .notify import unusable_urls
 
@@ -87,6 +88,9 @@ class Settings:
     """The inventory is published at least this often."""
     sizes_every_s: float = DEFAULT_SIZES_EVERY_S
     """How often volume sizes are computed (Docker's /system/df walks every volume); 0: never."""
+    inventory_per_chunk: int = DEFAULT_PER_CHUNK
+    """Volumes an inventory chunk holds on average at most (hidden `--inventory-chunk`: tests get several chunks
+    from a few hundred volumes)."""
     max_backups: int = DEFAULT_MAX_BACKUPS
     """Backups that run at once on this host (any trigger); the others queue."""
     policy_refresh_s: float = DEFAULT_POLICY_REFRESH_S
@@ -160,6 +164,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
                    help="seconds between inventory snapshots when nothing changes")
     p.add_argument("--sizes-every", type=float, default=float(_env("SIZES_EVERY") or DEFAULT_SIZES_EVERY_S),
                    help="seconds between volume size computations (Docker's /system/df); 0: never")
+    p.add_argument("--inventory-chunk", type=int, default=DEFAULT_PER_CHUNK, help=argparse.SUPPRESS)
     p.add_argument("--max-backups", type=int, default=int(_env("MAX_BACKUPS") or DEFAULT_MAX_BACKUPS),
                    help="backups that run at once (scheduled, on stop, requested); the others queue")
     p.add_argument("--policy-refresh", type=float,
@@ -199,7 +204,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         p.error(str(exc))
     if a.max_body < 1 or a.concurrency < 1 or a.grace < 0 or not 1 <= a.replicas <= 5 \
             or a.docker_timeout <= 0 or a.ack_wait < 1 or not 0 <= a.backup_replicas <= 5 or a.heartbeat < 1 \
-            or a.sizes_every < 0 or a.max_backups < 1 or a.policy_refresh < 1 or a.lease_ttl < 1:
+            or a.sizes_every < 0 or a.max_backups < 1 or a.policy_refresh < 1 or a.lease_ttl < 1 \
+            or a.inventory_chunk < 1:
         p.error("--max-body and --concurrency must be positive, --grace not negative, --replicas 1 to 5, "
                 "--backup-replicas 0 to 5, --docker-timeout positive, --ack-wait and --heartbeat at least 1, "
                 "--sizes-every not negative, --max-backups, --policy-refresh and --lease-ttl at least 1")
@@ -246,6 +252,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         backup_replicas=a.backup_replicas,
         heartbeat_s=a.heartbeat,
         sizes_every_s=a.sizes_every,
+        inventory_per_chunk=a.inventory_chunk,
         max_backups=a.max_backups,
         policy_refresh_s=a.policy_refresh,
         lease_ttl_s=a.lease_ttl,

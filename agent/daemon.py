@@ -206,7 +206,7 @@ async def serve(settings: Settings, supervisor: Supervisor) -> None:
         status = PolicyStatus(book, ledger)
         inventory = Inventory(engine, stores, bus, settings.host_id, heartbeat_s=settings.heartbeat_s,
                               sizes_every_s=settings.sizes_every_s, insecure=list(settings.insecure),
-                              policies=status)
+                              policies=status, per_chunk=settings.inventory_per_chunk)
         domain = Domain.wire(engine, bus, stores, inventory, BusPeers(bus, signer), host=settings.host_id,
                              data_path=settings.data_path, notes=settings.data_dir / "restoring", rules=rules,
                              max_backups=settings.max_backups, observer=BackupObserver(metrics, notifier),
@@ -214,7 +214,7 @@ async def serve(settings: Settings, supervisor: Supervisor) -> None:
         await domain.restores.cleanup()
         handlers = domain.handlers()
         dispatcher = Dispatcher(settings.host_id, handlers, KvOutcomes(bus), bus, tasks, verifier,
-                                max_body=settings.max_body, metrics=metrics)
+                                max_body=settings.max_body, max_reply=bus.nc.max_payload, metrics=metrics)
         # The scheduler publishes its runs' outcomes through the dispatcher, which answers `policies` from it.
         scheduler = Scheduler(engine, domain.locks, domain.backups, book, ledger, dispatcher, tasks,
                               host=settings.host_id, on_change=inventory.changed, metrics=metrics,

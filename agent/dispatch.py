@@ -27,6 +27,13 @@ __all__ = ["Dispatcher", "Handler", "Outcome"]
 log = structlog.get_logger(__name__)
 
 _DECODERS = {name: msgspec.json.Decoder(op.request) for name, op in OPS.items()}
+# Room for the headers a reply carries (the service error headers) within the server's max payload.
+REPLY_HEADROOM = 1024
+_ASK_FOR_LESS = {
+    "inventory": "ask for it chunk by chunk (`chunk`: 0, then each up to the `chunks` its reply gives; volumectl "
+                 "inventory does), or read it from the inventory bucket (volumectl fleet)",
+    "list": "narrow it with filters",
+}
 _ENCODER = msgspec.json.Encoder()
 _FINGERPRINT_ENCODER = msgspec.json.Encoder(order="sorted")
 
@@ -86,9 +93,11 @@ class Dispatcher:
 
     def __init__(
         self, host: str, handlers: Mapping[str, Handler], outcomes: OutcomeStore, results: ResultSink, tasks: Tasks,
-        verifier: Verifier, *, max_body: int, metrics: Metrics | None = None,
+        verifier: Verifier, *, max_body: int, max_reply: int | None = None, metrics: Metrics | None = None,
     ) -> None:
+        """`max_reply`: the NATS server's max payload; a larger reply would be dropped by NATS, so it is refused."""
         self.host = host
+        self.max_reply = max_reply
         self.verifier = verifier
         self.outcomes = outcomes
         self.results = results
@@ -284,7 +293,16 @@ class Dispatcher:
             return self._crashed(op, cmd_id)
         log.info("command.done", duration_ms=round((time.perf_counter() - started) * 1000, 2))
         reply = Reply(id=cmd_id, host=self.host, op=op, ok=True, result=msgspec.to_builtins(result), caller=_caller())
-        return Outcome(_ENCODER.encode(reply))
+        data = _ENCODER.encode(reply)
+        if self.max_reply is not None and len(data) > self.max_reply - REPLY_HEADROOM and op in OPS \
+                and not OPS[op].mutates:
+            # Never a reply NATS drops on the way: the caller would hear nothing at all. (A read only: a change
+            # that happened is its outcome, whatever its size.)
+            log.warning("command.reply_too_large", bytes=len(data), max_payload=self.max_reply)
+            return self._error(op, cmd_id, Invalid(
+                f"The reply to {op} is {len(data):,} bytes, over the NATS server's max payload of "
+                f"{self.max_reply:,} (its `max_payload` setting): {_ASK_FOR_LESS.get(op, 'ask for less')}."))
+        return Outcome(data)
 
     async def _record(
         self, op: str, cmd_id: str, fingerprint: str, outcome: Outcome, redelivers: Redelivers | None

@@ -4,7 +4,12 @@ Under the NATS permissions `volume-agent auth init` generates (agent/auth/permis
 its streams and buckets but not change their config, nor delete or purge anything but chunks of its own backup
 bucket. A stream or bucket that exists with another config (made by another version, or changed by an admin) is
 updated where the agent may, and otherwise used as it is, with a warning that names it: converging it is then
-the admin's job.
+the admin's job (`volume-agent auth harden-buckets` for the rollup setting, agent/auth/buckets.py).
+
+The KV buckets are not made as nats-py makes them (`create_key_value`): those accept rollup headers, and NATS
+permissions cannot filter on headers, so whoever may write one key could empty the whole bucket with one publish
+carrying `Nats-Rollup: all`. Here no publish can remove another key's values (`kv_stream`); a key is removed by a
+delete marker (`kv.delete`), never by a KV purge, which is itself a rollup.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import nats.js.errors
 import structlog
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, KeyValueConfig, ObjectStoreConfig, StreamConfig
+from nats.js.api import DiscardPolicy, ObjectStoreConfig, StreamConfig
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
@@ -21,8 +26,8 @@ from contracts import Subjects
 from .config import Settings
 from .denials import Denials, Denied
 
-__all__ = ["Buckets", "ensure_jetstream", "ensure_lease_bucket", "ensure_object_store", "ensure_policy_copies",
-           "policy_copies_stream"]
+__all__ = ["Buckets", "ensure_jetstream", "ensure_lease_bucket", "ensure_object_store",
+           "ensure_policy_copies", "kv_stream", "policies_stream", "policy_copies_stream", "rollup_risks"]
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +56,24 @@ LEASE_MAX_VALUE = 4 * 1024
 
 # The copies every agent keeps of the entries it applies: one per host and policy (`<host>.<name>`).
 POLICY_COPIES_MAX_BYTES = 256 * 1024 * 1024
+# As nats-py's KV buckets have it (2 minutes, or the TTL if shorter).
+KV_DUPLICATE_WINDOW_S = 120.0
+
+
+def rollup_risks(s: Subjects) -> dict[str, str]:
+    """What one publish with `Nats-Rollup: all` to a bucket that accepts it would cost, by bucket."""
+    return {
+        s.outcomes_bucket: "any agent could remove every host's command outcomes: commands already applied would "
+                           "run again when their durable message is redelivered or re-sent",
+        s.inventory_bucket: "any agent could remove every host's inventory: `volumectl fleet` would show no host "
+                            "until each republishes",
+        s.catalog_bucket: "any agent could remove every host's backup records: the backups stay in their buckets "
+                          "but are no longer listed, restored or pruned",
+        s.policies_bucket: "any operator, even one limited to some hosts, could remove every fleet policy from "
+                           "the bucket (agents that hold copies keep applying them; a host started afresh may not)",
+        s.leases_bucket: "any agent could remove every host's lease: two agents with one host id could both run",
+        s.policy_copies_bucket: "any agent could remove every host's copies of the fleet's policies",
+    }
 
 
 def streams(s: Subjects, replicas: int) -> list[StreamConfig]:
@@ -72,9 +95,9 @@ async def ensure_jetstream(js: JetStreamContext, settings: Settings, denials: De
         await _ensure_stream(js, cfg, denials)
     backup_replicas = settings.backup_replicas or replicas
     return (
-        await _ensure_kv(js, KeyValueConfig(bucket=s.outcomes_bucket, ttl=OUTCOME_TTL_S, replicas=replicas)),
-        await _ensure_kv(js, KeyValueConfig(bucket=s.inventory_bucket, history=1, replicas=replicas)),
-        await _ensure_kv(js, KeyValueConfig(bucket=s.catalog_bucket, history=1, replicas=backup_replicas)),
+        await _ensure_kv(js, kv_stream(s.outcomes_bucket, replicas=replicas, ttl_s=OUTCOME_TTL_S), s),
+        await _ensure_kv(js, kv_stream(s.inventory_bucket, replicas=replicas), s),
+        await _ensure_kv(js, kv_stream(s.catalog_bucket, replicas=backup_replicas), s),
         await _ensure_policies(js, s, replicas, denials),
     )
 
@@ -82,10 +105,9 @@ async def ensure_jetstream(js: JetStreamContext, settings: Settings, denials: De
 async def _ensure_policies(js: JetStreamContext, s: Subjects, replicas: int, denials: Denials) -> KeyValue | None:
     """The policies bucket; None, said once, where NATS permissions from before contract 2.1 do not let the agent
     make it: the agent runs without policies rather than not at all."""
-    cfg = KeyValueConfig(bucket=s.policies_bucket, history=POLICY_HISTORY, replicas=replicas,
-                         max_value_size=POLICY_MAX_VALUE, max_bytes=POLICIES_MAX_BYTES)
+    cfg = policies_stream(s, replicas)
     try:
-        return await denials.call(f"$JS.API.STREAM.CREATE.KV_{s.policies_bucket}", _ensure_kv(js, cfg))
+        return await denials.call(f"$JS.API.STREAM.CREATE.{cfg.name}", _ensure_kv(js, cfg, s))
     except Denied:
         log.warning("nats.policies_bucket_denied", bucket=s.policies_bucket,
                     why="this agent's NATS user may not make the backup policies bucket (permissions generated "
@@ -98,10 +120,9 @@ async def ensure_lease_bucket(js: JetStreamContext, settings: Settings, denials:
     """The host-id leases bucket (agent/lease.py); None, said once, where NATS permissions generated before the
     lease existed do not let the agent make it: the agent runs unguarded rather than not at all."""
     s = settings.subjects
-    cfg = KeyValueConfig(bucket=s.leases_bucket, history=1, replicas=settings.replicas,
-                         max_value_size=LEASE_MAX_VALUE)
+    cfg = kv_stream(s.leases_bucket, replicas=settings.replicas, max_value=LEASE_MAX_VALUE)
     try:
-        return await denials.call(f"$JS.API.STREAM.CREATE.KV_{s.leases_bucket}", _ensure_kv(js, cfg))
+        return await denials.call(f"$JS.API.STREAM.CREATE.{cfg.name}", _ensure_kv(js, cfg, s))
     except Denied:
         log.warning("nats.leases_bucket_denied", bucket=s.leases_bucket,
                     why="this agent's NATS user may not make the host-id leases bucket (permissions generated "
@@ -110,17 +131,31 @@ async def ensure_lease_bucket(js: JetStreamContext, settings: Settings, denials:
         return None
 
 
-def policy_copies_stream(s: Subjects, replicas: int) -> StreamConfig:
-    """The bucket of policy copies, as a KV stream nats-py reads, but one that no publish can empty: no rollup
-    header (a KV purge, or `Nats-Rollup: all`, which would wipe every host's copies through a write to one's own
-    key), no per-message TTL, no purge or message delete through the API. A host overwrites only its own keys."""
-    bucket = s.policy_copies_bucket
+def kv_stream(bucket: str, *, replicas: int, history: int = 1, ttl_s: float | None = None,
+              max_value: int | None = None, max_bytes: int | None = None) -> StreamConfig:
+    """A KV bucket's stream as nats-py's `create_key_value` makes it (nats-py reads and writes it as any bucket),
+    but one that no publish can empty: no rollup header (a KV purge, or `Nats-Rollup: all`, which would remove
+    every key's values through a write to one's own key), no per-message TTL (`Nats-TTL`, which could keep a value
+    past the bucket's max age), no purge or message delete through the API."""
+    window = min(KV_DUPLICATE_WINDOW_S, ttl_s) if ttl_s else KV_DUPLICATE_WINDOW_S
     return StreamConfig(
-        name=f"KV_{bucket}", subjects=[f"$KV.{bucket}.>"], max_msgs_per_subject=1, max_msgs=-1,
-        max_bytes=POLICY_COPIES_MAX_BYTES, max_msg_size=POLICY_MAX_VALUE, max_consumers=-1,
-        discard=DiscardPolicy.NEW, allow_rollup_hdrs=False, deny_delete=True, deny_purge=True,
-        duplicate_window=120.0, num_replicas=replicas,
+        name=f"KV_{bucket}", subjects=[f"$KV.{bucket}.>"], max_msgs_per_subject=history, max_msgs=-1,
+        max_age=ttl_s, max_bytes=max_bytes, max_msg_size=max_value, max_consumers=-1, discard=DiscardPolicy.NEW,
+        allow_rollup_hdrs=False, allow_msg_ttl=False, deny_delete=True, deny_purge=True,
+        duplicate_window=window, num_replicas=replicas,
     )
+
+
+def policies_stream(s: Subjects, replicas: int) -> StreamConfig:
+    """The policies bucket (`kv_stream`): operators write any key, so none of them may roll the others up."""
+    return kv_stream(s.policies_bucket, replicas=replicas, history=POLICY_HISTORY, max_value=POLICY_MAX_VALUE,
+                     max_bytes=POLICIES_MAX_BYTES)
+
+
+def policy_copies_stream(s: Subjects, replicas: int) -> StreamConfig:
+    """The bucket of policy copies (`kv_stream`). A host overwrites only its own keys."""
+    return kv_stream(s.policy_copies_bucket, replicas=replicas, max_value=POLICY_MAX_VALUE,
+                     max_bytes=POLICY_COPIES_MAX_BYTES)
 
 
 async def ensure_policy_copies(js: JetStreamContext, s: Subjects, replicas: int, denials: Denials) -> bool:
@@ -152,14 +187,42 @@ async def _ensure_stream(js: JetStreamContext, cfg: StreamConfig, denials: Denia
                                 "duplicate_window_s": cfg.duplicate_window, "replicas": cfg.num_replicas})
 
 
-async def _ensure_kv(js: JetStreamContext, cfg: KeyValueConfig) -> KeyValue:
+async def _ensure_kv(js: JetStreamContext, cfg: StreamConfig, s: Subjects) -> KeyValue:
+    assert cfg.name is not None
+    bucket = cfg.name.removeprefix("KV_")
     try:
-        return await js.create_key_value(cfg)
+        await js.add_stream(cfg)
     except nats.js.errors.BadRequestError:
         # It exists with another config: use it as it is (its keys and values are the same either way).
-        log.warning("nats.bucket_differs", bucket=cfg.bucket, why=ADMIN_JOB,
-                    wanted={"ttl_s": cfg.ttl, "history": cfg.history, "replicas": cfg.replicas})
-        return await js.key_value(cfg.bucket)
+        _say_differences(bucket, (await js.stream_info(cfg.name)).config, cfg, s)
+    return await js.key_value(bucket)
+
+
+# The limits an agent sets on a bucket, as (name in the log, StreamConfig field); unset and -1 mean no limit.
+_LIMITS = (("ttl_s", "max_age"), ("history", "max_msgs_per_subject"), ("replicas", "num_replicas"),
+           ("max_value", "max_msg_size"), ("max_bytes", "max_bytes"))
+# Buckets already said to accept rollups, by name: said once per process, not at every reconnect.
+_said_rollup: set[str] = set()
+
+
+def _limit(v: float | int | None) -> float:
+    return float(v) if v is not None and v > 0 else 0.0
+
+
+def _say_differences(bucket: str, found: StreamConfig, wanted: StreamConfig, s: Subjects) -> None:
+    """Warn about what matters in an existing bucket's other config: rollups accepted (once), other limits."""
+    if found.allow_rollup_hdrs and bucket not in _said_rollup:
+        _said_rollup.add(bucket)
+        log.warning("nats.bucket_allows_rollup", bucket=bucket,
+                    why="made by an older version, it accepts rollup headers: one publish with `Nats-Rollup: all` "
+                        "to a key one may write empties the whole bucket, so "
+                        + rollup_risks(s).get(bucket, "any writer could remove every key's values"),
+                    fix="an admin runs `volume-agent auth harden-buckets` (with an admin's NATS credentials): it "
+                        "turns rollups and purges off on the existing buckets, keeping their contents")
+    differs = {name: getattr(wanted, field) for name, field in _LIMITS
+               if _limit(getattr(found, field)) != _limit(getattr(wanted, field))}
+    if differs:
+        log.warning("nats.bucket_differs", bucket=bucket, why=ADMIN_JOB, wanted=differs)
 
 
 async def ensure_object_store(js: JetStreamContext, bucket: str, replicas: int) -> ObjectStore:

@@ -17,7 +17,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from pathlib import Path
@@ -96,7 +96,18 @@ class ResultSink(Protocol):
 
 
 class InventorySink(Protocol):
-    async def inventory(self, snapshot: bytes) -> None: ...
+    """The inventory bucket and its live subjects (`contracts.inventory_chunks` has the keys)."""
+
+    async def inventory_put(self, values: Mapping[str, bytes]) -> None:
+        """Publish each value on `<prefix>.inv.<key>` and put it in the bucket under `<key>`; returns once every
+        put is acknowledged (in no given order)."""
+        ...
+
+    async def inventory_delete(self, keys: Iterable[str]) -> None: ...
+
+    async def inventory_get(self, key: str) -> bytes | None:
+        """The bucket's value of `key`; None when there is none."""
+        ...
 
 
 class OutcomeStore(Protocol):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -24,7 +25,7 @@ from contracts import (
 
 from .auth.rules import Rules
 from .causes import Causes
-from .errors import Conflict, InUse, NotFound, Unavailable
+from .errors import Conflict, InUse, Invalid, NotFound, Unavailable
 from .locks import KeyedLocks
 from .typing import Engine
 
@@ -105,20 +106,38 @@ class Volumes:
         return await used_by(self.engine, name)
 
     async def create(self, req: CreateRequest) -> VolumeRecord:
+        """The volume as asked for, made if missing; `Conflict` if it exists with another spec.
+
+        Docker's create is idempotent (it answers an existing volume as it is), so it is asked first and its answer
+        compared: no inspect before every create. One made before this second (`_made_before`) is listed with the
+        containers that use it; one made now is used by none.
+        """
         self.rules.new_volume(req.name, req.driver, req.driver_opts)  # even one that exists: refused is refused
+        spec = {"Name": req.name, "Driver": req.driver, "DriverOpts": req.driver_opts, "Labels": req.labels}
         async with self.locks.hold(req.name):
-            try:
-                existing = await self.engine.volume_inspect(req.name)
-            except NotFound:
-                pass
-            else:
-                if not await self.remake_cut_short(existing, req.labels):
+            if req.name in self._cut_short:  # what Docker left going down is looked at first (remake_cut_short)
+                existing = await self._found(req.name)
+                if existing is not None and not await self.remake_cut_short(existing, req.labels):
                     _check_same_spec(req, existing)
                     return volume_record(existing, await self.used_by(req.name))
-            created = await self.create_volume(
-                {"Name": req.name, "Driver": req.driver, "DriverOpts": req.driver_opts, "Labels": req.labels}
-            )
-            return volume_record(created, [])
+            asked_at = datetime.now(UTC)
+            try:
+                v = await self.create_volume(spec)
+            except (Conflict, Invalid, NotFound):
+                # Docker refuses a name it has under another driver (or a driver it cannot find): said as before.
+                found = await self._found(req.name)
+                if found is None:
+                    raise
+                _check_same_spec(req, found)
+                return volume_record(found, await self.used_by(req.name))
+            _check_same_spec(req, v)
+            return volume_record(v, await self.used_by(req.name) if _made_before(v, asked_at) else [])
+
+    async def _found(self, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.engine.volume_inspect(name)
+        except NotFound:
+            return None
 
     async def create_volume(self, spec: Mapping[str, Any]) -> dict[str, Any]:
         """Ask Docker for a new volume the policy allows, noting a create it cut short (see `remake_cut_short`)."""
@@ -207,9 +226,22 @@ class Volumes:
         return PruneResult(dry_run=False, volumes=removed)
 
 
+def _made_before(v: Mapping[str, Any], asked_at: datetime) -> bool:
+    """Whether Docker made `v` before the second of `asked_at` (a create that found it). Its `CreatedAt` has whole
+    seconds; one it lacks or that does not parse counts as made before: its users are looked up."""
+    try:
+        created = datetime.fromisoformat(str(v.get("CreatedAt") or ""))
+    except ValueError:
+        return True
+    if created.tzinfo is None:
+        return True
+    return created < asked_at.replace(microsecond=0)
+
+
 def _check_same_spec(req: CreateRequest, existing: Mapping[str, Any]) -> None:
     differs = []
-    if (existing.get("Driver") or "local") != req.driver:
+    driver = existing.get("Driver") or "local"
+    if driver not in (req.driver, f"{req.driver}:latest"):  # a managed plugin is named with its tag
         differs.append(f"driver {existing.get('Driver')!r}")
     if dict(existing.get("Options") or {}) != req.driver_opts:
         differs.append("driver options")

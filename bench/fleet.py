@@ -18,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 
@@ -37,7 +38,12 @@ HOST = "bench"
 
 
 class NoSink:
-    async def inventory(self, snapshot: bytes) -> None: ...
+    async def inventory_put(self, values: Mapping[str, bytes]) -> None: ...
+
+    async def inventory_delete(self, keys: Iterable[str]) -> None: ...
+
+    async def inventory_get(self, key: str) -> bytes | None:
+        return None
 
 
 async def stop_latency(d: Dockerd, client: AgentClient, rounds: int) -> tuple[list[float], list[float]]:

@@ -27,6 +27,17 @@ from .digest import DigestRequest, DigestResult
 from .envelope import ERROR_CODES, ERROR_STATUS, BaseRequest, CommandId, ErrorBody, ErrorCode, Reply
 from .events import EVENT_KINDS, EventKind, VolumeEvent
 from .inventory import EngineInfo, InventoryRequest, InventorySnapshot, InventoryVolume, LastBackup
+from .inventory_chunks import (
+    ChunkRef,
+    IncompleteInventory,
+    InventoryChunk,
+    InventoryHead,
+    InventoryInChunks,
+    assemble,
+    chunk_key,
+    chunk_of,
+    head_key,
+)
 from .migrate import HostId, MigrateRequest, MigrateResult, MigrateStep
 from .ops import FLEET_OPS, OPS, Op, result_as
 from .policies import (
@@ -95,6 +106,7 @@ __all__ = [
     "BackupsRequest",
     "BackupsResult",
     "BaseRequest",
+    "ChunkRef",
     "CloneRequest",
     "CloneResult",
     "CommandId",
@@ -111,7 +123,11 @@ __all__ = [
     "ForgetRequest",
     "ForgetResult",
     "HostId",
+    "IncompleteInventory",
     "InspectRequest",
+    "InventoryChunk",
+    "InventoryHead",
+    "InventoryInChunks",
     "InventoryRequest",
     "InventorySnapshot",
     "InventoryVolume",
@@ -151,9 +167,13 @@ __all__ = [
     "VolumeName",
     "VolumeRecord",
     "VolumesFrom",
+    "assemble",
     "catalog_key",
     "catalog_key_parts",
     "check_policy",
+    "chunk_key",
+    "chunk_of",
+    "head_key",
     "inbox_prefix",
     "labels",
     "outcome_key",

@@ -1,7 +1,9 @@
-"""The inventory: what a host holds, published on `<prefix>.inv.<host>` and kept in the KV bucket
-`<prefix>_inventory` under the host's id."""
+"""The inventory: what a host holds, kept in the KV bucket `<prefix>_inventory` in chunks (contract 2.2), and
+published on `<prefix>.inv.<key>` as each key is written (`contracts.inventory_chunks` has the layout)."""
 
 from __future__ import annotations
+
+from typing import Annotated
 
 import msgspec
 
@@ -72,7 +74,20 @@ class InventorySnapshot(msgspec.Struct, forbid_unknown_fields=True, omit_default
     credentials or TLS, an embedded server open to the network), one sentence each; empty when it runs securely."""
     rejected_policies: list[RejectedPolicy] = []
     """Backup policies this agent ignores (not signed by an operator it trusts, not valid), each with why."""
+    chunk: int | None = None
+    """Set in the reply to an `inventory` request that asked for one chunk (contract 2.2): `volumes` holds that
+    chunk's volumes only."""
+    chunks: int | None = None
+    """How many chunks this host's inventory has now (contract 2.2; left out in a whole snapshot): ask for each of
+    0 to `chunks - 1`."""
 
 
 class InventoryRequest(BaseRequest):
-    """The host's current inventory snapshot."""
+    """The host's current inventory snapshot, whole; or, with `chunk` (contract 2.2), one chunk of it.
+
+    A whole snapshot that does not fit one NATS message (more than about 3,000 volumes under the default 1 MiB) is
+    refused as `invalid`, saying to ask chunk by chunk: the reply to `chunk: 0` says how many there are (`chunks`).
+    """
+
+    chunk: Annotated[int, msgspec.Meta(ge=0, le=1 << 20)] | None = None
+    """One chunk of the inventory, 0 to `chunks - 1` (contract 2.2; agents before it refuse the field)."""

@@ -12,6 +12,7 @@ import msgspec
 from . import CONTRACT_VERSION
 from .envelope import Reply
 from .events import VolumeEvent
+from .inventory_chunks import InventoryChunk, InventoryHead, InventoryInChunks
 from .ops import OPS
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
@@ -22,6 +23,7 @@ def build() -> dict[str, Any]:
     types: list[Any] = [Reply, VolumeEvent]
     for op in OPS.values():
         types += [op.request, op.result]
+    types += [InventoryHead, InventoryChunk, InventoryInChunks]
     (_, components) = msgspec.json.schema_components(types, ref_template="#/$defs/{name}")
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -37,6 +39,9 @@ def build() -> dict[str, Any]:
         },
         "envelope": {"$ref": "#/$defs/Reply"},
         "event": {"$ref": "#/$defs/VolumeEvent"},
+        # The values of the inventory bucket (contracts.inventory_chunks).
+        "inventory": {"head": {"$ref": "#/$defs/InventoryHead"}, "chunk": {"$ref": "#/$defs/InventoryChunk"},
+                      "in_chunks": {"$ref": "#/$defs/InventoryInChunks"}},
         "$defs": _dedented(components),
     }
 

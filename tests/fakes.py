@@ -10,7 +10,7 @@ import asyncio
 import selectors
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,7 @@ from agent.backup.stores import PARTIAL, Stores, StoreWriter, newest_first, suff
 from agent.backup.volume_files import DataPath
 from agent.daemon import Domain
 from agent.dispatch import Handler
-from agent.errors import AgentError, InUse, NotFound, Unavailable
+from agent.errors import AgentError, Conflict, InUse, NotFound, Unavailable
 from agent.events.inventory import Inventory
 from agent.outcomes import StoredOutcome
 from agent.typing import (
@@ -44,7 +44,7 @@ from agent.typing import (
     Verifier,
 )
 from agent.volumes import Volumes
-from contracts import BackupRecord, Compression, Reply, outcome_key
+from contracts import BackupRecord, Compression, InventorySnapshot, Reply, assemble, outcome_key
 
 T = TypeVar("T")
 
@@ -123,6 +123,9 @@ class FakeEngine:
         self._call(f"create:{name}")
         if self.fail_with is not None:
             raise self.fail_with
+        had = self.volumes.get(name, {}).get("Driver", spec.get("Driver", "local"))
+        if had != spec.get("Driver", "local"):  # as Docker: another driver's volume of that name is a conflict
+            raise Conflict(f"volume {name!r} conflicts with existing state: driver {had!r} already has it.")
         if self.gate is not None:
             await self.gate.wait()
         mountpoint = f"/v/{name}"
@@ -199,13 +202,28 @@ class RecordingSink:
         self.events: list[tuple[str, str]] = []
         self.event_fields: list[dict[str, Any]] = []
         """Per event, its keyword fields (backup_id, error, ...), in the order of `events`."""
-        self.snapshots: list[bytes] = []
+        self.bucket: dict[str, bytes] = {}
+        """The inventory bucket: each key's current value."""
+        self.puts: list[list[str]] = []
+        """The keys of each `inventory_put`, in order."""
 
     async def result(self, op: str, reply: bytes, *, durable: bool) -> None:
         self.results.append((op, reply, durable))
 
-    async def inventory(self, snapshot: bytes) -> None:
-        self.snapshots.append(snapshot)
+    async def inventory_put(self, values: Mapping[str, bytes]) -> None:
+        self.bucket.update(values)
+        self.puts.append(list(values))
+
+    async def inventory_delete(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self.bucket.pop(key, None)
+
+    async def inventory_get(self, key: str) -> bytes | None:
+        return self.bucket.get(key)
+
+    def snapshots(self) -> list[InventorySnapshot]:
+        """The bucket as readers see it (`contracts.assemble`)."""
+        return assemble(self.bucket)
 
     async def event(
         self, kind: str, volume: str, *, backup_id: str | None = None, bytes_done: int | None = None,

@@ -51,7 +51,12 @@ class Clock:
 
 
 def verifier(clock: Clock | None = None, *, cache_size: int = 1000, **signatures: float) -> Verifier:
-    return Verifier(policy(**signatures), POLICY_FILE, host="h1", now_ns=clock or Clock(), cache_size=cache_size)
+    """A verifier whose process started a day before NOW (see the test of requests from before a restart)."""
+    clock = clock or Clock()
+    clock.ns -= 86400 * S
+    v = Verifier(policy(**signatures), POLICY_FILE, host="h1", now_ns=clock, cache_size=cache_size)
+    clock.ns += 86400 * S
+    return v
 
 
 def refusal(v: Verifier, op: str, subject: str, headers: dict[str, str] | None, body: bytes = BODY,
@@ -133,6 +138,18 @@ def test_a_replay_is_refused_even_after_the_cache_is_full() -> None:
         v.caller("create", REQ, headers, BODY, durable=False)
     assert "replay cache is full" in refusal(v, "create", REQ, first)
     v.caller("create", REQ, ALICE.headers(REQ, BODY, now_ns=NOW), BODY, durable=False)
+
+
+def test_a_request_signed_before_the_agent_started_is_refused_whatever_the_skew_allows() -> None:
+    """The replay cache lives in memory: a request captured before a restart must not be applied after it."""
+    clock = Clock()
+    v = Verifier(policy(max_skew_s=120), POLICY_FILE, host="h1", now_ns=clock)
+    clock.ns += 5 * S
+    msg = refusal(v, "create", REQ, ALICE.headers(REQ, BODY, now_ns=NOW - 1 * S))
+    assert msg.startswith("The request was signed 1.0 s before this agent started") and "sign it anew" in msg
+    assert v.caller("create", REQ, ALICE.headers(REQ, BODY, now_ns=NOW + 1 * S), BODY, durable=False)
+    durable = {"Nats-Msg-Id": "m1", **ALICE.headers(CMD, BODY, "m1", now_ns=NOW - 60 * S)}  # they wait for the agent
+    assert v.caller("create", CMD, durable, BODY, durable=True)
 
 
 def test_a_replay_outside_the_window_is_stale_and_the_cache_forgets_it() -> None:

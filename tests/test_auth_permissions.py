@@ -51,6 +51,8 @@ AGENTS = ["web-1", "web-2"]
 def test_an_agent_publishes_only_its_own_and_reads_every_hosts_backups() -> None:
     p = permissions(ident("web-1", "agent"), agents=AGENTS)
     own = ["vol.res.web-1.create", "vol.evt.web-1.volume.created", "vol.inv.web-1", "$KV.vol_inventory.web-1",
+           "vol.inv.web-1.head", "vol.inv.web-1.chunk.7", "$KV.vol_inventory.web-1.head",
+           "$KV.vol_inventory.web-1.chunk.63", "$JS.API.STREAM.MSG.GET.KV_vol_inventory",
            "$KV.vol_outcomes.web-1.abc", "$KV.vol_backup_catalog.web-1.dm9s", "$O.vol_backups_web-1.C.nuid",
            "$O.vol_backups_web-1.M.bmFtZQ==", "vol.req.web-2.restore", "vol.req.web-2.digest",
            "$JS.API.STREAM.CREATE.VOL_CMD", "$JS.API.STREAM.CREATE.OBJ_vol_backups_web-1",
@@ -67,6 +69,8 @@ def test_an_agent_publishes_only_its_own_and_reads_every_hosts_backups() -> None
               "$JS.API.STREAM.PURGE.KV_vol_policy_copies", "$JS.API.STREAM.MSG.DELETE.KV_vol_policy_copies",
               "$JS.API.STREAM.UPDATE.KV_vol_policy_copies",
               "vol.res.web-2.create", "vol.evt.web-2.x", "vol.inv.web-2", "$KV.vol_inventory.web-2",
+              "vol.inv.web-2.head", "$KV.vol_inventory.web-2.head", "$KV.vol_inventory.web-2.chunk.0",
+              "$KV.vol_inventory.web-1x.head",
               "$KV.vol_outcomes.web-2.abc", "$KV.vol_backup_catalog.web-2.dm9s", "$KV.vol_backup_catalog.dm9s",
               "$O.vol_backups_web-2.C.nuid", "$O.vol_backups.C.nuid", "vol.req.web-2.create", "vol.req.web-2.remove",
               "vol.cmd.web-2.create", "$JS.API.STREAM.DELETE.KV_vol_inventory", "$JS.API.STREAM.PURGE.VOL_RES",

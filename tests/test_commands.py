@@ -35,6 +35,9 @@ class FakeMsg:
 
     async def in_progress(self) -> None: ...
 
+    async def term(self) -> None:
+        self.termed = True
+
 
 class FakeSub:
     """fetch() fails in each way nats-py can, then delivers `msgs`, then waits."""
@@ -52,7 +55,8 @@ class FakeSub:
 
 
 class FakeDispatcher:
-    command_id = staticmethod(Dispatcher.command_id)
+    command_id = Dispatcher.command_id
+    max_body = 1 << 20
 
     def __init__(self, outcome: Outcome) -> None:
         self.outcome = outcome

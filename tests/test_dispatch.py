@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -12,11 +13,15 @@ import pytest
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
+from agent.auth.policy import Policy, VolumesPolicy
+from agent.auth.rules import Rules
+from agent.causes import Causes
 from agent.dispatch import Dispatcher, Outcome
-from agent.errors import Unavailable
+from agent.errors import Conflict, Unavailable
 from agent.locks import KeyedLocks
 from agent.tasks import Tasks
-from contracts import Reply
+from agent.volumes import Volumes
+from contracts import BackupRecord, CreateRequest, Reply
 
 from .fakes import FakeEngine, MemoryOutcomes, RecordingSink, TrustAll, fake_handlers
 
@@ -281,3 +286,55 @@ async def test_an_unlabelled_volume_the_agent_did_not_make_is_still_conflict() -
     out = await d.execute("create", b'{"name": "v1", "labels": {"team": "db"}}')
     assert out.error is not None and out.error.code == "conflict"
     assert "remove:v1" not in engine.calls
+
+
+class MadeNow(FakeEngine):
+    """Docker's `CreatedAt` as it is: the second a volume was made."""
+
+    async def volume_create(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        fresh = spec["Name"] not in self.volumes
+        v = await super().volume_create(spec)
+        if fresh:
+            v["CreatedAt"] = datetime.now(UTC).isoformat(timespec="seconds")
+        return v
+
+
+def volumes_over(engine: FakeEngine, drivers: tuple[str, ...] = ("local",)) -> Volumes:
+    rules = Rules(Policy(volumes=VolumesPolicy(drivers=list(drivers))), "policy.toml")
+    return Volumes(engine, KeyedLocks(), Causes(), rules, final_backup=no_backup)
+
+
+async def no_backup(name: str) -> BackupRecord:
+    raise AssertionError("no backup is asked for")
+
+
+async def test_a_create_asks_docker_once_and_a_volume_made_now_has_no_users() -> None:
+    engine = MadeNow()
+    rec = await volumes_over(engine).create(CreateRequest(name="v1", labels={"team": "db"}))
+    assert engine.calls == ["create:v1"] and rec.used_by == [] and rec.labels == {"team": "db"}
+
+
+async def test_a_create_that_finds_the_volume_lists_its_users_and_refuses_another_spec() -> None:
+    engine = FakeEngine()  # its volumes were made in 2026's first second: long before this create
+    await engine.volume_create({"Name": "v1", "Labels": {"team": "db"}})
+    engine.add_container("db", ["v1"])
+    volumes = volumes_over(engine)
+    rec = await volumes.create(CreateRequest(name="v1", labels={"team": "db"}))
+    assert [u.container for u in rec.used_by] == ["db"]
+    with pytest.raises(Conflict, match="already exists with other labels"):
+        await volumes.create(CreateRequest(name="v1", labels={"team": "web"}))
+
+
+async def test_a_volume_of_another_driver_is_conflict_naming_the_driver_as_before() -> None:
+    engine = FakeEngine()
+    await engine.volume_create({"Name": "v1", "Driver": "rclone"})
+    with pytest.raises(Conflict, match="already exists with other driver 'rclone'"):
+        await volumes_over(engine, ("local", "rclone")).create(CreateRequest(name="v1"))
+
+
+async def test_a_managed_plugin_named_with_its_tag_is_the_same_driver() -> None:
+    engine = FakeEngine()
+    await engine.volume_create({"Name": "v1", "Driver": "sshfs:latest"})
+    engine.volumes["v1"]["Driver"] = "sshfs:latest"
+    rec = await volumes_over(engine, ("sshfs",)).create(CreateRequest(name="v1", driver="sshfs"))
+    assert rec.driver == "sshfs:latest"

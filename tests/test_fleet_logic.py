@@ -4,6 +4,7 @@ fleet view. Small fakes; the integration tests run the real thing."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from agent.errors import Invalid
 from agent.events import inventory as inventory_module
 from agent.events.onstop import options_from_labels
 from agent.events.watch import Cursor
-from contracts import BackupRecord, InventorySnapshot
+from contracts import BackupRecord, InventoryHead, InventorySnapshot
 from volumectl.fleet import fleet_rows, is_stale, unprotected
 
 from .fakes import HEARTBEAT_S, FakeEngine, MemoryStore, RecordingSink, fake_agent, run_in_virtual_time
@@ -86,9 +87,10 @@ def test_the_inventory_publishes_one_snapshot_per_burst_at_most_once_a_second_an
     published: list[tuple[float, int]] = []
 
     class TimedSink(RecordingSink):
-        async def inventory(self, snapshot: bytes) -> None:
-            seq = msgspec.json.decode(snapshot, type=InventorySnapshot).seq
-            published.append((_loop_time(), seq))
+        async def inventory_put(self, values: Mapping[str, bytes]) -> None:
+            await super().inventory_put(values)
+            if "h1.head" in values:
+                published.append((_loop_time(), msgspec.json.decode(values["h1.head"], type=InventoryHead).seq))
 
     async def until(t: float) -> None:
         await asyncio.sleep(t - _loop_time())

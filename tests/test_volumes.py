@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime, timedelta
+
 import msgspec
 import pytest
 
@@ -26,6 +29,21 @@ async def test_create_same_spec_twice_is_ok_and_another_spec_is_conflict(host: H
     assert code == "conflict" and "labels" in msg
     code, msg = await host.error("create", {"name": "data1", "labels": {"a": "1"}, "driver_opts": {"type": "tmpfs"}})
     assert code == "conflict" and "driver options" in msg
+
+
+async def test_create_of_a_volume_made_earlier_lists_the_containers_that_use_it(host: Host) -> None:
+    """The agent asks Docker to create without looking first; a volume Docker already had is answered with its
+    users, and its labels are still checked."""
+    host.docker.docker("volume", "create", "--label", "team=a", "made1")
+    host.docker.docker("create", "--name", "user1", "--network", "none", "-v", "made1:/d", BUSYBOX_IMAGE)
+    made = host.docker.docker("volume", "inspect", "-f", "{{.CreatedAt}}", "made1").strip()
+    # CreatedAt has whole seconds: ask in a later one, as a create long after would.
+    later = datetime.fromisoformat(made) + timedelta(seconds=1)
+    await asyncio.sleep(max(0.0, (later - datetime.now(UTC)).total_seconds()))
+    rec = await host.ok("create", {"name": "made1", "labels": {"team": "a"}})
+    assert [(u["container"], u["state"]) for u in rec["used_by"]] == [("user1", "created")]
+    code, msg = await host.error("create", {"name": "made1", "labels": {"team": "b"}})
+    assert code == "conflict" and "labels" in msg
 
 
 async def test_tmpfs_volume_is_mounted_as_tmpfs_in_a_container(host: Host) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 import nkeys
 
-from contracts import BackupsResult, Reply, result_as
+from contracts import BackupsResult, IncompleteInventory, Reply, result_as
 
 from . import args, policy_cli, render
 from .client import AgentClient, NoAgent
@@ -33,11 +33,17 @@ from .signing import Signer
 __all__ = ["main"]
 
 async def _fleet(a: argparse.Namespace, client: AgentClient) -> int:
+    unreadable: list[str] = []
     try:
-        snapshots = await client.inventories(a.timeout if a.timeout is not None else READ_TIMEOUT_S)
+        snapshots = await client.inventories(a.timeout if a.timeout is not None else READ_TIMEOUT_S, unreadable)
     except IncompleteRead as exc:  # never a table that leaves hosts out
         print(f"volumectl: {exc} No table printed; try again, or raise --timeout.", file=sys.stderr)
         return 1
+    except IncompleteInventory as exc:  # nor volumes out
+        print(f"volumectl: {exc} No table printed; try again.", file=sys.stderr)
+        return 1
+    for why in unreadable:  # said, never silently left out
+        print(f"volumectl: {why}", file=sys.stderr)
     risk = a.unprotected is not None
     hours = a.unprotected if a.unprotected and a.unprotected > 0 else None
     rows = unprotected(snapshots, hours) if risk else fleet_rows(snapshots)
@@ -55,7 +61,7 @@ async def _fleet(a: argparse.Namespace, client: AgentClient) -> int:
               file=sys.stderr)
     if risk and rows:
         return 3
-    return 0
+    return 1 if unreadable else 0
 
 
 LONG_OPS = {"backup": "backup", "restore": "restore"}
@@ -109,7 +115,9 @@ async def _run(a: argparse.Namespace, op: str, body: dict[str, Any]) -> int:
             if reply.error is not None:
                 return _print_reply(a, reply)
             return await policy_cli.explain_keep(a, client, result_as(reply, BackupsResult).backups)
-        if op in ("list", "backups", "inventory") and getattr(a, "all_hosts", False):
+        if op == "inventory" and a.all_hosts:  # chunk by chunk from the hosts that have several
+            return _print_fleet(a, op, await client.gather_inventories(a.window, a.timeout or 30.0))
+        if op in ("list", "backups") and getattr(a, "all_hosts", False):
             return _print_fleet(a, op, await client.gather(op, body, window=a.window))
         progress = None
         if op in LONG_OPS and not a.json and sys.stderr.isatty():
@@ -118,7 +126,10 @@ async def _run(a: argparse.Namespace, op: str, body: dict[str, Any]) -> int:
         try:
             long = op in ("backup", "restore", "clone", "migrate", "digest") or body.get("backup_first")
             timeout = a.timeout if a.timeout is not None else (3600.0 if long else 30.0)
-            reply = await client.request(a.host, op, body, timeout=timeout)
+            if op == "inventory":
+                reply = await client.inventory(a.host, timeout)
+            else:
+                reply = await client.request(a.host, op, body, timeout=timeout)
         except NoAgent as exc:
             print(f"volumectl: {exc}", file=sys.stderr)
             return 1

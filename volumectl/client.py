@@ -12,7 +12,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 
-from contracts import InventorySnapshot, Reply, Subjects
+from contracts import IncompleteInventory, InventorySnapshot, Reply, Subjects, assemble
 from contracts.bounds import BoundedDecoder
 
 from .kv import READ_TIMEOUT_S, read_bucket
@@ -23,7 +23,8 @@ __all__ = ["AgentClient", "NoAgent"]
 
 _DECODE = BoundedDecoder(Reply, what="The reply")
 COMMAND_RETRY_PAUSES_S = (0.5, 1.0, 2.0, 4.0)
-_SNAPSHOT = msgspec.json.Decoder(InventorySnapshot)
+READ_ATTEMPTS = 3
+"""Reads of the inventory before giving up on a host whose chunks were rewritten during each."""
 
 
 class NoAgent(Exception):
@@ -137,13 +138,70 @@ class AgentClient:
             await sub.unsubscribe()
         return sorted(replies, key=lambda r: r.host)
 
-    async def inventories(self, timeout: float = READ_TIMEOUT_S) -> list[InventorySnapshot]:  # noqa: ASYNC109
-        """Every host's last inventory snapshot, from the KV bucket (hosts that are down included).
+    async def inventories(self, timeout: float = READ_TIMEOUT_S,  # noqa: ASYNC109
+                          unreadable: list[str] | None = None) -> list[InventorySnapshot]:
+        """Every host's last inventory snapshot, from the KV bucket (hosts that are down included), each whole.
 
-        All of them or an error: raises `IncompleteRead` when the bucket cannot be read completely in time.
+        All of them or an error: raises `IncompleteRead` when the bucket cannot be read completely in time, and
+        `IncompleteInventory` when a host's chunks were being rewritten at every one of READ_ATTEMPTS reads. A host
+        whose values do not decode is left out, with a sentence in `unreadable` (given), else `ValueError`.
         """
-        try:
-            values = await read_bucket(self.nc.jetstream(), self.subjects.inventory_bucket, timeout=timeout)
-        except nats.js.errors.BucketNotFoundError:
-            return []
-        return sorted((_SNAPSHOT.decode(v) for v in values.values() if v), key=lambda s: s.host)
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                values = await read_bucket(self.nc.jetstream(), self.subjects.inventory_bucket, timeout=timeout)
+            except nats.js.errors.BucketNotFoundError:
+                return []
+            problems: list[str] | None = [] if unreadable is not None else None
+            try:
+                snapshots = assemble(values, problems)
+            except IncompleteInventory:
+                if attempt == READ_ATTEMPTS - 1:
+                    raise
+                continue
+            if unreadable is not None and problems:
+                unreadable += problems
+            return snapshots
+        return []  # not reached
+
+    async def inventory(self, host: str, timeout: float = 30.0) -> Reply:  # noqa: ASYNC109
+        """`host`'s whole inventory through the `inventory` op, chunk by chunk when it has several (contract 2.2;
+        an agent before it is asked for the whole). One reply: the chunks' volumes joined, or the first error."""
+        return await self._whole(await self.request(host, "inventory", {"chunk": 0}, timeout=timeout), timeout)
+
+    async def gather_inventories(self, window: float = 2.0, timeout: float = 30.0) -> list[Reply]:  # noqa: ASYNC109
+        """Every agent's whole inventory: chunk 0 from all (`<prefix>.all.inventory`), then the other chunks of
+        each host that has more, from that host."""
+        firsts = await self.gather("inventory", {"chunk": 0}, window=window)
+        return list(await asyncio.gather(*(self._whole(r, timeout) for r in firsts)))
+
+    async def _whole(self, first: Reply, timeout: float) -> Reply:  # noqa: ASYNC109
+        host = first.host
+        for _ in range(READ_ATTEMPTS):
+            if first.error is not None and first.error.code == "invalid" and "`chunk`" in first.error.message \
+                    and "unknown field" in first.error.message:  # an agent before contract 2.2
+                return await self.request(host, "inventory", {}, timeout=timeout)
+            if first.error is not None or first.result is None or (first.result.get("chunks") or 1) == 1:
+                return _joined(first, [])
+            n = first.result["chunks"]
+            rest = await asyncio.gather(*(self.request(host, "inventory", {"chunk": i}, timeout=timeout)
+                                          for i in range(1, n)))
+            failed = next((r for r in rest if r.error is not None or r.result is None), None)
+            if failed is not None:
+                return failed
+            if all(r.result is not None and r.result.get("chunks") == n for r in rest):
+                return _joined(first, rest)
+            # The host grew or shrank past a layout boundary meanwhile: ask again from chunk 0.
+            first = await self.request(host, "inventory", {"chunk": 0}, timeout=timeout)
+        raise NoAgent(host, self.url, f"its inventory changed layout at each of {READ_ATTEMPTS} reads")
+
+
+def _joined(first: Reply, rest: list[Reply]) -> Reply:
+    """One reply holding the whole snapshot: the chunks' volumes in name order, without the paging fields."""
+    if first.result is None:
+        return first
+    result = {k: v for k, v in first.result.items() if k not in ("chunk", "chunks")}
+    volumes = list(result.get("volumes") or [])
+    for r in rest:
+        volumes += (r.result or {}).get("volumes") or []
+    result["volumes"] = sorted(volumes, key=lambda v: v["name"])
+    return msgspec.structs.replace(first, result=result)

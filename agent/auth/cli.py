@@ -1,4 +1,5 @@
 """`volume-agent auth init DIR ...`: a fleet's identities, their NATS permissions and the agents' policy.
+(`volume-agent auth harden-buckets` updates buckets older versions made: agent/auth/buckets.py.)
 
     volume-agent auth init /etc/volume-agent/auth --host web-1 --host web-2 \\
         --operator alice --operator bob:web-1,web-2 --reader grafana --admin ops
@@ -27,6 +28,7 @@ import msgspec
 from contracts import DEFAULT_PREFIX, Subjects, inbox_prefix, valid_host_id
 from volumectl.signing import Signer, new_user_seed
 
+from . import buckets
 from .permissions import render_authorization
 from .policy import IdentityEntry, render_policy
 from .registry import REGISTRY, Registry, encode_registry, load_registry, merged_policy, write_atomically
@@ -62,6 +64,7 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--admin", action="append", default=[], metavar="NAME",
                    help="everything on the bus, streams and buckets included")
     i.add_argument("--prefix", help=f"subject prefix (default: the registry's, or {DEFAULT_PREFIX})")
+    buckets.add_parser(sub)
     return p
 
 
@@ -189,9 +192,12 @@ Next:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`volume-agent auth ...`: 0 done, 2 refused (a sentence on stderr; nothing written)."""
+    """`volume-agent auth ...`: 0 done, 2 refused (a sentence on stderr; nothing written); harden-buckets: 1 not
+    done."""
     p = parser()
     a = p.parse_args(sys.argv[2:] if argv is None else argv)
+    if a.cmd == "harden-buckets":
+        return buckets.run(a)
     try:
         return init(a)
     except (Refused, ValueError, PermissionError) as exc:

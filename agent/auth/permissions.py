@@ -81,8 +81,9 @@ def _agent(s: Subjects, host: str, hosts: Iterable[str]) -> dict[str, Any]:
     consumer = s.consumer(host)
     pub = [
         # Its own outcomes, events, inventory, records and backups; nobody else's.
-        s.res(host, ">"), s.evt(host, ">"), s.inv(host),
-        f"$KV.{s.inventory_bucket}.{host}", f"$KV.{s.outcomes_bucket}.{host}.>",
+        s.res(host, ">"), s.evt(host, ">"), s.inv(host), s.inv(f"{host}.>"),
+        # Its inventory: the whole or the pointer under <host>, the head and chunks under <host>.>.
+        f"$KV.{s.inventory_bucket}.{host}", f"$KV.{s.inventory_bucket}.{host}.>", f"$KV.{s.outcomes_bucket}.{host}.>",
         f"$KV.{s.catalog_bucket}.{host}.>", f"$O.{own_bucket}.>",
         # Its host id's lease (claim, renew, release), read back by key: one agent per host id (agent/lease.py).
         f"$KV.{s.leases_bucket}.{host}", f"{API}.STREAM.MSG.GET.KV_{s.leases_bucket}",
@@ -103,6 +104,7 @@ def _agent(s: Subjects, host: str, hosts: Iterable[str]) -> dict[str, Any]:
         f"{API}.CONSUMER.INFO.{cmd}.{consumer}", f"{API}.CONSUMER.MSG.NEXT.{cmd}.{consumer}",
         f"$JS.ACK.{cmd}.{consumer}.>",
         f"{API}.STREAM.MSG.GET.KV_{s.outcomes_bucket}",
+        f"{API}.STREAM.MSG.GET.KV_{s.inventory_bucket}",  # its own last head, at start (others' are public anyway)
         f"{API}.DIRECT.GET.KV_{s.outcomes_bucket}.$KV.{s.outcomes_bucket}.{host}.>",
         *_kv_read(s.catalog_bucket), *_kv_read(s.policies_bucket), *_kv_read(s.policy_copies_bucket),
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,6 +37,12 @@ log = structlog.get_logger(__name__)
 MAX_SLEEP_S = 30.0
 MIN_SLEEP_S = 0.05
 RETRY_S = 5.0
+# A poke (a volume made or removed, a policy changed) is looked at after this, so that a burst of changes (a backlog
+# of creates, a compose project coming up) makes one look, not one per event: a look lists every volume and
+# container, and nothing a new volume is due for is that urgent.
+POKE_SETTLE_S = 0.5
+# ...or after this many times as long as the last look took: looks at many volumes take at most a tenth of the time.
+POKE_SETTLE_LOOKS = 10
 
 
 class Scheduler:
@@ -65,6 +72,8 @@ class Scheduler:
         self._exported: set[tuple[str, str]] = set()
         self._task: asyncio.Task[None] | None = None
         self._told_running: set[tuple[str, str]] = set()
+        self._look_s = 0.0
+        """How long the last look's Engine calls took."""
 
     async def start(self) -> None:
         """Load the saved state and take a first look (so the inventory says what covers what from the start)."""
@@ -97,6 +106,7 @@ class Scheduler:
         self.poke()
 
     async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             self._wake.clear()
             try:
@@ -107,8 +117,11 @@ class Scheduler:
             except Exception:  # a bug: said, and the schedule goes on
                 log.exception("schedule.crashed")
                 sleep_s = RETRY_S
+            settle_s = max(POKE_SETTLE_S, POKE_SETTLE_LOOKS * self._look_s)
+            until = loop.time() + sleep_s
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), sleep_s)
+                await asyncio.sleep(min(settle_s, until - loop.time()))  # never past a slot that is due
 
     def rules(self) -> list[Rule]:
         changes, rules = self._bus_rules
@@ -119,8 +132,10 @@ class Scheduler:
 
     async def evaluate(self, now: datetime) -> dict[str, list[Rule]]:
         """Which rules cover which volume here, now (two Engine calls)."""
+        started = time.monotonic()
         volumes = await self.engine.volume_list({})
         containers = await self.engine.containers({"label": [SCHEDULE]})
+        self._look_s = time.monotonic() - started
         self.label_rules, self.ledger.label_rejected = label_rules(containers)
         cover = covered(self.rules(), self.host, volumes)
         if self.ledger.cover(cover, now):
