@@ -260,12 +260,13 @@ class Bus:
     async def event(
         self, kind: str, volume: str, *, backup_id: str | None = None, bytes_done: int | None = None,
         error: str | None = None, container: str | None = None, bytes_total: int | None = None,
+        percent: float | None = None, eta_s: float | None = None,
     ) -> None:
         cmd_id = structlog.contextvars.get_contextvars().get("cmd_id")
         evt = VolumeEvent(host=self.host, kind=kind, volume=volume,  # type: ignore[arg-type]
                           at=datetime.now(UTC).isoformat(), cmd_id=cmd_id, backup_id=backup_id,
-                          bytes_done=bytes_done, error=error, container=container,
-                          bytes_total=bytes_total)
+                          bytes_done=bytes_done, error=error, container=container, bytes_total=bytes_total,
+                          percent=percent, eta_s=eta_s)
         async with nats_errors(f"publishing event {kind}"):
             await self.nc.publish(self.subjects.evt(self.host, kind), msgspec.json.encode(evt))
 

@@ -16,6 +16,7 @@ from contracts import CONTRACT_VERSION, DEFAULT_PREFIX, Subjects, valid_host_id
 
 from . import __version__
 from .auth.transport import exposures
+from .backup.store_config import DEFAULT_STORES, StoreConfig, load_stores
 from .errors import Invalid
 from .events.chunks import DEFAULT_PER_CHUNK
 from .metrics import listen_address
@@ -105,6 +106,9 @@ class Settings:
     """What `--insecure` let the agent run with that it would refuse otherwise (see `agent.auth.transport`)."""
     metrics_listen: str | None = None
     """HOST:PORT to serve Prometheus metrics on (`/metrics`); None: not served."""
+    stores: dict[str, StoreConfig] = field(default_factory=dict)
+    """The stores the stores file defines besides `local` and `nats` (agent/backup/store_config.py)."""
+    stores_file: Path | None = None
     notify: tuple[str, ...] = field(default=(), repr=False)
     """apprise URLs told of failed and overdue backups. They hold tokens and passwords: never printed."""
 
@@ -203,6 +207,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
                    help="a file of age identities (AGE-SECRET-KEY-1... lines, as age-keygen writes them, mode 600): "
                         "restores decrypt backups encrypted to their public keys; absent: encrypted backups are "
                         "refused")
+    p.add_argument("--stores", default=_env("STORES"), metavar="FILE",
+                   help="the stores file: restic repositories (and more) as named backup stores, besides local and "
+                        f"nats (default: {DEFAULT_STORES} if it exists)")
     p.add_argument("--insecure", action="store_true", default=_flag("INSECURE"),
                    help="run even where others could command this agent (NATS off this host without credentials "
                         "or TLS); said at start and in the inventory")
@@ -239,6 +246,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         age_recipients = age_identities(Path(a.age_identity)) if a.age_identity else ()
     except ValueError as exc:
         p.error(f"--age-identity: {exc}")
+    stores_file = Path(a.stores) if a.stores else Path(DEFAULT_STORES) if Path(DEFAULT_STORES).exists() else None
+    try:
+        stores = load_stores(stores_file) if stores_file is not None else {}
+    except ValueError as exc:
+        p.error(f"--stores: {exc}")
     urls = [u.strip() for u in (a.nats or "").split(",") if u.strip()]
     found = exposures(urls, credentials=bool(a.nats_user or a.nats_token or a.nats_nkey_seed or a.nats_creds),
                       tls_options=bool(a.nats_tls_ca or a.nats_tls_cert), embedded_listen=a.embedded_listen)
@@ -277,6 +289,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         age_recipients=age_recipients,
         insecure=tuple(e.what for e in found),
         metrics_listen=a.metrics_listen or None,
+        stores=stores,
+        stores_file=stores_file,
         notify=tuple(notify),
     )
 

@@ -25,8 +25,10 @@ from .backup.digest import Digests
 from .backup.encryption import AgeIdentity
 from .backup.local_store import LocalStore
 from .backup.migrate import BusPeers, Migrations
+from .backup.nats_catalog import Catalog
 from .backup.nats_store import NatsStore
 from .backup.observed import BackupObserver
+from .backup.restic_store import ResticStore
 from .backup.restore import Restores
 from .backup.stores import Stores
 from .backup.volume_files import DataPath, remove_leftover_helpers
@@ -185,7 +187,12 @@ async def serve(settings: Settings, supervisor: Supervisor) -> None:
         await unless_stopped(persist("claiming this host id", lease.start), stop)
 
         tasks = Tasks(settings.concurrency)
-        stores = Stores(LocalStore(settings.data_dir / "backups"), NatsStore(bus, settings.data_dir / "spool"))
+        catalog = Catalog(bus)
+        stores = Stores(LocalStore(settings.data_dir / "backups"), NatsStore(bus, settings.data_dir / "spool"),
+                        *(ResticStore(name, cfg, catalog, host=settings.host_id, stores_file=settings.stores_file)
+                          for name, cfg in settings.stores.items()))
+        if settings.stores:
+            log.info("agent.stores", stores=list(stores.by_name), file=str(settings.stores_file))
         await stores.cleanup()
         if settings.metrics_listen:
             made = await unless_stopped(persist("reading this host's backups for the metrics",

@@ -114,11 +114,13 @@ class Timeout(Transient):
 class ToolFailed(Unavailable):
     """A data-path process exited non-zero; says which tool, its exit status and its last stderr line."""
 
-    def __init__(self, tool: str, status: int, stderr_tail: str, doing: str = "") -> None:
+    def __init__(self, tool: str, status: int, stderr_tail: str, doing: str = "", *, stderr: str = "") -> None:
         how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
         said = f": {stderr_tail}" if stderr_tail else " without a message"
         super().__init__(f"{tool} {how}{doing and ' while ' + doing}{said}.".replace("..", "."))
         self.tool, self.status, self.stderr_tail = tool, status, stderr_tail
+        self.stderr = stderr
+        """All it said (for a caller that knows the tool's words: restic's); never in the message as a whole."""
 
 
 _BY_CODE: dict[str, type[AgentError]] = {

@@ -5,7 +5,9 @@
     ResultSink      where outcomes go (agent/bus.py Bus)
     InventorySink   where snapshots go (agent/bus.py Bus)
     OutcomeStore    recorded outcomes by command id (agent/outcomes.py KvOutcomes; tests MemoryOutcomes)
-    BackupStore     a place for backups and their catalog (agent/backup/local_store.py, nats_store.py)
+    BackupStore     a place for backups and their catalog, one of:
+      FileStore     backups as files (agent/backup/local_store.py, nats_store.py; tests MemoryStore)
+      SnapshotStore backups as a tool's snapshots, read from the volume itself (agent/backup/restic_store.py)
     EventHandler    a consumer of Docker's events (agent/events/*)
     Peers           requests to other hosts' agents (agent/backup/migrate.py BusPeers)
     Verifier        who sent a command, and may they (agent/auth/verify.py Verifier; tests TrustAll)
@@ -19,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 import msgspec
 
@@ -27,7 +29,9 @@ from contracts import BackupRecord, Compression, Protection, RejectedPolicy, Rep
 
 if TYPE_CHECKING:
     from .auth.verify import Caller
-    from .backup.stores import StoreWriter
+    from .backup.progress import Progress
+    from .backup.stores import NewBackup, Stored, StoreWriter, TarSource
+    from .backup.volume_files import ContainerDir, HostDir
     from .dispatch import Outcome
     from .outcomes import StoredOutcome
 
@@ -36,6 +40,7 @@ __all__ = [
     "Engine",
     "EventHandler",
     "EventSink",
+    "FileStore",
     "InventorySink",
     "LocalRunner",
     "Metrics",
@@ -44,6 +49,7 @@ __all__ = [
     "Peers",
     "PolicyCoverage",
     "ResultSink",
+    "SnapshotStore",
     "Verifier",
 ]
 
@@ -79,6 +85,7 @@ class EventSink(Protocol):
     async def event(
         self, kind: str, volume: str, *, backup_id: str | None = None, bytes_done: int | None = None,
         error: str | None = None, container: str | None = None, bytes_total: int | None = None,
+        percent: float | None = None, eta_s: float | None = None,
     ) -> None: ...
 
 
@@ -108,10 +115,13 @@ class OutcomeStore(Protocol):
     async def put(self, host: str, cmd_id: str, outcome: StoredOutcome) -> None: ...
 
 
-class BackupStore(Protocol):
-    """A place for backups, with the catalog kept beside them (it survives restarts)."""
+class FileStore(Protocol):
+    """A place for backups as files (the agent's own `tar | zstd | age` stream), with the catalog kept beside them
+    (it survives restarts)."""
 
     name: str
+    shared: bool
+    """Backups other hosts wrote can be in it: each is checked member by member before a restore writes it."""
 
     async def begin(
         self, backup_id: str, volume: str, compression: Compression, *, encrypted: bool = False
@@ -128,6 +138,37 @@ class BackupStore(Protocol):
         ...
     async def forget(self, backup_id: str) -> None: ...
     async def cleanup(self) -> int: ...
+
+
+@runtime_checkable
+class SnapshotStore(Protocol):
+    """A place for backups that a tool makes from the volume's files itself (restic: incremental, deduplicated),
+    with the catalog of their records kept by the agent (listing never asks the tool)."""
+
+    name: str
+    shared: bool
+    """Backups other hosts wrote can be in it: each is checked before a restore writes it."""
+
+    async def snapshot(self, files: HostDir | ContainerDir, new: NewBackup, progress: Progress) -> Stored:
+        """Back up the volume's files; what was stored (its record is not written yet: `record` does)."""
+        ...
+    async def record(self, record: BackupRecord) -> None:
+        """Keep the record of a backup `snapshot` made: from then on it exists."""
+        ...
+    async def discard(self, stored: Stored) -> None:
+        """Drop what `snapshot` stored, for a backup that failed afterwards (best effort: never raises)."""
+        ...
+    def open(self, record: BackupRecord) -> AbstractAsyncContextManager[TarSource]:
+        """The backup's tar stream, as processes to start (once for the member check, once to extract)."""
+        ...
+    async def catalog(self, volume: str | None = None) -> list[BackupRecord]: ...
+    async def get(self, backup_id: str) -> BackupRecord: ...
+    async def forget(self, backup_id: str) -> None: ...
+    async def cleanup(self) -> int: ...
+
+
+BackupStore: TypeAlias = "FileStore | SnapshotStore"
+"""A place for backups, of either kind."""
 
 
 class EventHandler(Protocol):

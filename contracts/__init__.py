@@ -7,6 +7,7 @@ is the same API as JSON Schema.
 from . import labels
 from .backups import (
     BACKUP_ID_PATTERN,
+    STORE_NAME_PATTERN,
     BackupRecord,
     BackupRequest,
     BackupsRequest,
@@ -16,6 +17,7 @@ from .backups import (
     Compression,
     ForgetRequest,
     ForgetResult,
+    ResticSnapshot,
     RestoreRequest,
     RestoreResult,
     StoreName,
@@ -96,6 +98,7 @@ __all__ = [
     "HOST_ID_PATTERN",
     "OPS",
     "SERVICE_NAME",
+    "STORE_NAME_PATTERN",
     "VOLUME_NAME_PATTERN",
     "BackupPolicy",
     "BackupRecord",
@@ -150,6 +153,7 @@ __all__ = [
     "RemoveRequest",
     "RemoveResult",
     "Reply",
+    "ResticSnapshot",
     "RestoreRequest",
     "RestoreResult",
     "Selector",

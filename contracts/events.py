@@ -39,10 +39,15 @@ class VolumeEvent(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     cmd_id: str | None = None
     backup_id: str | None = None
     bytes_done: int | None = None
-    """Tar bytes so far (`*.progress`) or in all (`*.completed`)."""
+    """Tar bytes so far (`*.progress`) or in all (`*.completed`); restic stores: bytes of files read so far."""
     bytes_total: int | None = None
-    """`*.progress`: the tar bytes expected in all, when known: a restore's backup size; for a backup an estimate
-    (its last backup's size, or Docker's last measure of the volume), which the backup may exceed (contract 2.3)."""
+    """`*.progress`: what `bytes_done` will come to, when known: a restore's backup size; for a backup an estimate
+    (its last backup's size, or Docker's last measure of the volume), which the backup may exceed; a backup into a
+    restic store: restic's own count (contract 2.3)."""
+    percent: float | None = None
+    """Done so far, 0 to 100, when known."""
+    eta_s: float | None = None
+    """Seconds still to go, when estimated (restic's estimate)."""
     error: str | None = None
     """Why it failed (`*.failed`)."""
     container: str | None = None

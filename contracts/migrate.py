@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from .backups import StoreName
 from .envelope import BaseRequest
 from .names import VolumeName
 from .subjects import HOST_ID_PATTERN
@@ -17,7 +18,8 @@ MigrateStep = Literal["check", "backup", "restore", "verify", "remove"]
 
 
 class MigrateRequest(BaseRequest):
-    """Sent to the source host: move `volume` to host `to` through the shared (`nats`) store.
+    """Sent to the source host: move `volume` to host `to` through a store both define (default: the shared
+    `nats` store).
 
     Backup, restore on `to`, verify the target's digest against the source's, then remove the source
     only if `remove_source`. A failure at any step leaves the source intact; the error names the step.
@@ -30,6 +32,8 @@ class MigrateRequest(BaseRequest):
     remove_source: bool = False
     overwrite: bool = False
     """Replace the content of an existing, non-empty target."""
+    store: StoreName = "nats"
+    """The store the backup goes through: `nats`, or a restic store both hosts define (the same repository)."""
 
 
 class MigrateResult(msgspec.Struct, forbid_unknown_fields=True):

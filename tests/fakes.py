@@ -228,6 +228,7 @@ class RecordingSink:
     async def event(
         self, kind: str, volume: str, *, backup_id: str | None = None, bytes_done: int | None = None,
         error: str | None = None, container: str | None = None, bytes_total: int | None = None,
+        percent: float | None = None, eta_s: float | None = None,
     ) -> None:
         self.events.append((kind, volume))
         self.event_fields.append({"backup_id": backup_id, "bytes_done": bytes_done, "error": error,
@@ -250,9 +251,10 @@ class MemoryOutcomes:
 class MemoryStore:
     """A `BackupStore` under any name: records in a dict, bytes in files under `root`; `fetch` does not verify."""
 
-    def __init__(self, name: str, root: Path) -> None:
+    def __init__(self, name: str, root: Path, *, shared: bool = True) -> None:
         self.name = name
         self.root = root
+        self.shared = shared
         self.records: dict[str, BackupRecord] = {}
 
     async def begin(

@@ -17,7 +17,7 @@ import pytest
 
 from agent.backup.local_store import LocalStore
 from agent.backup.stores import new_backup_id
-from agent.errors import AgentError, Conflict, InUse, NotFound
+from agent.errors import AgentError, Conflict, InUse, Invalid, NotFound
 from agent.typing import BackupStore
 from contracts import BackupRecord, BackupRequest, BackupsRequest, CloneRequest, ForgetRequest, RestoreRequest
 
@@ -196,15 +196,15 @@ async def test_a_clone_onto_a_volume_with_content_is_refused_and_leaves_it_alone
 # Stores: chosen by name, searched by id, listed together
 
 
-async def test_an_unknown_store_is_not_found_with_a_sentence_and_nothing_starts(tmp_path: Path) -> None:
+async def test_an_unknown_store_is_invalid_with_the_names_the_host_has_and_nothing_starts(tmp_path: Path) -> None:
     agent = fake_agent(FakeEngine(tmp_path / "volumes"), RecordingSink(), LocalStore(tmp_path / "local"))
     await volume_with(agent, "v1", {"data.txt": b"x"})
 
-    with pytest.raises(NotFound) as refused:
-        await agent.backups.backup(BackupRequest(volume="v1", store="nats"))
+    with pytest.raises(Invalid) as refused:
+        await agent.backups.backup(BackupRequest(volume="v1", store="offsite"))
 
-    assert refused.value.code == "not_found"
-    assert refused.value.message == "The 'nats' backup store is not configured on this agent."
+    assert refused.value.code == "invalid"
+    assert refused.value.message.startswith("This host has no backup store named 'offsite'; it has local (")
     assert events_of(agent) == [] and not (tmp_path / "local").exists()
 
 

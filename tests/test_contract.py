@@ -116,3 +116,11 @@ def test_plausible_but_wrong_bodies_are_a_valid_command_or_invalid(op: str, body
 def test_unknown_op_is_invalid() -> None:
     with pytest.raises(Invalid, match="Unknown operation"):
         _DISPATCHER.decode("drop-tables", b"{}")
+
+
+def test_volumectls_parser_takes_store_names_as_the_contract_does() -> None:
+    """The parser keeps a copy of the pattern to start fast; it must not drift."""
+    from contracts import STORE_NAME_PATTERN
+    from volumectl import args
+
+    assert args.STORE_NAME_PATTERN == STORE_NAME_PATTERN

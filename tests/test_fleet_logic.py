@@ -38,7 +38,7 @@ def test_labels_pick_a_subset_and_options() -> None:
     ({"volume-agent.backup.keep": "many"}, "keep"),
     ({"volume-agent.backup.keep": "0"}, "keep"),
     ({"volume-agent.backup.compression": "lz4"}, "compression"),
-    ({"volume-agent.backup.store": "s3"}, "store"),
+    ({"volume-agent.backup.store": "s3 bucket"}, "store"),
 ])
 def test_bad_labels_are_refused_with_a_sentence(labels: dict[str, str], words: str) -> None:
     with pytest.raises(Invalid, match=words):

@@ -93,8 +93,8 @@ def test_a_bad_policy_is_refused_whole_naming_every_problem() -> None:
                       "encrypt_to": [RECIPIENT[:-1] + "q"], "timezone": "Mars/Olympus"})
     msg = str(exc.value)
     assert "schedule" in msg and "keep" in msg and "recipient" in msg and "zone" in msg
-    with pytest.raises(PolicyRefused, match="store"):
-        valid_policy({"name": "p", "schedule": "@daily", "keep": {"last": 1}, "store": "s3"})
+    with pytest.raises(PolicyRefused, match="store"):  # any name is a store's (hosts define theirs), not any text
+        valid_policy({"name": "p", "schedule": "@daily", "keep": {"last": 1}, "store": "s3 bucket"})
     with pytest.raises(PolicyRefused, match="spread"):
         valid_policy({"name": "p", "schedule": "@hourly", "keep": {"last": 1}, "spread_s": 3600})
     assert check_policy(_policy(encrypt_to=[RECIPIENT])) == []

@@ -16,6 +16,16 @@ from typing import Any, NoReturn
 
 from .web import options as web_options
 
+STORE_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+"""contracts.STORE_NAME_PATTERN, copied so the parser imports nothing heavy (a test checks they are the same)."""
+
+
+def store_name(text: str) -> str:
+    """A store's name, as the contract takes it (which stores a host has is its own configuration)."""
+    if not re.match(STORE_NAME_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"{text!r} is no store name (letters, digits, '_' and '-', at most 64)")
+    return text
+
 __all__ = ["DEFAULT_NATS", "LONG_OPS", "Parser", "identity_of", "parser", "request_of", "wants_json"]
 
 DEFAULT_NATS = "nats://127.0.0.1:4222"
@@ -136,8 +146,9 @@ def parser() -> Parser:
     b.add_argument("--compression", choices=["zstd", "gzip", "none"], default="zstd")
     b.add_argument("--keep", type=int, metavar="N", help="keep only the newest N backups of this volume (N >= 1)")
     b.add_argument("--stop-containers", action="store_true", help="stop the volume's running users meanwhile")
-    b.add_argument("--store", choices=["local", "nats"], default="local",
-                   help="local: this host's data dir; nats: the shared store every host can restore from")
+    b.add_argument("--store", type=store_name, default="local", metavar="NAME",
+                   help="local: this host's data dir; nats: the shared store every host can restore from; or a store "
+                        "the host's stores file defines (a restic repository)")
     b.add_argument("--encrypt-to", action="append", metavar="RECIPIENT",
                    help="encrypt to this age public key (age1...; repeat for several); restoring needs one of their "
                         "identities in the restoring agent's --age-identity")
@@ -156,6 +167,8 @@ def parser() -> Parser:
     mg.add_argument("--target", help="the volume's name there (default: the same)")
     mg.add_argument("--remove-source", action="store_true", help="remove the volume here once the copy is verified")
     mg.add_argument("--overwrite", action="store_true", help="replace the content of a non-empty target")
+    mg.add_argument("--store", type=store_name, metavar="NAME",
+                    help="the store the volume goes through, which both hosts define (default: nats)")
 
     dg = sub.add_parser("digest", help="a digest of a volume's content (equal digests: equal trees)")
     dg.add_argument("volume")
@@ -210,7 +223,7 @@ def _policy_parser(sub: Any) -> None:
     s.add_argument("--label", action="append", metavar="K[=V]", help="only volumes with this label (repeatable)")
     s.add_argument("--timezone", help="IANA zone of the schedule and keep rules (default UTC)")
     s.add_argument("--spread", type=float, metavar="SECONDS", help="window of the per-host offsets")
-    s.add_argument("--store", choices=["local", "nats"])
+    s.add_argument("--store", type=store_name, metavar="NAME", help="local, nats, or a store the hosts define")
     s.add_argument("--compression", choices=["zstd", "gzip", "none"])
     s.add_argument("--encrypt-to", action="append", metavar="AGE_RECIPIENT", help="age public key (repeatable)")
     s.add_argument("--stop-containers", action="store_true", default=None)
@@ -280,6 +293,8 @@ def request_of(a: argparse.Namespace, p: argparse.ArgumentParser) -> tuple[str, 
             body = {"volume": a.volume, "to": a.to, "remove_source": a.remove_source, "overwrite": a.overwrite}
             if a.target:
                 body["target"] = a.target
+            if a.store:
+                body["store"] = a.store
             op = "migrate"
         case "digest":
             op, body = "digest", {"volume": a.volume}
@@ -321,3 +336,4 @@ def request_of(a: argparse.Namespace, p: argparse.ArgumentParser) -> tuple[str, 
     if a.id:
         body["id"] = a.id
     return op, body
+

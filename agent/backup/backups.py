@@ -7,6 +7,7 @@ import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,19 +23,21 @@ from contracts import (
     ContainerRef,
     ForgetRequest,
     ForgetResult,
+    ResticSnapshot,
 )
 
 from ..causes import Causes
-from ..errors import AgentError, Internal, ToolFailed
+from ..errors import AgentError, Internal, Invalid, ToolFailed
 from ..locks import KeyedLocks
-from ..typing import Engine, EventSink
+from ..typing import Engine, EventSink, FileStore, SnapshotStore
 from ..volumes import used_by
 from .encryption import encryptor
 from .hooks import POST_HOOK, PRE_HOOK, restart, run_hooks, stop_running
 from .observed import BackupObserver, observed
 from .pipes import Counted, Procs, compressor, feed, tar_totals
 from .progress import Progress
-from .stores import Stores, StoreWriter, new_backup_id
+from .stores import NewBackup, Stores, StoreWriter, new_backup_id
+from .unfinished import current_cmd_id
 from .volume_files import ContainerDir, DataPath, HostDir, volume_files
 
 __all__ = ["Backups"]
@@ -49,6 +52,35 @@ async def _wait(procs: Procs, writer: StoreWriter) -> list[str]:
     except ToolFailed:
         await asyncio.to_thread(writer.check_space)  # raises the store's own error when it is full
         raise
+
+
+@dataclass(frozen=True)
+class _Made:
+    """What a backup's record says whatever the store: who made it, of what, when, how."""
+
+    backup_id: str
+    volume: str
+    host: str
+    trigger: str
+    store: str
+    created_at: str
+    started: float
+    v: dict[str, Any]
+    stopped: list[str]
+    container: str | None
+    policy: str | None
+    encrypted_to: list[str]
+
+    def record(self, *, size: int, stored_size: int, sha256: str, compression: Compression, location: str,
+               restic: ResticSnapshot | None = None) -> BackupRecord:
+        return BackupRecord(
+            backup_id=self.backup_id, volume=self.volume, host=self.host, trigger=self.trigger,  # type: ignore[arg-type]
+            size=size, stored_size=stored_size, sha256=sha256, compression=compression, store=self.store,
+            location=location, created_at=self.created_at, duration_s=round(time.monotonic() - self.started, 3),
+            stopped_containers=self.stopped, volume_driver=self.v.get("Driver") or "local",
+            volume_labels=dict(self.v.get("Labels") or {}), container=self.container, policy=self.policy,
+            encrypted_to=self.encrypted_to, restic=restic,
+        )
 
 
 class Backups:
@@ -121,27 +153,17 @@ class Backups:
                 await run_hooks(self.engine, users, PRE_HOOK, must_succeed=True)
                 if req.stop_containers:
                     stopped = await stop_running(self.engine, self.causes, users)
-                writer = await store.begin(backup_id, req.volume, req.compression, encrypted=encrypt is not None)
-                try:
-                    progress = Progress(self.events, "backup", req.volume, backup_id,
-                                        self.estimate(req.volume) if self.estimate else None)
-                    async with progress.running():
-                        still_running = [u for u in users if u not in stopped]
-                        size = await self._write(v, still_running, req.compression, encrypt, writer, progress)
-                    record = BackupRecord(
-                        backup_id=backup_id, volume=req.volume, host=self.host, trigger=trigger,  # type: ignore[arg-type]
-                        size=size, stored_size=writer.written, sha256=writer.sha256.hexdigest(),
-                        compression=req.compression, store=store.name,  # type: ignore[arg-type]
-                        location=writer.location, created_at=created_at,
-                        duration_s=round(time.monotonic() - started, 3),
-                        stopped_containers=[u.container for u in stopped],
-                        volume_driver=v.get("Driver") or "local", volume_labels=dict(v.get("Labels") or {}),
-                        container=container, policy=policy, encrypted_to=list(dict.fromkeys(req.encrypt_to)),
-                    )
-                    await store.commit(writer, record)
-                except BaseException:
-                    await asyncio.shield(store.abort(writer))
-                    raise
+                made = _Made(backup_id=backup_id, volume=req.volume, host=self.host, trigger=trigger,
+                             store=store.name, created_at=created_at, started=started, v=v,
+                             stopped=[u.container for u in stopped], container=container, policy=policy,
+                             encrypted_to=list(dict.fromkeys(req.encrypt_to)))
+                progress = Progress(self.events, "backup", req.volume, backup_id,
+                                    self.estimate(req.volume) if self.estimate else None)
+                still_running = [u for u in users if u not in stopped]
+                if isinstance(store, SnapshotStore):
+                    record = await self._snapshot(store, made, still_running, progress)
+                else:
+                    record = await self._file(store, made, req.compression, encrypt, still_running, progress)
             except AgentError as exc:
                 await events.event("backup.failed", req.volume, backup_id=backup_id, error=exc.message,
                                    container=container)
@@ -151,13 +173,48 @@ class Backups:
                 warnings = await asyncio.shield(run_hooks(
                     self.engine, [u for u in users if u.state == "running"], POST_HOOK, must_succeed=False))
             self.on_backup(record)
-            await events.event("backup.completed", req.volume, backup_id=backup_id, bytes_done=size,
+            await events.event("backup.completed", req.volume, backup_id=backup_id, bytes_done=record.size,
                                container=container)
-            log.info("backup.completed", size=size, stored=writer.written, seconds=record.duration_s)
+            log.info("backup.completed", size=record.size, stored=record.stored_size, seconds=record.duration_s,
+                     store=record.store)
         if req.keep is not None:
             await self._keep(record, req.keep)
         # In the reply only: the catalog's record was written before the post hooks ran.
         return msgspec.structs.replace(record, warnings=warnings) if warnings else record
+
+    async def _file(self, store: FileStore, made: _Made, compression: Compression, encrypt: list[str] | None,
+                    users: list[ContainerRef], progress: Progress) -> BackupRecord:
+        """Into a file store: the stream written through its writer (hashed as it goes), then the record."""
+        writer = await store.begin(made.backup_id, made.volume, compression, encrypted=encrypt is not None)
+        try:
+            async with progress.running():
+                size = await self._write(made.v, users, compression, encrypt, writer, progress)
+            record = made.record(size=size, stored_size=writer.written, sha256=writer.sha256.hexdigest(),
+                                 compression=compression, location=writer.location)
+            await store.commit(writer, record)
+        except BaseException:
+            await asyncio.shield(store.abort(writer))
+            raise
+        return record
+
+    async def _snapshot(self, store: SnapshotStore, made: _Made, users: list[ContainerRef], progress: Progress
+                        ) -> BackupRecord:
+        """Into a snapshot store (restic): its tool reads the volume's files, then the record is kept."""
+        if made.encrypted_to:
+            raise Invalid(f"Store {store.name!r} encrypts with its own key (restic's repository password); "
+                          "encrypt_to (age) is for the local and nats stores. Nothing was written.")
+        new = NewBackup(backup_id=made.backup_id, volume=made.volume, host=made.host, trigger=made.trigger,
+                        policy=made.policy, cmd_id=current_cmd_id())
+        async with progress.running(), volume_files(self.engine, made.v, users, self.data_path) as files:
+            stored = await store.snapshot(files, new, progress)
+        try:
+            record = made.record(size=stored.size, stored_size=stored.stored_size, sha256=stored.sha256,
+                                 compression=stored.compression, location=stored.location, restic=stored.restic)
+            await store.record(record)
+        except BaseException:
+            await asyncio.shield(store.discard(stored))
+            raise
+        return record
 
     async def _write(
         self, v: dict[str, Any], users: list[ContainerRef], compression: Compression, encrypt: list[str] | None,

@@ -10,6 +10,9 @@ store and ask any host to restore them. A few KB of zstd can unpack to terabytes
   way, so such a bomb is refused there, before the target is touched.
 - A record has no file count. Every tar member takes at least one 512-byte header, so the same bound holds the
   files to `limit // 512`.
+- A restic `directory` snapshot's record counts the files' bytes (restic's), not a tar stream: its bound adds
+  ENTRY_BYTES for each entry the agent counted in the volume as restic read it (`restic dump` writes a header,
+  padding and maybe an extended header for each), and its listing may not hold more entries than that.
 - Before anything is written, the record's size must fit in the free space of the volume's file system
   (`fits`: statvfs, the space an unprivileged writer may use, plus what `overwrite` frees), or `unavailable`.
   Only for a volume whose directory this host sees (plain local volumes); for one mounted on demand (tmpfs,
@@ -27,24 +30,41 @@ from contracts import BackupRecord
 
 from ..errors import Corrupt, Unavailable
 
-__all__ = ["MARGIN", "fits", "limit", "too_big"]
+__all__ = ["ENTRY_BYTES", "MARGIN", "fits", "limit", "most_entries", "too_big"]
 
 # Above the stated size, what a tar stream may still hold: the record's `size` is the exact stream the agent
 # wrote (headers and end padding included), but another tar writer may pad its end to larger records (a blocking
 # factor of 2048 makes them 1 MiB). Small next to any disk, and no room for a bomb.
 MARGIN = 1 << 20
+# Per entry of a `restic dump`: a 512-byte header, up to 511 bytes of padding, and a PAX header for a long name or
+# extended attributes (the rest is room for a few).
+ENTRY_BYTES = 4096
+
+
+def most_entries(record: BackupRecord) -> int:
+    """The entries a restic `directory` snapshot may hold: what the agent counted when it was made (and a few, for
+    what appeared meanwhile)."""
+    snap = record.restic
+    if snap is None:
+        return 0
+    if snap.entries is not None:
+        return snap.entries + max(256, snap.entries // 100)
+    return snap.total_files_processed + snap.dirs_new + snap.dirs_changed + snap.dirs_unmodified + 256
 
 
 def limit(record: BackupRecord) -> int:
     """The most tar stream a restore of `record` hands to tar."""
-    return max(record.size, 0) + MARGIN
+    extra = ENTRY_BYTES * most_entries(record) if record.restic is not None and record.restic.source == "directory" \
+        else 0
+    return max(record.size, 0) + MARGIN + extra
 
 
 def too_big(record: BackupRecord, *, written: bool) -> Corrupt:
     where = ("what was written to the volume is undone" if written else "nothing was written to the volume")
     return Corrupt(
         f"Backup {record.backup_id!r} unpacks to more than its record says: its tar stream goes past "
-        f"{limit(record)} bytes (the record's {record.size} bytes plus a margin of {MARGIN} bytes); {where}. "
+        f"{limit(record)} bytes (the record's {record.size} bytes plus a margin of {limit(record) - record.size} "
+        f"bytes); {where}. "
         "A backup that grows when unpacked is a decompression bomb or was altered: restore another backup.")
 
 

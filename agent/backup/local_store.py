@@ -38,6 +38,8 @@ class LocalStore:
     """Backups as files under `<data dir>/backups/<volume>/`."""
 
     name = "local"
+    shared = False
+    """Only this agent (root) writes under its data dir."""
 
     def __init__(self, root: Path) -> None:
         self.root = root

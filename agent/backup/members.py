@@ -20,6 +20,7 @@ is bounded like the extraction (`bounds.py`): past the tar stream its record sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 from contracts import BackupRecord
@@ -28,6 +29,7 @@ from ..errors import Corrupt, ToolFailed
 from .bounds import limit, too_big
 from .encryption import AgeIdentity
 from .pipes import Procs, unpack_into
+from .stores import TarSource
 
 __all__ = ["LIST_ARGV", "check_members", "member_problem", "parse_listing"]
 
@@ -122,17 +124,19 @@ def member_problem(kind: int, name: bytes, target: bytes | None, seen: dict[byte
     return None
 
 
-async def check_members(path: Path, record: BackupRecord, age: AgeIdentity | None = None) -> int:
-    """Read the stored backup's member list with GNU tar; `Corrupt` with a sentence if a restore must not write
-    it (see the module's docstring) or it is no tar archive. Returns the number of members. An encrypted backup is
-    decrypted in the pipe with `age`'s identity."""
+async def check_members(source: Path | TarSource, record: BackupRecord, age: AgeIdentity | None = None) -> int:
+    """Read the backup's member list with GNU tar; `Corrupt` with a sentence if a restore must not write it (see
+    the module's docstring) or it is no tar archive. Returns the number of members. `source`: the stream's processes
+    (a snapshot store's), or a stored file, decrypted in the pipe with `age`'s identity if encrypted."""
+    if isinstance(source, Path):
+        source = TarSource(argvs=(age or AgeIdentity(None)).tar_stream(record), stored=source)
     procs, seen, n = Procs(), dict[bytes, int](), 0
-    unpackers = (age or AgeIdentity(None)).tar_stream(record)
     refused, pumped = None, None
     try:
-        with open(path, "rb") as stored:  # noqa: ASYNC230 - a local file, opened once and handed to the children
-            pumped = await unpack_into(procs, unpackers, stored, LIST_ARGV, limit(record),
-                                       stdout=asyncio.subprocess.PIPE)
+        # A local file, opened once and handed to the children.
+        with open(source.stored, "rb") if source.stored is not None else contextlib.nullcontext() as stored:  # noqa: ASYNC230
+            pumped = await unpack_into(procs, source.argvs, stored, LIST_ARGV, limit(record),
+                                       stdout=asyncio.subprocess.PIPE, env=source.env)
         out = procs.last.stdout
         assert out is not None
         while refused is None:
@@ -157,6 +161,9 @@ async def check_members(path: Path, record: BackupRecord, age: AgeIdentity | Non
     except ToolFailed as exc:
         if exc.status < 0:  # killed: says nothing about the archive
             raise
+        known = source.error(exc) if source.error is not None else None
+        if known is not None:  # the store's tool could not read its repository now: not the backup's fault
+            raise known from exc
         raise Corrupt(f"Backup {record.backup_id!r} cannot be read as a tar archive ({exc.message.rstrip('.')}); "
                       "nothing was written to the volume. Restore another backup.") from exc
     finally:

@@ -1,4 +1,5 @@
-"""Move a volume to another host: backup to the shared store, restore there, verify, then maybe remove here.
+"""Move a volume to another host: backup to a store both hosts have (the shared `nats` store, or a restic store both
+define), restore there, verify, then maybe remove here.
 
 The source is never touched until the target is proven equal (`digest` on both hosts); any failure leaves
 it as it was and names the step. The source's lock is held throughout, so no command of this agent
@@ -58,9 +59,9 @@ class _AtPeer(Exception):
         self.host, self.error = host, error
 
 
-def _step_error(step: str, host: str, exc: AgentError, backup_id: str | None) -> AgentError:
+def _step_error(step: str, host: str, exc: AgentError, backup_id: str | None, store: str) -> AgentError:
     """The same kind of error, saying at which step and on which host it happened, and what is left."""
-    kept = f" The source is intact; backup {backup_id} stays in the shared store." if backup_id else \
+    kept = f" The source is intact; backup {backup_id} stays in store {store!r}." if backup_id else \
         " The source is intact."
     return from_wire(exc.code, f"migrate failed at step {step} on host {host}: {exc.message.rstrip('.')}.{kept}")
 
@@ -83,6 +84,9 @@ class Migrations:
     async def migrate(self, req: MigrateRequest) -> MigrateResult:
         if req.to == self.host:
             raise Invalid(f"Volume {req.volume!r} is already on host {self.host}; use clone for a copy here.")
+        if not self.backups.stores[req.store].shared:  # and a name this host does not define is refused there
+            raise Invalid(f"Store {req.store!r} holds backups only this host reads; migrate through a store both hosts "
+                          "have: nats, or a restic store both define (the same repository).")
         target = req.target or req.volume
         # The restore on the target is a command of its own: a retried migrate does not restore twice.
         cmd_id = structlog.contextvars.get_contextvars().get("cmd_id") or ""
@@ -97,7 +101,7 @@ class Migrations:
                 if running or (req.remove_source and users):
                     raise in_use(req.volume, running or users)
                 step = "backup"
-                record = await self.backups.backup_locked(BackupRequest(volume=req.volume, store="nats"))
+                record = await self.backups.backup_locked(BackupRequest(volume=req.volume, store=req.store))
                 backup_id = record.backup_id
                 step = "restore"
                 # The source's digest is computed while the target restores; it is not needed before.
@@ -119,10 +123,10 @@ class Migrations:
                 if req.remove_source:
                     await self.volumes.remove_locked(req.volume, force=False)
             except _AtPeer as exc:
-                raise _step_error(step, exc.host, exc.error, backup_id) from exc
+                raise _step_error(step, exc.host, exc.error, backup_id, req.store) from exc
             except AgentError as exc:
                 where = self.host if step in ("check", "backup", "remove") else req.to
-                raise _step_error(step, where, exc, backup_id) from exc
+                raise _step_error(step, where, exc, backup_id, req.store) from exc
         log.info("migrate.done", to=req.to, target=target, backup_id=backup_id)
         return MigrateResult(
             volume=req.volume, to=req.to, target=target, backup_id=record.backup_id, size=record.size,

@@ -1,4 +1,5 @@
-"""The shared catalog: the record of every `nats` backup, in the KV bucket `<prefix>_backup_catalog`.
+"""The shared catalog: the record of every `nats` backup, and of every backup in a restic store (any host's whose
+stores file defines that store can restore it), in the KV bucket `<prefix>_backup_catalog`.
 
 A record is kept under `<host>.<base64url(backup_id)>` (`contracts.catalog_key`), the host that made the backup,
 and its bytes in that host's own Object Store `<prefix>_backups_<host>`. NATS permissions let each host's
@@ -58,8 +59,9 @@ class Catalog:
         async with nats_errors(f"deleting backup {record.backup_id} from the shared catalog"):
             await self.bus.catalog_kv().delete(catalog_key(self.bus.host, record.backup_id))
 
-    async def records(self, volume: str | None = None) -> list[BackupRecord]:
-        """Every believable record (see the module's docstring), of `volume` or of all volumes."""
+    async def records(self, volume: str | None = None, *, store: str | None = None) -> list[BackupRecord]:
+        """Every believable record (see the module's docstring), of `volume` or of all volumes, in `store` or in
+        any."""
         try:
             async with nats_errors("reading the shared backup catalog"):
                 values = await read_bucket(self.bus.js, self._bucket)
@@ -78,7 +80,7 @@ class Catalog:
                     self._skipped.add(key)
                     log.warning("objstore.record_skipped", key=key, why=exc.message)
                 continue
-            if volume in (None, r.volume):
+            if volume in (None, r.volume) and store in (None, r.store):
                 records.append(r)
         return records
 

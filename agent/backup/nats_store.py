@@ -39,7 +39,7 @@ from ..compat import new_nuid
 from ..errors import Corrupt, Unavailable
 from ..private_files import open_private, private_dir
 from .nats_catalog import Catalog
-from .stores import PARTIAL, StoreWriter, newest_first, store_errors, suffix_of
+from .stores import PARTIAL, InOtherStore, StoreWriter, newest_first, store_errors, suffix_of
 
 __all__ = ["NatsStore"]
 
@@ -58,6 +58,7 @@ class NatsStore:
     """`BackupStore` in JetStream: every host's backups, restorable anywhere."""
 
     name = "nats"
+    shared = True
 
     def __init__(self, bus: Bus, spool: Path) -> None:
         self.bus = bus
@@ -167,10 +168,14 @@ class NatsStore:
         writer.final.unlink(missing_ok=True)
 
     async def catalog(self, volume: str | None = None) -> list[BackupRecord]:
-        return newest_first(await self.records.records(volume))
+        return newest_first(await self.records.records(volume, store=self.name))
 
     async def get(self, backup_id: str) -> BackupRecord:
-        return await self.records.get(backup_id)
+        record = await self.records.get(backup_id)
+        if record.store != self.name:  # the catalog keeps restic stores' records too
+            raise InOtherStore(f"Backup {backup_id!r} is in store {record.store!r}, not in the nats store.",
+                               record.store)
+        return record
 
     @contextlib.asynccontextmanager
     async def fetch(self, record: BackupRecord) -> AsyncIterator[Path]:

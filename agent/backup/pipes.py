@@ -10,7 +10,7 @@ import contextlib
 import fcntl
 import os
 import signal
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from typing import Any, BinaryIO
 
 from contracts import Compression
@@ -63,17 +63,18 @@ class Procs:
     def __init__(self) -> None:
         self.procs: list[tuple[list[str], asyncio.subprocess.Process]] = []
 
-    async def chain(self, argvs: list[list[str]], *, stdin: Any, stdout: Any) -> None:
-        """Start `argvs` in order; `stdin` feeds the first (PIPE, a file or fd), `stdout` takes the last.
-        A program that is not installed is `Unavailable` naming it (those started before it are the caller's to
-        reap, as for any failure)."""
+    async def chain(self, argvs: list[list[str]], *, stdin: Any, stdout: Any, env: Mapping[str, str] | None = None,
+                    cwd: str | None = None) -> None:
+        """Start `argvs` in order; `stdin` feeds the first (PIPE, a file or fd), `stdout` takes the last; `env`:
+        their whole environment (None: the agent's). A program that is not installed is `Unavailable` naming it
+        (those started before it are the caller's to reap, as for any failure)."""
         prev: Any = stdin
         for i, argv in enumerate(argvs):
             last = i == len(argvs) - 1
             r, w = (None, None) if last else big_pipe()
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    *argv, stdin=prev, stdout=stdout if last else w, stderr=asyncio.subprocess.PIPE
+                    *argv, stdin=prev, stdout=stdout if last else w, stderr=asyncio.subprocess.PIPE, env=env, cwd=cwd
                 )
             except FileNotFoundError:
                 if r is not None:
@@ -100,17 +101,17 @@ class Procs:
         """Wait for all; returns each one's stderr. A failure raises `ToolFailed` for its cause: the first
         process that failed of its own accord, not one whose reader died under it (broken pipe)."""
         errs = []
-        failed: list[tuple[str, int, str]] = []
+        failed: list[tuple[str, int, str, str]] = []
         for argv, proc in self.procs:
             assert proc.stderr is not None
             err = (await proc.stderr.read()).decode(errors="replace").strip()
             code = await proc.wait()
             errs.append(err)
             if code != 0:
-                failed.append((argv[0], code, _last_line(err)))
+                failed.append((argv[0], code, _last_line(err), err))
         if failed:
-            tool, code, line = next((f for f in failed if not _broken_pipe(*f)), failed[0])
-            raise ToolFailed(tool, code, line, doing)
+            tool, code, line, err = next((f for f in failed if not _broken_pipe(*f[:3])), failed[0])
+            raise ToolFailed(os.path.basename(tool), code, line, doing, stderr=err)
         return errs
 
     def kill(self) -> None:
@@ -255,20 +256,23 @@ def _pump(src: int, dst: int, most: int) -> int:
         os.close(src)
 
 
-async def unpack_into(procs: Procs, unpackers: list[list[str]], stored: BinaryIO, reader: list[str], most: int,
-                      *, stdout: Any) -> asyncio.Future[int]:
-    """Start `unpackers` (age, a decompressor: maybe none) on the file `stored`, and `reader` (tar) on what they
-    put out, at most `most` bytes of it, moved by `pump`: returns that pump (await it before `procs.wait()`: past
-    `most`, tar sees its input end and fails for that, and the pump's count says why)."""
+async def unpack_into(procs: Procs, unpackers: list[list[str]], stored: BinaryIO | None, reader: list[str],
+                      most: int, *, stdout: Any, env: Mapping[str, str] | None = None) -> asyncio.Future[int]:
+    """Start `unpackers` (age, a decompressor: maybe none; or a store's tool that writes the tar stream) on the file
+    `stored` (None: on nothing), and `reader` (tar) on what they put out, at most `most` bytes of it, moved by
+    `pump`: returns that pump (await it before `procs.wait()`: past `most`, tar sees its input end and fails for
+    that, and the pump's count says why). `env`: the unpackers' environment."""
     src = dst = -1
     try:
         if unpackers:
             src, w = big_pipe()
             try:
-                await procs.chain(unpackers, stdin=stored, stdout=w)
+                await procs.chain(unpackers, stdin=stored if stored is not None else asyncio.subprocess.DEVNULL,
+                                  stdout=w, env=env)
             finally:
                 os.close(w)
         else:
+            assert stored is not None, "a tar stream comes from a file or from processes"
             src = os.dup(stored.fileno())
         r, dst = big_pipe()
         try:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import stat
+import tarfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,16 +18,16 @@ import structlog
 from contracts import BackupRecord, CloneRequest, CloneResult, RestoreRequest, RestoreResult
 
 from ..causes import Causes
-from ..errors import AgentError, Conflict, InUse, NotFound, Unavailable
+from ..errors import AgentError, Conflict, InUse, NotFound, ToolFailed, Unavailable
 from ..locks import KeyedLocks
-from ..typing import BackupStore, Engine, EventSink
+from ..typing import BackupStore, Engine, EventSink, SnapshotStore
 from ..volumes import Volumes, used_by
 from .bounds import fits, limit, too_big
 from .encryption import AgeIdentity
 from .members import check_members
 from .pipes import CHUNK, Capped, Counted, Procs, feed, read_chunks, tar_totals, unpack_into
 from .progress import Progress
-from .stores import Stores
+from .stores import Stores, TarSource
 from .unfinished import Unfinished, current_cmd_id
 from .volume_files import ContainerDir, DataPath, HostDir, host_path, volume_files
 
@@ -77,15 +81,28 @@ class Restores:
             await events.event("restore.completed", req.volume, backup_id=record.backup_id, bytes_done=record.size)
         return result
 
-    async def _restore(self, req: RestoreRequest, store: BackupStore, record: BackupRecord) -> RestoreResult:
-        started = time.monotonic()
+    @contextlib.asynccontextmanager
+    async def _source(self, store: BackupStore, record: BackupRecord) -> AsyncIterator[TarSource]:
+        """The backup's tar stream, checked as its store can before a member is read."""
+        if isinstance(store, SnapshotStore):
+            async with store.open(record) as source:
+                yield source
+            return
         async with store.fetch(record) as path:  # verified: the bytes recorded, or `corrupt`
             # Encrypted: to a key of this host's, or refused (the first chunk is decrypted, and dropped).
             await self.age.probe(path, record)
+            yield TarSource(argvs=self.age.tar_stream(record), stored=path)
+
+    async def _restore(self, req: RestoreRequest, store: BackupStore, record: BackupRecord) -> RestoreResult:
+        started = time.monotonic()
+        async with self._source(store, record) as source:
             # What it holds, before the target is made or emptied: nothing outside the volume, no devices. Not
-            # for what this host wrote into its own store (root only): as it found the volume, and costs a pass.
-            if not (store.name == "local" and record.host == self.host):
-                await check_members(path, record, self.age)
+            # for what this host wrote into a store no other host writes (its local store: root only): as it found
+            # the volume, and costs a pass.
+            if store.shared or record.host != self.host:
+                if source.check is not None:
+                    await source.check()
+                await check_members(source, record)
             v, created = await self._target(
                 req.volume,
                 driver=req.driver or record.volume_driver,
@@ -97,7 +114,7 @@ class Restores:
             try:
                 progress = Progress(self.events, "restore", req.volume, record.backup_id, record.size)
                 async with progress.running():
-                    await self._extract(v, record, path, progress)
+                    await self._extract(v, record, source, progress)
             except BaseException:
                 if await asyncio.shield(self._undo(v, created)):
                     self.unfinished.end(req.volume)
@@ -198,19 +215,34 @@ class Restores:
         await self.engine.volume_create({"Name": v["Name"], "Driver": v.get("Driver") or "local",
                                          "DriverOpts": v.get("Options") or {}, "Labels": v.get("Labels") or {}})
 
-    async def _extract(self, v: dict[str, Any], record: BackupRecord, path: Path, progress: Progress) -> None:
-        """The stored bytes, decrypted and decompressed by processes in the pipe (plaintext never touches a
-        file), extracted into the volume: at most the tar stream the record states (`bounds.py`), else `corrupt`
-        (the caller undoes what was written)."""
-        unpackers = self.age.tar_stream(record)
+    async def _extract(self, v: dict[str, Any], record: BackupRecord, source: TarSource, progress: Progress) -> None:
+        """The tar stream (decrypted and decompressed by processes in the pipe: plaintext never touches a file, or
+        written by the store's tool) extracted into the volume: at most the tar stream the record states
+        (`bounds.py`), else `corrupt` (the caller undoes what was written). A store that restores with its own
+        tool does so into a host directory (what it writes is what the checked stream holds)."""
+        try:
+            await self._unpack(v, record, source, progress)
+        except ToolFailed as exc:
+            known = source.error(exc) if source.error is not None else None
+            if known is not None:
+                raise known from exc
+            raise
+
+    async def _unpack(self, v: dict[str, Any], record: BackupRecord, source: TarSource, progress: Progress) -> None:
         most = limit(record)
         async with volume_files(self.engine, v, [], self.data_path) as files:
+            if isinstance(files, HostDir) and source.restore_into is not None:
+                await source.restore_into(files.path)
+                if source.root is not None:
+                    await asyncio.to_thread(_set_root, files.path, source.root)
+                progress.add(record.size)
+                return
             procs = Procs()
             try:
-                with open(path, "rb") as stored:  # noqa: ASYNC230 - a local file, opened once
+                with open(source.stored, "rb") if source.stored is not None else contextlib.nullcontext() as stored:  # noqa: ASYNC230
                     if isinstance(files, HostDir):
-                        pumped = await unpack_into(procs, unpackers, stored, files.extract_argv(), most,
-                                                   stdout=asyncio.subprocess.DEVNULL)
+                        pumped = await unpack_into(procs, source.argvs, stored, files.extract_argv(), most,
+                                                   stdout=asyncio.subprocess.DEVNULL, env=source.env)
                         try:
                             moved = await asyncio.shield(pumped)
                         except asyncio.CancelledError:
@@ -220,24 +252,27 @@ class Restores:
                         if moved > most:
                             raise too_big(record, written=True)
                         await procs.wait()
+                        if source.root is not None:
+                            await asyncio.to_thread(_set_root, files.path, source.root)
                         progress.add(record.stored_size)
                         return
                     assert isinstance(files, ContainerDir)
-                    if unpackers:
-                        await procs.chain(unpackers, stdin=stored, stdout=asyncio.subprocess.PIPE)
+                    if source.argvs:
+                        feeds = stored if stored is not None else asyncio.subprocess.DEVNULL
+                        await procs.chain(source.argvs, stdin=feeds, stdout=asyncio.subprocess.PIPE, env=source.env)
                         assert procs.last.stdout is not None
                         capped = Capped(read_chunks(procs.last.stdout, progress.add), most)
                     else:
                         capped = Capped(_file_chunks(stored, progress), most)
                     try:
-                        await files.write(capped)
+                        await files.write(_rooted(capped, source.root) if source.root is not None else capped)
                     except AgentError as exc:
                         if capped.over:  # Docker refuses the stream cut short: the bound is the cause
                             raise too_big(record, written=True) from exc
                         raise
                     if capped.over:
                         raise too_big(record, written=True)
-                    if unpackers:
+                    if source.argvs:
                         await procs.wait()
             except BaseException:
                 await procs.reap()
@@ -324,6 +359,23 @@ class Restores:
             raise Unavailable(f"Volume {name!r} holds part of an interrupted restore, which cannot be undone yet.")
         self.unfinished.end(name)
         return None
+
+
+def _set_root(path: Path, root: tuple[int, int, int]) -> None:
+    """The volume root's owner and mode, as the backup found them (a stream without a `./` entry)."""
+    uid, gid, mode = root
+    os.chown(path, uid, gid)
+    os.chmod(path, stat.S_IMODE(mode))
+
+
+async def _rooted(chunks: AsyncIterable[bytes], root: tuple[int, int, int]) -> AsyncIterator[bytes]:
+    """`chunks` after a `./` entry with the root's owner and mode (what `ContainerDir.write` gives the mount)."""
+    info = tarfile.TarInfo(".")
+    info.type = tarfile.DIRTYPE
+    info.uid, info.gid, info.mode, info.mtime = root[0], root[1], stat.S_IMODE(root[2]), int(time.time())
+    yield info.tobuf(format=tarfile.PAX_FORMAT)
+    async for chunk in chunks:
+        yield chunk
 
 
 async def _file_chunks(f: Any, progress: Progress) -> AsyncIterator[bytes]:

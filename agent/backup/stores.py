@@ -1,30 +1,41 @@
-"""Where backups live: every store by name, and what all stores share (the writer that hashes, ids, order).
+"""Where backups live: every store by name, and what all stores share (the writer that hashes, ids, order, the
+tar stream a restore reads).
 
-Every store writes a backup's bytes through a `StoreWriter` and its record last: a backup is in a catalog
-exactly when its record exists.
+Every store writes a backup's bytes (a file store through a `StoreWriter`, a snapshot store by its tool) and its
+record last: a backup is in a catalog exactly when its record exists.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hashlib
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
 
-from contracts import BackupRecord, Compression
+from contracts import BackupRecord, Compression, ResticSnapshot
 
-from ..errors import NotFound, Unavailable
+from ..errors import AgentError, Invalid, NotFound, ToolFailed, Unavailable
 from ..typing import BackupStore
 
-__all__ = ["StoreWriter", "Stores", "new_backup_id", "newest_first", "suffix_of"]
+__all__ = [
+    "NewBackup",
+    "StoreWriter",
+    "Stored",
+    "Stores",
+    "TarSource",
+    "new_backup_id",
+    "newest_first",
+    "suffix_of",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -171,6 +182,14 @@ FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 PROBE_BYTES = 64 << 10
 
 
+class InOtherStore(NotFound):
+    """The shared catalog holds the backup, as one of another store's (`store`): a store's `get` says so."""
+
+    def __init__(self, message: str, store: str) -> None:
+        super().__init__(message)
+        self.store = store
+
+
 def store_errors(exc: OSError, where: Path) -> Unavailable:
     """A file system failure of the store, as a sentence; a full store (or quota) is recognised by errno."""
     if exc.errno in FULL:
@@ -179,31 +198,88 @@ def store_errors(exc: OSError, where: Path) -> Unavailable:
     return Unavailable(f"The backup store at {where} failed: {exc.strerror or exc}.")
 
 
+@dataclass(frozen=True)
+class NewBackup:
+    """What a snapshot store is told of the backup it makes."""
+
+    backup_id: str
+    volume: str
+    host: str
+    trigger: str
+    policy: str | None = None
+    cmd_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What a snapshot store kept of a backup: the record's store-specific fields."""
+
+    size: int
+    stored_size: int
+    sha256: str
+    compression: Compression
+    location: str
+    restic: ResticSnapshot | None = None
+
+
+@dataclass(frozen=True)
+class TarSource:
+    """A backup's plaintext tar stream, as processes that write it to their stdout: started once to check its
+    members, again to extract them.
+
+    A file store's: age and the decompressor on the stored file (none: the file is the stream). A snapshot
+    store's: its tool (`restic dump`), reading nothing. `restore_into` lets a snapshot store restore into a host
+    directory with its own tool (what it restores is what the stream holds, checked before), `root` says what the
+    volume root's owner and mode are when the stream holds no `./` entry, `check` is the store's own check of what
+    the stream does not show, and `error` turns its tool's failure into the agent's error (None: not one it
+    knows, so the backup is unreadable).
+    """
+
+    argvs: list[list[str]]
+    stored: Path | None = None
+    env: Mapping[str, str] | None = None
+    restore_into: Callable[[Path], Awaitable[None]] | None = None
+    root: tuple[int, int, int] | None = None
+    """(uid, gid, mode)"""
+    check: Callable[[], Awaitable[None]] | None = None
+    error: Callable[[ToolFailed], AgentError | None] | None = None
+
+
 class Stores:
     """Every store the agent writes to, by name; a backup is found by its id alone, whichever holds it."""
 
     def __init__(self, *stores: BackupStore) -> None:
         self.by_name = {s.name: s for s in stores}
 
+    def _names(self) -> str:
+        return ", ".join(self.by_name)
+
     def __getitem__(self, name: str) -> BackupStore:
         try:
             return self.by_name[name]
         except KeyError:
-            raise NotFound(f"The {name!r} backup store is not configured on this agent.") from None
+            raise Invalid(f"This host has no backup store named {name!r}; it has {self._names()} (a host's stores "
+                          "besides local and nats are defined in its stores file, --stores).") from None
 
     async def get(self, backup_id: str) -> tuple[BackupStore, BackupRecord]:
+        elsewhere: list[str] = []
         for store in self.by_name.values():
             try:
                 return store, await store.get(backup_id)
+            except InOtherStore as exc:
+                elsewhere.append(exc.store)
             except NotFound:
                 continue
-        names = ", ".join(self.by_name)
-        raise NotFound(f"Backup {backup_id!r} is in none of this agent's stores ({names}).")
+        if unknown := [name for name in elsewhere if name not in self.by_name]:
+            raise NotFound(f"Backup {backup_id!r} is in store {unknown[0]!r}, which this host does not define; it "
+                           f"has {self._names()}. Restore it on a host whose stores file defines {unknown[0]!r} (the "
+                           "same repository).")
+        raise NotFound(f"Backup {backup_id!r} is in none of this agent's stores ({self._names()}).")
 
     async def catalog(self, volume: str | None = None, host: str | None = None) -> list[BackupRecord]:
-        """Newest first, from every store; only `host`'s own backups when given."""
-        records = [r for s in self.by_name.values() for r in await s.catalog(volume) if host in (None, r.host)]
-        return newest_first(records)
+        """Newest first, from every store (asked together); only `host`'s own backups when given."""
+        listed = await asyncio.gather(*(s.catalog(volume) for s in self.by_name.values()))
+        return newest_first(r for records in listed for r in records if host in (None, r.host))
 
     async def cleanup(self) -> None:
         for s in self.by_name.values():
