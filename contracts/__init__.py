@@ -29,6 +29,7 @@ from .migrate import HostId, MigrateRequest, MigrateResult, MigrateStep
 from .ops import FLEET_OPS, OPS, Op, result_as
 from .policies import (
     BackupPolicy,
+    Guard,
     Keep,
     PoliciesRequest,
     PoliciesResult,
@@ -55,6 +56,7 @@ from .subjects import (
     policy_copy_key_parts,
     valid_host_id,
 )
+from .verify import LastVerify, VerifyRequest, VerifyResult
 from .volumes import (
     VOLUME_NAME_PATTERN,
     ContainerRef,
@@ -71,7 +73,7 @@ from .volumes import (
     VolumeRecord,
 )
 
-CONTRACT_VERSION = "2.1.0"
+CONTRACT_VERSION = "2.2.0"
 """Semantic version of the bus API: a breaking change bumps the major."""
 
 __all__ = [
@@ -107,6 +109,7 @@ __all__ = [
     "EventKind",
     "ForgetRequest",
     "ForgetResult",
+    "Guard",
     "HostId",
     "InspectRequest",
     "InventoryRequest",
@@ -115,6 +118,7 @@ __all__ = [
     "Keep",
     "Kept",
     "LastBackup",
+    "LastVerify",
     "ListFilters",
     "ListRequest",
     "ListResult",
@@ -142,6 +146,8 @@ __all__ = [
     "StoreName",
     "Subjects",
     "Trigger",
+    "VerifyRequest",
+    "VerifyResult",
     "VolumeCoverage",
     "VolumeEvent",
     "VolumeName",

@@ -78,6 +78,12 @@ class BackupRecord(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     encrypted_to: list[str] = []
     """The age recipients the stored bytes are encrypted to (empty: not encrypted). `sha256` and `stored_size`
     are of the encrypted bytes: checked before decrypting."""
+    files: int | None = None
+    """Entries of the tar stream as it was written (files, directories, links: what `digest` counts as
+    `entries`); null from an agent before contract 2.2."""
+    content_digest: str | None = None
+    """The content digest (the `digest` op's, contracts.digest) of the tar stream as it was written: a restore of
+    this backup digests to it, which a restore drill checks (contracts.verify). Null before contract 2.2."""
 
 
 class BackupsRequest(BaseRequest):
