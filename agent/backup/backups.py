@@ -28,6 +28,7 @@ from ..errors import AgentError, Internal, ToolFailed
 from ..locks import KeyedLocks
 from ..typing import Engine, EventSink
 from ..volumes import used_by
+from .content import Content, StreamDigest
 from .encryption import encryptor
 from .hooks import POST_HOOK, PRE_HOOK, restart, run_hooks, stop_running
 from .observed import BackupObserver, observed
@@ -121,7 +122,8 @@ class Backups:
                     progress = Progress(self.events, "backup", req.volume, backup_id)
                     async with progress.running():
                         still_running = [u for u in users if u not in stopped]
-                        size = await self._write(v, still_running, req.compression, encrypt, writer, progress)
+                        size, content = await self._write(v, still_running, req.compression, encrypt, writer,
+                                                          progress)
                     record = BackupRecord(
                         backup_id=backup_id, volume=req.volume, host=self.host, trigger=trigger,  # type: ignore[arg-type]
                         size=size, stored_size=writer.written, sha256=writer.sha256.hexdigest(),
@@ -131,6 +133,8 @@ class Backups:
                         stopped_containers=[u.container for u in stopped],
                         volume_driver=v.get("Driver") or "local", volume_labels=dict(v.get("Labels") or {}),
                         container=container, policy=policy, encrypted_to=list(dict.fromkeys(req.encrypt_to)),
+                        files=content.files if content else None,
+                        content_digest=content.digest if content else None,
                     )
                     await store.commit(writer, record)
                 except BaseException:
@@ -155,19 +159,32 @@ class Backups:
     async def _write(
         self, v: dict[str, Any], users: list[ContainerRef], compression: Compression, encrypt: list[str] | None,
         writer: StoreWriter, progress: Progress,
-    ) -> int:
+    ) -> tuple[int, Content | None]:
         """Stream the volume's tar through the compressor (and age, to encrypt) into the store; returns the tar's
-        size.
+        size and its content digest (`content.py`).
 
         The last process writes the store file itself, as `tar | zstd | age > file` would; a thread follows the
         file as it grows and hashes it. Python stays out of the data path and the event loop stays free.
         """
         packers = [argv for argv in (compressor(compression), encrypt) if argv]
+        content = StreamDigest()
+        try:
+            size = await self._stream(v, users, packers, writer, progress, content)
+        except BaseException:
+            await asyncio.shield(content.abort())
+            raise
+        return size, await content.result()
+
+    async def _stream(
+        self, v: dict[str, Any], users: list[ContainerRef], packers: list[list[str]], writer: StoreWriter,
+        progress: Progress, content: StreamDigest,
+    ) -> int:
         async with volume_files(self.engine, v, users, self.data_path) as files:
             if isinstance(files, ContainerDir) and not packers:
                 counted = Counted(files.read())
                 async for chunk in counted:
                     await asyncio.to_thread(writer.write, chunk)
+                    await content.write(chunk)
                     progress.add(len(chunk))
                 return counted.n
             procs = Procs()
@@ -175,15 +192,17 @@ class Backups:
             following = asyncio.create_task(asyncio.to_thread(writer.follow, done, progress.add))
             try:
                 if isinstance(files, HostDir):
-                    argvs = [files.create_argv(), *packers]
-                    await procs.chain(argvs, stdin=asyncio.subprocess.DEVNULL, stdout=writer.fd)
+                    argvs = [files.create_argv(), content.tee_argv(), *packers]
+                    await procs.chain(argvs, stdin=asyncio.subprocess.DEVNULL, stdout=writer.fd,
+                                      pass_fds=(content.fd,))
+                    content.close()
                     size = tar_totals((await _wait(procs, writer))[0])
                     if size is None:
                         raise Internal("tar did not report the size of the archive it wrote.")
                 else:
                     counted = Counted(files.read())
                     await procs.chain(packers, stdin=asyncio.subprocess.PIPE, stdout=writer.fd)
-                    await feed(procs.first, counted)
+                    await feed(procs.first, content.copying(aiter(counted)))
                     await _wait(procs, writer)
                     size = counted.n
             except BaseException:

@@ -62,15 +62,18 @@ class Procs:
     def __init__(self) -> None:
         self.procs: list[tuple[list[str], asyncio.subprocess.Process]] = []
 
-    async def chain(self, argvs: list[list[str]], *, stdin: Any, stdout: Any) -> None:
-        """Start `argvs` in order; `stdin` feeds the first (PIPE, a file or fd), `stdout` takes the last."""
+    async def chain(self, argvs: list[list[str]], *, stdin: Any, stdout: Any, pass_fds: tuple[int, ...] = ()
+                    ) -> None:
+        """Start `argvs` in order; `stdin` feeds the first (PIPE, a file or fd), `stdout` takes the last;
+        `pass_fds` stay open in each (a `tee`'s second output)."""
         prev: Any = stdin
         for i, argv in enumerate(argvs):
             last = i == len(argvs) - 1
             r, w = (None, None) if last else big_pipe()
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    *argv, stdin=prev, stdout=stdout if last else w, stderr=asyncio.subprocess.PIPE
+                    *argv, stdin=prev, stdout=stdout if last else w, stderr=asyncio.subprocess.PIPE,
+                    pass_fds=pass_fds,
                 )
             finally:
                 # The children hold their ends now; ours must go, or readers never see end-of-file.

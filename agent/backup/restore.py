@@ -193,31 +193,36 @@ class Restores:
         await self.engine.volume_create({"Name": v["Name"], "Driver": v.get("Driver") or "local",
                                          "DriverOpts": v.get("Options") or {}, "Labels": v.get("Labels") or {}})
 
+    async def unpack_to(self, store: BackupStore, record: BackupRecord, directory: Path) -> list[str]:
+        """Restore `record` into `directory` (an empty directory of this host's, not a volume: a drill's
+        scratch copy) through every check a restore makes; returns what was checked (contracts.verify)."""
+        self.age.decryptor(record)  # encrypted, and no identity here: refused before anything is read
+        async with store.fetch(record) as path:  # verified: the bytes recorded, or `corrupt`
+            checked = ["stored bytes"]
+            await self.age.probe(path, record)
+            if record.encrypted_to:
+                checked.append("decryption")
+            if not (store.name == "local" and record.host == self.host):
+                await check_members(path, record, self.age)
+                checked.append("members")
+            await fits(record, directory, str(directory), emptied=False, place="the drill's scratch directory")
+            await self._extract_host(HostDir(directory), record, path, None)
+            checked.append("extraction")
+        return checked
+
     async def _extract(self, v: dict[str, Any], record: BackupRecord, path: Path, progress: Progress) -> None:
         """The stored bytes, decrypted and decompressed by processes in the pipe (plaintext never touches a
         file), extracted into the volume: at most the tar stream the record states (`bounds.py`), else `corrupt`
         (the caller undoes what was written)."""
-        unpackers = self.age.tar_stream(record)
-        most = limit(record)
         async with volume_files(self.engine, v, [], self.data_path) as files:
+            if isinstance(files, HostDir):
+                await self._extract_host(files, record, path, progress)
+                return
+            unpackers = self.age.tar_stream(record)
+            most = limit(record)
             procs = Procs()
             try:
                 with open(path, "rb") as stored:  # noqa: ASYNC230 - a local file, opened once
-                    if isinstance(files, HostDir):
-                        pumped = await unpack_into(procs, unpackers, stored, files.extract_argv(), most,
-                                                   stdout=asyncio.subprocess.DEVNULL)
-                        try:
-                            moved = await asyncio.shield(pumped)
-                        except asyncio.CancelledError:
-                            await procs.reap()  # the pump ends with them, and closes its pipes
-                            await pumped
-                            raise
-                        if moved > most:
-                            raise too_big(record, written=True)
-                        await procs.wait()
-                        progress.add(record.stored_size)
-                        return
-                    assert isinstance(files, ContainerDir)
                     if unpackers:
                         await procs.chain(unpackers, stdin=stored, stdout=asyncio.subprocess.PIPE)
                         assert procs.last.stdout is not None
@@ -237,6 +242,31 @@ class Restores:
             except BaseException:
                 await procs.reap()
                 raise
+
+    async def _extract_host(self, files: HostDir, record: BackupRecord, path: Path, progress: Progress | None
+                            ) -> None:
+        """Into a directory of this host: GNU tar, fed by the kernel (`unpack_into`), at most `limit(record)`."""
+        unpackers = self.age.tar_stream(record)
+        most = limit(record)
+        procs = Procs()
+        try:
+            with open(path, "rb") as stored:  # noqa: ASYNC230 - a local file, opened once
+                pumped = await unpack_into(procs, unpackers, stored, files.extract_argv(), most,
+                                           stdout=asyncio.subprocess.DEVNULL)
+                try:
+                    moved = await asyncio.shield(pumped)
+                except asyncio.CancelledError:
+                    await procs.reap()  # the pump ends with them, and closes its pipes
+                    await pumped
+                    raise
+                if moved > most:
+                    raise too_big(record, written=True)
+                await procs.wait()
+                if progress is not None:
+                    progress.add(record.stored_size)
+        except BaseException:
+            await procs.reap()
+            raise
 
     async def _copy(self, src: dict[str, Any], src_users: list[Any], tgt: dict[str, Any]) -> int:
         async with volume_files(self.engine, src, src_users, self.data_path) as a, \

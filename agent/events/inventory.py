@@ -151,6 +151,7 @@ class Inventory:
                         created_at=v.get("CreatedAt") or "", used_by=refs.get(v["Name"], []),
                         last_backup=self._last_backup.get(v["Name"]), size=self._sizes.get(v["Name"]),
                         **(_protection(*cover(v["Name"], now)) if cover is not None else {}),
+                        last_verify=self.policies.last_verify(v["Name"]) if self.policies is not None else None,
                     )
                     for v in volumes
                 ),
