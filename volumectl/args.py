@@ -38,7 +38,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name", dest="identity", default=os.environ.get("VOLUME_AGENT_NAME"),
                    help="your identity's name: replies come to the inbox _INBOX_<name>, which NATS may allow you alone")
     p.add_argument("--timeout", type=float, help="seconds to wait for a reply (default 30; an hour for backup, "
-                   "restore, clone, migrate, digest and rm --backup-first)")
+                   "restore, clone, migrate, digest, verify and rm --backup-first)")
     p.add_argument("--json", action="store_true", help="print the reply envelope as JSON")
     p.add_argument("--id", help="idempotency key of the command")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
@@ -108,7 +108,7 @@ def parser() -> argparse.ArgumentParser:
 
     fl = sub.add_parser("fleet", help="every host's volumes and last backups, from the inventory bucket")
     fl.add_argument("--unprotected", type=float, nargs="?", const=0.0, metavar="HOURS",
-                    help="only volumes at risk, each with why: no policy covers it, its policy is failing or overdue, "
+                    help="only volumes at risk, each with why: no policy covers it, its policy is failing, overdue or suspect, "
                          "or (with HOURS) it has no backup that recent; exit 3 if there are any")
 
     r = sub.add_parser("restore", help="restore a backup into a volume")
@@ -122,6 +122,10 @@ def parser() -> argparse.ArgumentParser:
 
     fg = sub.add_parser("forget", help="delete a backup")
     fg.add_argument("backup_id")
+
+    vf = sub.add_parser("verify", help="a restore drill: restore a backup into a scratch directory on the agent's "
+                        "host, compare it with the digest taken when it was made, remove it")
+    vf.add_argument("backup_id")
 
     policy_cli.add_parser(sub)
     sh.epilog = "The container's command, if any, follows `--`: volumectl share app --image img -- sleep 60"
@@ -183,6 +187,8 @@ def request_of(a: argparse.Namespace, p: argparse.ArgumentParser) -> tuple[str, 
             op, body = "clone", {"source": a.source, "target": a.target}
         case "forget":
             op, body = "forget", {"backup_id": a.backup_id}
+        case "verify":
+            op, body = "verify", {"backup_id": a.backup_id}
         case "prune":
             op, body = "prune", {"dry_run": a.dry_run, **({"label": a.label} if a.label else {})}
         case "share":

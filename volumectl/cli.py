@@ -116,7 +116,7 @@ async def _run(a: argparse.Namespace, op: str, body: dict[str, Any]) -> int:
             body.setdefault("id", uuid.uuid4().hex)
             progress = asyncio.create_task(_show_progress(client, a.host, LONG_OPS[op], body["id"]))
         try:
-            long = op in ("backup", "restore", "clone", "migrate", "digest") or body.get("backup_first")
+            long = op in ("backup", "restore", "clone", "migrate", "digest", "verify") or body.get("backup_first")
             timeout = a.timeout if a.timeout is not None else (3600.0 if long else 30.0)
             reply = await client.request(a.host, op, body, timeout=timeout)
         except NoAgent as exc:

@@ -9,7 +9,8 @@ from typing import Any
 
 import msgspec
 
-from contracts import BackupPolicy, BackupRecord, BackupsResult, PoliciesResult, result_as
+from contracts import BackupPolicy, BackupRecord, BackupsResult, LastVerify, PoliciesResult, result_as
+from contracts.policies import guard_of
 from contracts.retention import retain
 
 from . import render
@@ -40,6 +41,14 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--compression", choices=["zstd", "gzip", "none"])
     s.add_argument("--encrypt-to", action="append", metavar="AGE_RECIPIENT", help="age public key (repeatable)")
     s.add_argument("--stop-containers", action="store_true", default=None)
+    s.add_argument("--verify", metavar="CRON", help="restore drills of each covered volume's newest backup on this "
+                   "schedule (e.g. @weekly); 'none' for none")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--no-guard", dest="guard", action="store_false", default=None,
+                   help="let the keep rules delete after any backup, however small (the bad-backup guard off)")
+    g.add_argument("--guard", dest="guard_ratios", metavar="SIZE[,FILES]",
+                   help="the bad-backup guard's ratios: retention is held when a backup is smaller than SIZE of the "
+                        "last accepted one, or holds fewer than FILES of its entries (default 0.5,0.5)")
     s.add_argument("--dry-run", action="store_true", help="check it and show what its keep rules would delete")
     s.add_argument("--yes", action="store_true", help="set it even if its keep rules delete existing backups")
     s.add_argument("--window", type=float, default=2.0, help="seconds to gather every host's backups for the preview")
@@ -75,7 +84,27 @@ def _policy_from(a: argparse.Namespace) -> BackupPolicy:
                          ("stop_containers", a.stop_containers)):
         if value is not None:
             raw[field] = value
+    if a.verify is not None:
+        if a.verify.lower() == "none":
+            raw.pop("verify", None)
+        else:
+            raw["verify"] = a.verify
+    if a.guard is False:
+        raw["guard"] = False
+    elif a.guard_ratios is not None:
+        raw["guard"] = _guard_ratios(a.guard_ratios)
     return valid_policy(raw)
+
+
+def _guard_ratios(text: str) -> dict[str, float]:
+    parts = text.split(",")
+    try:
+        ratios = [float(x) for x in parts]
+    except ValueError:
+        ratios = []
+    if len(ratios) not in (1, 2):
+        raise PolicyRefused(f"--guard {text!r} is not SIZE[,FILES]: one or two ratios between 0 and 1, e.g. 0.5,0.5.")
+    return {"min_size_ratio": ratios[0], "min_files_ratio": ratios[-1]}
 
 
 async def run(a: argparse.Namespace, client: AgentClient) -> int:
@@ -93,8 +122,9 @@ async def run(a: argparse.Namespace, client: AgentClient) -> int:
                         continue
                     rows.append([name, p.schedule + ("" if p.timezone == "UTC" else f" {p.timezone}"),
                                  _selector(p), _keep(p), p.store + (" encrypted" if p.encrypt_to else ""),
-                                 e.key[:12] + "..."])
-                print(render.table(rows, ["NAME", "SCHEDULE", "SELECTOR", "KEEP", "STORE", "SIGNED BY"]))
+                                 _guard(p), p.verify or "-", e.key[:12] + "..."])
+                print(render.table(rows, ["NAME", "SCHEDULE", "SELECTOR", "KEEP", "STORE", "GUARD", "VERIFY",
+                                          "SIGNED BY"]))
                 return 0
             case "show":
                 entry = (await read_policies(js, client.subjects)).get(a.name)
@@ -103,7 +133,8 @@ async def run(a: argparse.Namespace, client: AgentClient) -> int:
                     print(f"volumectl: there is no policy {a.name!r}", file=sys.stderr)
                     return 1
                 print(msgspec.json.format(msgspec.json.encode(
-                    {"policy": policy, "signed_by": entry.key, "signed_at_ns": entry.signed_at}), indent=2).decode())
+                    {"policy": policy, "signed_by": entry.key, "signed_at_ns": entry.signed_at,
+                     "guard": guard_of(policy), "verify": policy.verify}), indent=2).decode())
                 return 0
             case "rm":
                 entry = (await read_policies(js, client.subjects)).get(a.name)
@@ -175,7 +206,10 @@ async def _explain(a: argparse.Namespace, client: AgentClient) -> int:
               + (f" ({c.reason})" if c.reason else "")
               + f"\n  last run {c.last_run or 'never'}, last success {c.last_success or 'never'}"
               + (f" ({c.last_backup_id})" if c.last_backup_id else "")
-              + f"\n  next run {c.next_run or '-'}\n  keeps {keep}")
+              + f"\n  next run {c.next_run or '-'}\n  keeps {keep}"
+              + f"\n  guard {_guard_of_view(result, c.policy)}"
+              + f"\n  last drill {_drill(c.last_verify)}"
+              + (f"\n  next drill {c.next_verify}" if c.next_verify else ""))
     for r in result.rejected:
         print(f"ignored here: {r.name}: {r.reason}", file=sys.stderr)
     return 0
@@ -205,6 +239,29 @@ def _selector(p: BackupPolicy) -> str:
     parts = [f"hosts={','.join(s.hosts)}" if s.hosts else "", f"volumes={','.join(s.volumes)}" if s.volumes else "",
              f"labels={','.join(s.labels)}" if s.labels else ""]
     return " ".join(x for x in parts if x) or "all"
+
+
+def _guard(p: BackupPolicy) -> str:
+    g = guard_of(p)
+    return "off" if g is None else f"size>={g.min_size_ratio:g},files>={g.min_files_ratio:g}"
+
+
+def _guard_of_view(result: PoliciesResult, name: str) -> str:
+    policy = next((v.policy for v in result.policies if v.policy.name == name), None)
+    if policy is None:
+        return "-"
+    g = guard_of(policy)
+    if g is None:
+        return "off: the keep rules delete after any backup"
+    return (f"retention held when a backup is under {g.min_size_ratio:g} of the last accepted one's size or "
+            f"{g.min_files_ratio:g} of its entries")
+
+
+def _drill(last: LastVerify | None) -> str:
+    if last is None:
+        return "never"
+    result = "passed" if last.ok else f"FAILED: {last.error}"
+    return f"{last.verified_at} of {last.backup_id}: {result}"
 
 
 def _keep(p: BackupPolicy) -> str:
