@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -32,7 +33,7 @@ from .content import Content, StreamDigest
 from .encryption import encryptor
 from .hooks import POST_HOOK, PRE_HOOK, restart, run_hooks, stop_running
 from .observed import BackupObserver, observed
-from .pipes import Counted, Procs, compressor, feed, tar_totals
+from .pipes import Counted, Procs, big_pipe, compressor, feed, tar_totals
 from .progress import Progress
 from .stores import Stores, StoreWriter, new_backup_id
 from .volume_files import ContainerDir, DataPath, HostDir, volume_files
@@ -192,13 +193,7 @@ class Backups:
             following = asyncio.create_task(asyncio.to_thread(writer.follow, done, progress.add))
             try:
                 if isinstance(files, HostDir):
-                    argvs = [files.create_argv(), content.tee_argv(), *packers]
-                    await procs.chain(argvs, stdin=asyncio.subprocess.DEVNULL, stdout=writer.fd,
-                                      pass_fds=(content.fd,))
-                    content.close()
-                    size = tar_totals((await _wait(procs, writer))[0])
-                    if size is None:
-                        raise Internal("tar did not report the size of the archive it wrote.")
+                    size = await self._tar_through(files, packers, writer, procs, content)
                 else:
                     counted = Counted(files.read())
                     await procs.chain(packers, stdin=asyncio.subprocess.PIPE, stdout=writer.fd)
@@ -212,6 +207,46 @@ class Backups:
                 done.set()
                 await asyncio.shield(following)
             return size
+
+    async def _tar_through(self, files: HostDir, packers: list[list[str]], writer: StoreWriter, procs: Procs,
+                           content: StreamDigest) -> int:
+        """tar, then the packers into the store file; between them the kernel moves the stream and the digest
+        gets its copy (`StreamDigest.pump`). The tar stream's size, as tar counted it."""
+        src, tar_out = big_pipe()
+        try:
+            await procs.chain([files.create_argv()], stdin=asyncio.subprocess.DEVNULL, stdout=tar_out)
+        except BaseException:
+            os.close(src)
+            raise
+        finally:
+            os.close(tar_out)
+        dst = -1
+        try:
+            if packers:
+                packer_in, dst = big_pipe()
+                try:
+                    await procs.chain(packers, stdin=packer_in, stdout=writer.fd)
+                finally:
+                    os.close(packer_in)
+            else:
+                dst = os.dup(writer.fd)
+        except BaseException:
+            for fd in (src, dst):
+                if fd >= 0:
+                    os.close(fd)
+            raise
+        pumped = content.pump(src, dst)
+        try:
+            errs = await _wait(procs, writer)
+        except BaseException:
+            await procs.reap()  # the pump ends with them
+            await asyncio.shield(pumped)
+            raise
+        await pumped
+        size = tar_totals(errs[0])
+        if size is None:
+            raise Internal("tar did not report the size of the archive it wrote.")
+        return size
 
     async def _keep(self, made: BackupRecord, keep: int) -> None:
         """Keep the newest `keep` backups this host made of the volume in that store, the one just `made` always

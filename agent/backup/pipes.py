@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
 import os
 import signal
@@ -28,6 +29,7 @@ __all__ = [
     "compressor",
     "decompressor",
     "feed",
+    "pipe_tee",
     "pump",
     "read_chunks",
     "tar_totals",
@@ -62,18 +64,15 @@ class Procs:
     def __init__(self) -> None:
         self.procs: list[tuple[list[str], asyncio.subprocess.Process]] = []
 
-    async def chain(self, argvs: list[list[str]], *, stdin: Any, stdout: Any, pass_fds: tuple[int, ...] = ()
-                    ) -> None:
-        """Start `argvs` in order; `stdin` feeds the first (PIPE, a file or fd), `stdout` takes the last;
-        `pass_fds` stay open in each (a `tee`'s second output)."""
+    async def chain(self, argvs: list[list[str]], *, stdin: Any, stdout: Any) -> None:
+        """Start `argvs` in order; `stdin` feeds the first (PIPE, a file or fd), `stdout` takes the last."""
         prev: Any = stdin
         for i, argv in enumerate(argvs):
             last = i == len(argvs) - 1
             r, w = (None, None) if last else big_pipe()
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    *argv, stdin=prev, stdout=stdout if last else w, stderr=asyncio.subprocess.PIPE,
-                    pass_fds=pass_fds,
+                    *argv, stdin=prev, stdout=stdout if last else w, stderr=asyncio.subprocess.PIPE
                 )
             finally:
                 # The children hold their ends now; ours must go, or readers never see end-of-file.
@@ -222,6 +221,21 @@ class Capped:
                 return
             self.n += len(chunk)
             yield chunk
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.tee.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint]
+_libc.tee.restype = ctypes.c_ssize_t
+
+
+def pipe_tee(src: int, dst: int, n: int) -> int:
+    """Blocking: copy up to `n` bytes from the pipe `src` into the pipe `dst` without consuming them (Linux
+    tee(2), which os does not offer: the pages are shared, not copied); 0 at the end of `src`."""
+    moved = int(_libc.tee(src, dst, n, 0))
+    if moved < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return moved
 
 
 def pump(src: int, dst: int, most: int) -> asyncio.Future[int]:
