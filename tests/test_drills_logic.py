@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from agent.backup.drills import VerifyLog
@@ -17,7 +18,8 @@ from agent.backup.local_store import LocalStore
 from agent.backup.observed import BackupObserver
 from agent.errors import Corrupt
 from agent.policies.guard import baseline, held_because
-from contracts import BackupRecord, BackupRequest, DigestRequest, Guard, VerifyRequest
+from contracts import BackupPolicy, BackupRecord, BackupRequest, DigestRequest, Guard, VerifyRequest, check_policy
+from contracts.policies import guard_of
 
 from .fakes import FakeAgent, FakeEngine, MemoryStore, RecordingMetrics, RecordingNotifier, RecordingSink, fake_agent
 
@@ -175,3 +177,21 @@ def test_the_guard_compares_with_the_backup_it_accepted_last_not_the_one_just_be
     assert baseline(newest_first, made, "gone") == held1
     assert baseline(newest_first, made, None) == held1
     assert baseline([made], made, None) is None
+
+
+def test_a_policys_verify_schedule_and_guard_are_checked_with_sentences() -> None:
+    base = {"name": "p", "schedule": "@daily", "keep": {"last": 3}}
+    assert check_policy(msgspec.convert({**base, "verify": "@weekly", "guard": False}, BackupPolicy)) == []
+    assert check_policy(msgspec.convert({**base, "guard": {"min_size_ratio": 0.2}}, BackupPolicy)) == []
+    problems = check_policy(msgspec.convert({**base, "verify": "every sunday",
+                                             "guard": {"min_size_ratio": 0, "min_files_ratio": 0}}, BackupPolicy))
+    assert problems == [
+        "The verify schedule 'every sunday' is not a cron expression: a cron expression has 5 fields "
+        "(or 6 with seconds first).",
+        "The guard's ratios are both 0, so it checks nothing: set guard to false to turn it off.",
+    ]
+    with pytest.raises(msgspec.ValidationError, match="Expected `float` <= 1"):
+        msgspec.convert({**base, "guard": {"min_size_ratio": 2}}, BackupPolicy)
+    assert guard_of(msgspec.convert(base, BackupPolicy)) == Guard()  # on by default: 0.5 and 0.5
+    assert guard_of(msgspec.convert({**base, "guard": True}, BackupPolicy)) == Guard()
+    assert guard_of(msgspec.convert({**base, "guard": False}, BackupPolicy)) is None
