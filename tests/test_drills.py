@@ -165,3 +165,18 @@ async def test_a_run_whose_backup_is_under_half_the_last_deletes_nothing_until_t
 async def _status(client: AgentClient, host: str, vol: str, name: str, *statuses: str) -> Any:
     cov = await coverage_of(client, host, vol, name)
     return cov if cov.status in statuses else None
+
+
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+async def test_either_data_path_records_the_digest_of_what_it_backed_up_and_the_drill_matches_it(
+    any_path_host: Host, compression: str
+) -> None:
+    host = any_path_host
+    vol = f"either-{uuid.uuid4().hex[:6]}"
+    await host.ok("create", {"name": vol})
+    fill(host.docker, vol, SOME_FILES + " && ln -s f1 /data/link && ln /data/f2 /data/hard")
+    made = await host.ok("backup", {"volume": vol, "compression": compression})
+    now = await host.ok("digest", {"volume": vol})
+    assert (made["content_digest"], made["files"]) == (now["sha256"], now["entries"])
+    drilled = await host.ok("verify", {"backup_id": made["backup_id"]})
+    assert drilled["content_digest"] == now["sha256"] and "content digest" in drilled["checked"]

@@ -22,6 +22,7 @@ from contracts import BackupPolicy, BackupRecord, BackupRequest, DigestRequest, 
 from contracts.policies import guard_of
 
 from .fakes import FakeAgent, FakeEngine, MemoryStore, RecordingMetrics, RecordingNotifier, RecordingSink, fake_agent
+from .test_encryption_logic import Key
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -195,3 +196,17 @@ def test_a_policys_verify_schedule_and_guard_are_checked_with_sentences() -> Non
     assert guard_of(msgspec.convert(base, BackupPolicy)) == Guard()  # on by default: 0.5 and 0.5
     assert guard_of(msgspec.convert({**base, "guard": True}, BackupPolicy)) == Guard()
     assert guard_of(msgspec.convert({**base, "guard": False}, BackupPolicy)) is None
+
+
+async def test_an_encrypted_backup_is_drilled_with_this_hosts_identity(tmp_path: Path) -> None:
+    key = Key.make(tmp_path / "k.txt")
+    agent = fake_agent(FakeEngine(tmp_path / "volumes"), RecordingSink(), LocalStore(tmp_path / "local"),
+                       host="h1", age_identity=key.path)
+    agent.domain.drills.scratch = tmp_path / "drills"
+    v = await agent.engine.volume_create({"Name": "v1"})
+    (Path(v["Mountpoint"]) / "secret.txt").write_bytes(b"sealed" * 1000)
+    made = await agent.backups.backup(BackupRequest(volume="v1", encrypt_to=[key.recipient]))
+
+    result = await agent.handlers["verify"](VerifyRequest(backup_id=made.backup_id))
+
+    assert result.checked == ["stored bytes", "decryption", "extraction", "content digest"]

@@ -108,8 +108,8 @@ def parser() -> argparse.ArgumentParser:
 
     fl = sub.add_parser("fleet", help="every host's volumes and last backups, from the inventory bucket")
     fl.add_argument("--unprotected", type=float, nargs="?", const=0.0, metavar="HOURS",
-                    help="only volumes at risk, each with why: no policy covers it, its policy is failing, overdue or suspect, "
-                         "or (with HOURS) it has no backup that recent; exit 3 if there are any")
+                    help="only volumes at risk, each with why: no policy covers it, its policy is failing, overdue or "
+                         "suspect, or (with HOURS) it has no backup that recent; exit 3 if there are any")
 
     r = sub.add_parser("restore", help="restore a backup into a volume")
     r.add_argument("backup_id")
