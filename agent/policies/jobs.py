@@ -44,7 +44,7 @@ class Job(Protocol):
     id_prefix: str
     """Its outcomes' ids: `<id_prefix>.<policy>.<volume>.<slot>`."""
     ledger: Ledger
-    tells_overdue: bool
+    """Its runs, by (policy, volume); the backups' ledger also says when one is overdue (told by the scheduler)."""
 
     def timing(self, rule: Rule) -> Timing | None:
         """When it runs for `rule` (None: the rule does not ask for it)."""
@@ -67,7 +67,7 @@ class Job(Protocol):
 class BackupJob:
     """A scheduled backup, then the policy's keep rules, unless the bad-backup guard holds them (`guard.py`)."""
 
-    kind, op, id_prefix, tells_overdue = "backup", "backup", "schedule", True
+    kind, op, id_prefix = "backup", "backup", "schedule"
 
     def __init__(self, backups: Backups, locks: KeyedLocks, ledger: Ledger, *, host: str,
                  notifier: Notifier | None = None) -> None:
@@ -132,7 +132,7 @@ class DrillJob:
     """A restore drill of the newest backup this host made of the volume in the policy's store (`drills.py`);
     nothing to do while there is none. The drill tells of its own result (per volume, whoever asked for it)."""
 
-    kind, op, id_prefix, tells_overdue = "drill", "verify", "verify", False
+    kind, op, id_prefix = "drill", "verify", "verify"
 
     def __init__(self, drills: Drills, backups: Backups, ledger: Ledger, *, host: str) -> None:
         self.drills, self.backups, self.ledger, self.host = drills, backups, ledger, host
