@@ -7,6 +7,7 @@ cannot import the agent): `volumectl/kv.py` `_stream_info_page`, a paged, filter
 
 from __future__ import annotations
 
+import tarfile
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -15,7 +16,7 @@ import aiohttp
 from nats.aio.client import Client
 from nats.micro.request import Request
 
-__all__ = ["engine_request", "flush_pending", "new_nuid", "reply_subject"]
+__all__ = ["engine_request", "flush_pending", "new_nuid", "reply_subject", "tar_stream_read"]
 
 
 def engine_request(
@@ -50,3 +51,16 @@ def reply_subject(req: Request) -> str | None:
     was published rather than requested, and nobody waits for the reply."""
     reply: str | None = req._msg.reply
     return reply or None
+
+
+def tar_stream_read(tar: tarfile.TarFile, n: int) -> bytes:
+    """Up to `n` bytes of the current member's content from a tar opened as a stream (`mode="r|"`), read
+    straight from the TarFile's stream object (CPython 3.11 `TarFile.fileobj`, a `tarfile._Stream`).
+
+    `extractfile()` wraps the same stream in `_FileInFile` and a BufferedReader: two more copies of every byte,
+    which made the content digest of a 1 GiB tar stream take 2.0 s of CPU instead of 0.7 s. `next()` skips what
+    is left of the member afterwards, as it does after `extractfile()`. Sparse members still go through
+    `extractfile()` (their holes are expanded there).
+    """
+    data: bytes = tar.fileobj.read(n)
+    return data

@@ -7,6 +7,7 @@ import dataclasses
 import os
 import signal
 import sys
+import tempfile
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from .auth.policy import Policy
 from .auth.rules import Rules
 from .backup.backups import Backups
 from .backup.digest import Digests
+from .backup.drills import Drills, VerifyLog
 from .backup.encryption import AgeIdentity
 from .backup.local_store import LocalStore
 from .backup.migrate import BusPeers, Migrations
@@ -87,17 +89,21 @@ class Domain:
     migrations: Migrations
     shares: Shares
     inventory: Inventory
+    drills: Drills
 
     @classmethod
     def wire(
         cls, engine: Engine, events: EventSink, stores: Stores, inventory: Inventory, peers: Peers, *, host: str,
         data_path: DataPath, notes: Path | None = None, rules: Rules | None = None, max_backups: int = 0,
-        observer: BackupObserver | None = None, age_identity: Path | None = None,
+        observer: BackupObserver | None = None, age_identity: Path | None = None, scratch: Path | None = None,
+        verified: VerifyLog | None = None,
     ) -> Domain:
         """`notes`: where restores keep a note per target while they write (None: in memory only);
         `rules`: what the policy allows to be made or mounted (None: the default policy's, the strictest);
-        `observer`: told of every backup, made or failed (metrics, notifications);
-        `age_identity`: the file whose keys decrypt encrypted backups (None: they are refused)."""
+        `observer`: told of every backup, made or failed (metrics, notifications), and of every restore drill;
+        `age_identity`: the file whose keys decrypt encrypted backups (None: they are refused);
+        `scratch`: where restore drills extract (None: a directory under the system's temporary one);
+        `verified`: where each volume's last drill is kept (None: in memory only)."""
         locks, causes = KeyedLocks(), Causes()
         rules = rules if rules is not None else Rules(Policy(), "(the default policy)")
         backups = Backups(engine, locks, causes, events, stores, host=host, data_path=data_path,
@@ -105,13 +111,17 @@ class Domain:
                           observer=observer, estimate=inventory.expected_size)
         volumes = Volumes(engine, locks, causes, rules, final_backup=backups.final)
         digests = Digests(engine, data_path=data_path)
+        restores = Restores(engine, locks, causes, events, stores, volumes, data_path=data_path, notes=notes,
+                            host=host, age=AgeIdentity(age_identity))
+        scratch = scratch if scratch is not None else Path(tempfile.gettempdir()) / f"volume-agent-drills-{host}"
+        drills = Drills(stores, restores, scratch=scratch, verified=verified or VerifyLog(None),
+                        metrics=observer.metrics if observer else None,
+                        notifier=observer.notifier if observer else None, on_change=inventory.changed)
         return cls(
-            engine=engine, locks=locks, causes=causes, volumes=volumes, backups=backups,
-            restores=Restores(engine, locks, causes, events, stores, volumes, data_path=data_path, notes=notes,
-                              host=host, age=AgeIdentity(age_identity)),
+            engine=engine, locks=locks, causes=causes, volumes=volumes, backups=backups, restores=restores,
             digests=digests,
             migrations=Migrations(engine, locks, volumes, backups, digests, peers, host=host),
-            shares=Shares(engine, locks, causes, rules), inventory=inventory,
+            shares=Shares(engine, locks, causes, rules), inventory=inventory, drills=drills,
         )
 
     def handlers(self) -> dict[str, Handler]:
@@ -131,6 +141,7 @@ class Domain:
             "inventory": self.inventory.snapshot,
             "digest": self.digests.digest,
             "migrate": self.migrations.migrate,
+            "verify": self.drills.verify,
         }
 
 
@@ -205,22 +216,28 @@ async def serve(settings: Settings, supervisor: Supervisor) -> None:
         trust = local_file.trust = PolicyTrust(verifier.policy, verifier.source, host=settings.host_id,
                                                subjects=settings.subjects)
         book, ledger = PolicyBook(trust, settings.data_dir / "policies"), Ledger(settings.data_dir / "schedule.json")
-        status = PolicyStatus(book, ledger)
+        verified = VerifyLog(settings.data_dir / "verified.json")
+        verified.load()
+        metrics.verified_before(verified.last.items())
+        status = PolicyStatus(book, ledger, verified)
         inventory = Inventory(engine, stores, bus, settings.host_id, heartbeat_s=settings.heartbeat_s,
                               sizes_every_s=settings.sizes_every_s, insecure=list(settings.insecure),
                               policies=status, per_chunk=settings.inventory_per_chunk)
         domain = Domain.wire(engine, bus, stores, inventory, BusPeers(bus, signer), host=settings.host_id,
                              data_path=settings.data_path, notes=settings.data_dir / "restoring", rules=rules,
                              max_backups=settings.max_backups, observer=BackupObserver(metrics, notifier),
-                             age_identity=settings.age_identity)
+                             age_identity=settings.age_identity, scratch=settings.data_dir / "drills",
+                             verified=verified)
         await domain.restores.cleanup()
+        await domain.drills.cleanup()
         handlers = domain.handlers()
         dispatcher = Dispatcher(settings.host_id, handlers, KvOutcomes(bus), bus, tasks, verifier,
                                 max_body=settings.max_body, max_reply=bus.nc.max_payload, metrics=metrics)
         # The scheduler publishes its runs' outcomes through the dispatcher, which answers `policies` from it.
         scheduler = Scheduler(engine, domain.locks, domain.backups, book, ledger, dispatcher, tasks,
                               host=settings.host_id, on_change=inventory.changed, metrics=metrics,
-                              notifier=notifier)
+                              notifier=notifier, drills=domain.drills,
+                              drill_ledger=Ledger(settings.data_dir / "verify.json"))
         handlers["policies"] = PolicyViews(status, scheduler, host=settings.host_id).policies
         feed = PolicyFeed(bus, book, scheduler.poke, refresh_s=settings.policy_refresh_s)
         local_file.on_trust_changed += [book.trust_changed, feed.poke]

@@ -18,7 +18,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from contracts import BackupRecord
+from contracts import BackupRecord, LastVerify
 
 from . import __version__
 from .errors import Invalid
@@ -72,6 +72,15 @@ class Metrics:
         self._policy_volumes = Gauge(f"{PREFIX}_policy_volumes", "Volumes each backup policy covers.", ["policy"],
                                      registry=r)
         self._uncovered = Gauge(f"{PREFIX}_uncovered_volumes", "Volumes no backup policy covers.", registry=r)
+        self._last_verify = Gauge(f"{PREFIX}_last_verify_success_timestamp_seconds",
+                                  "When a restore drill of one of the volume's backups last passed here (unix time).",
+                                  ["volume"], registry=r)
+        self._verifies = Counter(f"{PREFIX}_verifies", "Restore drills ended, by result (ok or failed).", ["result"],
+                                 registry=r)
+        self._verify_seconds = Histogram(f"{PREFIX}_verify_duration_seconds", "Time a restore drill took.",
+                                         buckets=BACKUP_BUCKETS, registry=r)
+        for result in ("ok", "failed"):  # an alert on failures needs the series before the first one
+            self._verifies.labels(result=result)
         info = Gauge(f"{PREFIX}_info", "This agent: its host id and version.", ["host", "version"], registry=r)
         info.labels(host=host, version=__version__).set(1)
         for kind in ("tar", "stored"):  # both series exist from the start: rate() needs no first backup
@@ -127,6 +136,19 @@ class Metrics:
         for policy, n in volumes_per_policy.items():
             self._policy_volumes.labels(policy=policy).set(n)
         self._uncovered.set(uncovered)
+
+    def verify_finished(self, volume: str, *, ok: bool, seconds: float) -> None:
+        self._verifies.labels(result="ok" if ok else "failed").inc()
+        self._verify_seconds.observe(max(seconds, 0.0))
+        if ok:
+            self._last_verify.labels(volume=volume).set(time.time())
+
+    def verified_before(self, entries: Iterable[tuple[str, LastVerify]]) -> None:
+        """Seed each volume's last passed drill from the agent's record of them (`<data dir>/verified.json`)."""
+        for volume, last in entries:
+            with contextlib.suppress(ValueError):
+                if last.ok:
+                    self._last_verify.labels(volume=volume).set(datetime.fromisoformat(last.verified_at).timestamp())
 
     def render(self) -> bytes:
         """The text exposition format, as a scrape gets it."""

@@ -1,4 +1,5 @@
-"""Notifications: a failed backup, an overdue one, and one back on schedule, to apprise URLs (`--notify`).
+"""Notifications: a failed backup, an overdue one, one back on schedule, a policy's retention held by the
+bad-backup guard, a failed restore drill and one that passes again, to apprise URLs (`--notify`).
 
 A notification never holds up what caused it: it is queued, and one worker sends the queue in order, each message
 to every URL at once, through apprise's own threads (its plugins send synchronously), for at most
@@ -95,6 +96,28 @@ class Notifier:
         self._post(_Message(
             "recovered", volume, f"Backups of {volume} back on schedule on {self.host}",
             f"volume-agent on {self.host}: volume '{volume}' is backed up on schedule again under policy {policy}.",
+            apprise.NotifyType.SUCCESS))
+
+    async def retention_held(self, volume: str, policy: str, reason: str) -> None:
+        self._post(_Message(
+            "retention_held", volume, f"Backup of {volume} looks wrong on {self.host}: nothing pruned",
+            f"volume-agent on {self.host}: policy {policy} deleted no backup of volume '{volume}': {reason}",
+            apprise.NotifyType.WARNING))
+
+    async def verify_failed(self, volume: str, backup_id: str, error: str, *, policy: str | None) -> None:
+        under = f" (policy {policy})" if policy else ""
+        self._post(_Message(
+            "verify_failed", volume, f"Restore drill of {volume} failed on {self.host}",
+            f"volume-agent on {self.host}: the restore drill of backup {backup_id} of volume '{volume}'{under} "
+            f"failed: {error}",
+            apprise.NotifyType.FAILURE))
+
+    async def verify_recovered(self, volume: str, backup_id: str, *, policy: str | None) -> None:
+        under = f" (policy {policy})" if policy else ""
+        self._post(_Message(
+            "verify_recovered", volume, f"Restore drill of {volume} passes again on {self.host}",
+            f"volume-agent on {self.host}: the restore drill of backup {backup_id} of volume '{volume}'{under} "
+            "passed again.",
             apprise.NotifyType.SUCCESS))
 
     async def start(self) -> None:

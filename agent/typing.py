@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 import msgspec
 
-from contracts import BackupRecord, Compression, Protection, RejectedPolicy, Reply
+from contracts import BackupRecord, Compression, LastVerify, Protection, RejectedPolicy, Reply
 
 if TYPE_CHECKING:
     from .auth.verify import Caller
@@ -201,6 +201,10 @@ class PolicyCoverage(Protocol):
 
     def rejected(self) -> list[RejectedPolicy]: ...
 
+    def last_verify(self, volume: str) -> LastVerify | None:
+        """The volume's last restore drill here."""
+        ...
+
 
 class Metrics(Protocol):
     """What the agent counts and times, for Prometheus. Never raises, never waits."""
@@ -221,6 +225,9 @@ class Metrics(Protocol):
     def coverage(self, volumes_per_policy: dict[str, int], uncovered: int) -> None:
         """How many volumes each policy covers and how many none does, replacing the previous figures."""
         ...
+    def verify_finished(self, volume: str, *, ok: bool, seconds: float) -> None:
+        """A restore drill of one of the volume's backups ended (`backup/drills.py`)."""
+        ...
 
 
 class Notifier(Protocol):
@@ -230,6 +237,9 @@ class Notifier(Protocol):
     async def backup_failed(self, volume: str, error: str, *, trigger: str, policy: str | None) -> None: ...
     async def overdue(self, volume: str, policy: str, reason: str) -> None: ...
     async def recovered(self, volume: str, policy: str) -> None: ...
+    async def retention_held(self, volume: str, policy: str, reason: str) -> None: ...
+    async def verify_failed(self, volume: str, backup_id: str, error: str, *, policy: str | None) -> None: ...
+    async def verify_recovered(self, volume: str, backup_id: str, *, policy: str | None) -> None: ...
 
 
 class LocalRunner(Protocol):

@@ -42,6 +42,7 @@ from .migrate import HostId, MigrateRequest, MigrateResult, MigrateStep
 from .ops import FLEET_OPS, OPS, Op, result_as
 from .policies import (
     BackupPolicy,
+    Guard,
     Keep,
     PoliciesRequest,
     PoliciesResult,
@@ -68,6 +69,7 @@ from .subjects import (
     policy_copy_key_parts,
     valid_host_id,
 )
+from .verify import LastVerify, VerifyRequest, VerifyResult
 from .volumes import (
     VOLUME_NAME_PATTERN,
     ContainerRef,
@@ -122,6 +124,7 @@ __all__ = [
     "EventKind",
     "ForgetRequest",
     "ForgetResult",
+    "Guard",
     "HostId",
     "IncompleteInventory",
     "InspectRequest",
@@ -134,6 +137,7 @@ __all__ = [
     "Keep",
     "Kept",
     "LastBackup",
+    "LastVerify",
     "ListFilters",
     "ListRequest",
     "ListResult",
@@ -162,6 +166,8 @@ __all__ = [
     "StoreName",
     "Subjects",
     "Trigger",
+    "VerifyRequest",
+    "VerifyResult",
     "VolumeCoverage",
     "VolumeEvent",
     "VolumeName",

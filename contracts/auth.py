@@ -43,7 +43,7 @@ ROLES: tuple[str, ...] = Role.__args__  # type: ignore[attr-defined]
 
 _READS = frozenset({"inspect", "list", "backups", "inventory", "digest", "policies", "policy.get", "policy.list"})
 _ALL = frozenset({*_READS, "create", "remove", "prune", "share", "backup", "restore", "clone", "forget", "migrate",
-                  "policy.set", "policy.remove"})
+                  "policy.set", "policy.remove", "verify"})
 
 ROLE_OPS: dict[str, frozenset[str]] = {
     "reader": _READS,
@@ -54,7 +54,8 @@ ROLE_OPS: dict[str, frozenset[str]] = {
 }
 """The ops each role may run. An operator's policy entry may also limit it to some hosts. `policy.*` are writes and
 reads of the policies bucket (contracts.policies): an agent applies a policy only if its signer's role may run
-`policy.set` here."""
+`policy.set` here. `verify` (a restore drill) is an operator's: it only writes a scratch directory, but it reads
+a whole backup and takes as long as a restore, which a reader must not be able to start at will."""
 
 
 def signed_bytes(subject: str, time_ns: str, msg_id: str | None, body: bytes) -> bytes:

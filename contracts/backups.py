@@ -129,6 +129,12 @@ class BackupRecord(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     reply and the outcome only, never in the catalog: the record is stored before the post hooks run (2.3)."""
     restic: ResticSnapshot | None = None
     """A backup in a restic store: its snapshot and restic's summary."""
+    files: int | None = None
+    """Entries of the tar stream as it was written (files, directories, links: what `digest` counts as
+    `entries`); null from an agent before contract 2.3."""
+    content_digest: str | None = None
+    """The content digest (the `digest` op's, contracts.digest) of the tar stream as it was written: a restore of
+    this backup digests to it, which a restore drill checks (contracts.verify). Null before contract 2.3."""
 
 
 class BackupsRequest(BaseRequest):

@@ -10,6 +10,7 @@ import msgspec
 from .backups import StoreName, Trigger
 from .envelope import BaseRequest
 from .policies import Protection, RejectedPolicy
+from .verify import LastVerify
 from .volumes import ContainerRef
 
 __all__ = ["EngineInfo", "InventoryRequest", "InventorySnapshot", "InventoryVolume", "LastBackup"]
@@ -48,7 +49,10 @@ class InventoryVolume(msgspec.Struct, forbid_unknown_fields=True):
     protection: Protection | None = None
     """How the policies protect it (null from an agent before contract 2.1)."""
     protection_reason: str | None = None
-    """Why it is failing, overdue or uncovered, as a sentence."""
+    """Why it is suspect, failing, overdue or uncovered, as a sentence."""
+    last_verify: LastVerify | None = None
+    """Its last restore drill here: which backup, when, and the result (null: none since the agent's data dir
+    was made, or from an agent before contract 2.2)."""
 
 
 class InventorySnapshot(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):

@@ -25,6 +25,7 @@ from .inventory import InventoryRequest, InventorySnapshot
 from .migrate import MigrateRequest, MigrateResult
 from .policies import PoliciesRequest, PoliciesResult
 from .share import ShareRequest, ShareResult
+from .verify import VerifyRequest, VerifyResult
 from .volumes import (
     CreateRequest,
     InspectRequest,
@@ -69,6 +70,8 @@ OPS: dict[str, Op] = {
         Op("digest", DigestRequest, DigestResult, mutates=False),
         Op("migrate", MigrateRequest, MigrateResult, mutates=True),
         Op("policies", PoliciesRequest, PoliciesResult, mutates=False),
+        # A drill writes only a scratch directory, but it is long, records its result and may notify: once per id.
+        Op("verify", VerifyRequest, VerifyResult, mutates=True),
     )
 }
 

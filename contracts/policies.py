@@ -38,12 +38,14 @@ from .backups import Compression, StoreName
 from .cron import CronError, Schedule, parse_schedule
 from .envelope import BaseRequest
 from .names import AGE_RECIPIENT_PATTERN, AgeRecipient, VolumeName
+from .verify import LastVerify
 
 __all__ = [
     "AGE_RECIPIENT_PATTERN",
     "POLICY_NAME_PATTERN",
     "AgeRecipient",
     "BackupPolicy",
+    "Guard",
     "Keep",
     "PoliciesRequest",
     "PoliciesResult",
@@ -56,6 +58,7 @@ __all__ = [
     "VolumeCoverage",
     "check_policy",
     "entry_signed_bytes",
+    "guard_of",
     "valid_age_recipient",
 ]
 
@@ -97,6 +100,20 @@ class Keep(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     yearly: Count | None = None
 
 
+Ratio = Annotated[float, msgspec.Meta(ge=0, le=1)]
+
+
+class Guard(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Nothing is pruned on a bad backup: a run's keep rules delete nothing unless its new backup is plausible next
+    to the last one the guard accepted (of the same policy, volume, host and store). Until one is, the volume's
+    protection is `suspect` and says why; operators are told once. A ratio of 0 turns its check off."""
+
+    min_size_ratio: Ratio = 0.5
+    """The new backup's tar stream (`size`) must be at least this part of the accepted one's."""
+    min_files_ratio: Ratio = 0.5
+    """Its entries (`files`) must be at least this part of the accepted one's (when both records count them)."""
+
+
 class BackupPolicy(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """Back up the selected volumes on a schedule, keep them by age, optionally encrypted."""
 
@@ -116,6 +133,21 @@ class BackupPolicy(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     """Encrypt every backup to these age X25519 recipients (`age1...`, checked by `check_policy` with the others);
     restoring needs one of their identities on that host."""
     stop_containers: bool = False
+    guard: Guard | bool = True
+    """The bad-backup guard (`Guard`): true (the default) for its default ratios, false to prune whatever a run
+    made, or the ratios."""
+    verify: Schedule | None = None
+    """Restore drills (contracts.verify) of each covered volume's newest backup on this schedule (a cron
+    expression, read in `timezone`, spread as backups are); null: none."""
+
+
+def guard_of(policy: BackupPolicy) -> Guard | None:
+    """The guard a policy applies (None: off)."""
+    if policy.guard is True:
+        return Guard()
+    if policy.guard is False:
+        return None
+    return policy.guard
 
 
 class PolicyEntry(msgspec.Struct, forbid_unknown_fields=True):
@@ -133,10 +165,11 @@ class PolicyEntry(msgspec.Struct, forbid_unknown_fields=True):
     body)`, where subject is `Subjects.policy_subject(name)`."""
 
 
-Protection = Literal["ok", "pending", "running", "failing", "overdue", "uncovered"]
+Protection = Literal["ok", "pending", "running", "suspect", "failing", "overdue", "uncovered"]
 """ok: the last scheduled run succeeded and the next is due; pending: covered, not run yet; running: a run is
-under way; failing: the last run failed; overdue: the last success is older than twice the interval (or none for
-that long); uncovered: no policy covers the volume."""
+under way; suspect: the newest backup is much smaller than the one before (the guard), so retention is held;
+failing: the last run failed, or the last restore drill did; overdue: the last success is older than twice the
+interval (or none for that long); uncovered: no policy covers the volume."""
 
 
 class PolicyView(msgspec.Struct, forbid_unknown_fields=True):
@@ -168,6 +201,10 @@ class VolumeCoverage(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=T
     last_backup_id: str | None = None
     next_run: str | None = None
     keep: Keep | None = None
+    last_verify: LastVerify | None = None
+    """The volume's last restore drill here (any policy's, or `verify`)."""
+    next_verify: str | None = None
+    """When the policy's next restore drill of the volume runs (its `verify` schedule)."""
 
 
 class PoliciesRequest(BaseRequest):
@@ -242,4 +279,12 @@ def check_policy(policy: BackupPolicy) -> list[str]:
                  for r in policy.encrypt_to if not valid_age_recipient(r)]
     if len(set(policy.encrypt_to)) != len(policy.encrypt_to):
         problems.append("encrypt_to names a recipient twice.")
+    if policy.verify is not None:
+        try:
+            parse_schedule(policy.verify).interval_s()
+        except CronError as exc:
+            problems.append(f"The verify schedule {policy.verify!r} is not a cron expression: {exc}.")
+    guard = guard_of(policy)
+    if guard is not None and guard.min_size_ratio == 0 and guard.min_files_ratio == 0:
+        problems.append("The guard's ratios are both 0, so it checks nothing: set guard to false to turn it off.")
     return problems

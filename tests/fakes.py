@@ -338,6 +338,7 @@ class RecordingMetrics:
         self.next_runs: dict[tuple[str, str], float] = {}
         self.covered: dict[str, int] = {}
         self.uncovered = 0
+        self.verified: list[tuple[str, bool]] = []
 
     def request(self, op: str, code: str, seconds: float) -> None:
         self.requests.append((op, code))
@@ -361,6 +362,9 @@ class RecordingMetrics:
     def coverage(self, volumes_per_policy: dict[str, int], uncovered: int) -> None:
         self.covered, self.uncovered = dict(volumes_per_policy), uncovered
 
+    def verify_finished(self, volume: str, *, ok: bool, seconds: float) -> None:
+        self.verified.append((volume, ok))
+
 
 class RecordingNotifier:
     """A `Notifier` that keeps each notification as (kind, volume, detail, policy); nothing is sent."""
@@ -376,6 +380,15 @@ class RecordingNotifier:
 
     async def recovered(self, volume: str, policy: str) -> None:
         self.sent.append(("recovered", volume, "", policy))
+
+    async def retention_held(self, volume: str, policy: str, reason: str) -> None:
+        self.sent.append(("retention_held", volume, reason, policy))
+
+    async def verify_failed(self, volume: str, backup_id: str, error: str, *, policy: str | None) -> None:
+        self.sent.append(("verify_failed", volume, f"{backup_id}: {error}", policy))
+
+    async def verify_recovered(self, volume: str, backup_id: str, *, policy: str | None) -> None:
+        self.sent.append(("verify_recovered", volume, backup_id, policy))
 
 
 HEARTBEAT_S = 60.0

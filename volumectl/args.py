@@ -29,7 +29,7 @@ def store_name(text: str) -> str:
 __all__ = ["DEFAULT_NATS", "LONG_OPS", "Parser", "identity_of", "parser", "request_of", "wants_json"]
 
 DEFAULT_NATS = "nats://127.0.0.1:4222"
-LONG_OPS = ("backup", "restore", "clone", "migrate", "digest")
+LONG_OPS = ("backup", "restore", "clone", "migrate", "digest", "verify")
 """Ops that may take long: an hour's timeout by default, and a command id set so that an interrupted wait can be
 taken up again."""
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -106,7 +106,7 @@ def parser() -> Parser:
                    help="your identity's name: replies come to the inbox _INBOX_<name>, which NATS may allow you "
                         "alone (default: the seed file's name without its extension: seeds/alice.nk is alice)")
     p.add_argument("--timeout", type=float, help="seconds to wait for a reply (default 30; an hour for backup, "
-                   "restore, clone, migrate, digest and rm --backup-first)")
+                   "restore, clone, migrate, digest, verify and rm --backup-first)")
     p.add_argument("--json", action="store_true", help="print the reply envelope as JSON (here or after the command)")
     p.add_argument("--id", help="idempotency key of the command")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
@@ -179,8 +179,8 @@ def parser() -> Parser:
 
     fl = sub.add_parser("fleet", help="every host's volumes and last backups, from the inventory bucket")
     fl.add_argument("--unprotected", type=float, nargs="?", const=0.0, metavar="HOURS",
-                    help="only volumes at risk, each with why: no policy covers it, its policy is failing or overdue, "
-                         "or (with HOURS) it has no backup that recent; exit 3 if there are any")
+                    help="only volumes at risk, each with why: no policy covers it, its policy is failing, overdue or "
+                         "suspect, or (with HOURS) it has no backup that recent; exit 3 if there are any")
 
     r = sub.add_parser("restore", help="restore a backup into a volume")
     r.add_argument("backup_id")
@@ -193,6 +193,10 @@ def parser() -> Parser:
 
     fg = sub.add_parser("forget", help="delete a backup")
     fg.add_argument("backup_id")
+
+    vf = sub.add_parser("verify", help="a restore drill: restore a backup into a scratch directory on the agent's "
+                        "host, compare it with the digest taken when it was made, remove it")
+    vf.add_argument("backup_id")
 
     _policy_parser(sub)
     web_options.add_parser(sub)
@@ -227,6 +231,14 @@ def _policy_parser(sub: Any) -> None:
     s.add_argument("--compression", choices=["zstd", "gzip", "none"])
     s.add_argument("--encrypt-to", action="append", metavar="AGE_RECIPIENT", help="age public key (repeatable)")
     s.add_argument("--stop-containers", action="store_true", default=None)
+    s.add_argument("--verify", metavar="CRON", help="restore drills of each covered volume's newest backup on this "
+                   "schedule (e.g. @weekly); 'none' for none")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--no-guard", dest="guard", action="store_false", default=None,
+                   help="let the keep rules delete after any backup, however small (the bad-backup guard off)")
+    g.add_argument("--guard", dest="guard_ratios", metavar="SIZE[,FILES]",
+                   help="the bad-backup guard's ratios: retention is held when a backup is smaller than SIZE of the "
+                        "last accepted one, or holds fewer than FILES of its entries (default 0.5,0.5)")
     s.add_argument("--dry-run", action="store_true", help="check it and show what its keep rules would delete")
     s.add_argument("--yes", action="store_true", help="set it even if its keep rules delete existing backups")
     s.add_argument("--window", type=float, default=2.0, help="seconds to gather every host's backups for the preview")
@@ -312,6 +324,8 @@ def request_of(a: argparse.Namespace, p: argparse.ArgumentParser) -> tuple[str, 
             op, body = "clone", {"source": a.source, "target": a.target}
         case "forget":
             op, body = "forget", {"backup_id": a.backup_id}
+        case "verify":
+            op, body = "verify", {"backup_id": a.backup_id}
         case "prune":
             op, body = "prune", {"dry_run": a.dry_run, **({"label": a.label} if a.label else {})}
         case "share":

@@ -57,7 +57,7 @@ def fleet_rows(snapshots: list[InventorySnapshot], now: datetime | None = None) 
     return rows
 
 
-_AT_RISK = ("uncovered", "failing", "overdue")
+_AT_RISK = ("uncovered", "failing", "overdue", "suspect")
 
 
 def unprotected(snapshots: list[InventorySnapshot], hours: float | None, now: datetime | None = None

@@ -9,7 +9,8 @@ from typing import Any
 
 import msgspec
 
-from contracts import BackupPolicy, BackupRecord, BackupsResult, PoliciesResult, result_as
+from contracts import BackupPolicy, BackupRecord, BackupsResult, LastVerify, PoliciesResult, result_as
+from contracts.policies import guard_of
 from contracts.retention import retain
 
 from . import render
@@ -49,6 +50,15 @@ def _policy_from(a: argparse.Namespace) -> BackupPolicy:
                          ("stop_containers", a.stop_containers)):
         if value is not None:
             raw[field] = value
+    if a.verify is not None:
+        if a.verify.lower() == "none":
+            raw.pop("verify", None)
+        else:
+            raw["verify"] = a.verify
+    if a.guard is False:
+        raw["guard"] = False
+    elif a.guard_ratios is not None:
+        raw["guard"] = _guard_ratios(a.guard_ratios)
     if "keep" not in raw:  # said as what to add, not as msgspec's missing field
         raise PolicyRefused("The policy has no keep rules: give at least one of "
                             + ", ".join(f"--keep-{r} N" for r in _KEEP) + " (N >= 1).")
@@ -56,6 +66,17 @@ def _policy_from(a: argparse.Namespace) -> BackupPolicy:
         raise PolicyRefused("The policy has no schedule: give --schedule, a cron expression (e.g. '0 3 * * *') "
                             "or @hourly, @daily, @weekly, @monthly, @yearly.")
     return valid_policy(raw)
+
+
+def _guard_ratios(text: str) -> dict[str, float]:
+    parts = text.split(",")
+    try:
+        ratios = [float(x) for x in parts]
+    except ValueError:
+        ratios = []
+    if len(ratios) not in (1, 2):
+        raise PolicyRefused(f"--guard {text!r} is not SIZE[,FILES]: one or two ratios between 0 and 1, e.g. 0.5,0.5.")
+    return {"min_size_ratio": ratios[0], "min_files_ratio": ratios[-1]}
 
 
 async def run(a: argparse.Namespace, client: AgentClient) -> int:
@@ -73,7 +94,7 @@ async def run(a: argparse.Namespace, client: AgentClient) -> int:
                     return fail(a, "not_found", f"There is no policy {a.name!r} in the bucket.")
                 names = await _signer_names(a, client)
                 shown = {"policy": policy, "signed_by": entry.key, "signer": names.get(entry.key),
-                         "signed_at_ns": entry.signed_at}
+                         "signed_at_ns": entry.signed_at, "guard": guard_of(policy), "verify": policy.verify}
                 encoded = msgspec.json.encode(shown)
                 print((encoded if a.json else msgspec.json.format(encoded, indent=2)).decode())
                 return 0
@@ -121,9 +142,10 @@ async def _ls(a: argparse.Namespace, client: AgentClient) -> int:
                                     "signed_at_ns": e.signed_at} for name, e, p in shown]).decode())
         return 0
     rows = [[name, p.schedule + ("" if p.timezone == "UTC" else f" {p.timezone}"), _selector(p), _keep(p),
-             p.store + (" encrypted" if p.encrypt_to else ""), names.get(e.key) or e.key[:12] + "..."]
+             p.store + (" encrypted" if p.encrypt_to else ""), _guard(p), p.verify or "-",
+             names.get(e.key) or e.key[:12] + "..."]
             for name, e, p in shown]
-    print(render.table(rows, ["NAME", "SCHEDULE", "SELECTOR", "KEEP", "STORE", "SIGNED BY"]))
+    print(render.table(rows, ["NAME", "SCHEDULE", "SELECTOR", "KEEP", "STORE", "GUARD", "VERIFY", "SIGNED BY"]))
     return 0
 
 
@@ -186,7 +208,10 @@ async def _explain(a: argparse.Namespace, client: AgentClient) -> int:
               + (f" ({c.reason})" if c.reason else "")
               + f"\n  last run {c.last_run or 'never'}, last success {c.last_success or 'never'}"
               + (f" ({c.last_backup_id})" if c.last_backup_id else "")
-              + f"\n  next run {c.next_run or '-'}\n  keeps {keep}")
+              + f"\n  next run {c.next_run or '-'}\n  keeps {keep}"
+              + f"\n  guard {_guard_of_view(result, c.policy)}"
+              + f"\n  last drill {_drill(c.last_verify)}"
+              + (f"\n  next drill {c.next_verify}" if c.next_verify else ""))
     for r in result.rejected:
         print(f"ignored here: {r.name}: {r.reason}", file=sys.stderr)
     return 0
@@ -229,6 +254,29 @@ def _selector(p: BackupPolicy) -> str:
     parts = [f"hosts={','.join(s.hosts)}" if s.hosts else "", f"volumes={','.join(s.volumes)}" if s.volumes else "",
              f"labels={','.join(s.labels)}" if s.labels else ""]
     return " ".join(x for x in parts if x) or "all"
+
+
+def _guard(p: BackupPolicy) -> str:
+    g = guard_of(p)
+    return "off" if g is None else f"size>={g.min_size_ratio:g},files>={g.min_files_ratio:g}"
+
+
+def _guard_of_view(result: PoliciesResult, name: str) -> str:
+    policy = next((v.policy for v in result.policies if v.policy.name == name), None)
+    if policy is None:
+        return "-"
+    g = guard_of(policy)
+    if g is None:
+        return "off: the keep rules delete after any backup"
+    return (f"retention held when a backup is under {g.min_size_ratio:g} of the last accepted one's size or "
+            f"{g.min_files_ratio:g} of its entries")
+
+
+def _drill(last: LastVerify | None) -> str:
+    if last is None:
+        return "never"
+    result = "passed" if last.ok else f"FAILED: {last.error}"
+    return f"{last.verified_at} of {last.backup_id}: {result}"
 
 
 def _keep(p: BackupPolicy) -> str:

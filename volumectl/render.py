@@ -118,6 +118,9 @@ def human(op: str, result: dict[str, Any]) -> str:
             return f"{target}: {size(result['size'])} in {result['duration_s']:.1f} s"
         case "forget":
             return str(result["backup_id"])
+        case "verify":
+            return (f"{result['backup_id']}: verified in {result['duration_s']:.1f} s ({', '.join(result['checked'])})"
+                    f"; {result.get('files')} entries, {size(result.get('bytes') or 0)}")
         case "prune":
             verb = "would remove" if result["dry_run"] else "removed"
             return "\n".join([f"{verb} {len(result['volumes'])} volume(s)", *result["volumes"]])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -31,10 +32,11 @@ from ..errors import AgentError, Internal, Invalid, ToolFailed
 from ..locks import KeyedLocks
 from ..typing import Engine, EventSink, FileStore, SnapshotStore
 from ..volumes import used_by
+from .content import Content, StreamDigest
 from .encryption import encryptor
 from .hooks import POST_HOOK, PRE_HOOK, restart, run_hooks, stop_running
 from .observed import BackupObserver, observed
-from .pipes import Counted, Procs, compressor, feed, tar_totals
+from .pipes import Counted, Procs, big_pipe, compressor, feed, tar_totals
 from .progress import Progress
 from .stores import NewBackup, Stores, StoreWriter, new_backup_id
 from .unfinished import current_cmd_id
@@ -72,7 +74,7 @@ class _Made:
     encrypted_to: list[str]
 
     def record(self, *, size: int, stored_size: int, sha256: str, compression: Compression, location: str,
-               restic: ResticSnapshot | None = None) -> BackupRecord:
+               restic: ResticSnapshot | None = None, content: Content | None = None) -> BackupRecord:
         return BackupRecord(
             backup_id=self.backup_id, volume=self.volume, host=self.host, trigger=self.trigger,  # type: ignore[arg-type]
             size=size, stored_size=stored_size, sha256=sha256, compression=compression, store=self.store,
@@ -80,6 +82,7 @@ class _Made:
             stopped_containers=self.stopped, volume_driver=self.v.get("Driver") or "local",
             volume_labels=dict(self.v.get("Labels") or {}), container=self.container, policy=self.policy,
             encrypted_to=self.encrypted_to, restic=restic,
+            files=content.files if content else None, content_digest=content.digest if content else None,
         )
 
 
@@ -188,9 +191,9 @@ class Backups:
         writer = await store.begin(made.backup_id, made.volume, compression, encrypted=encrypt is not None)
         try:
             async with progress.running():
-                size = await self._write(made.v, users, compression, encrypt, writer, progress)
+                size, content = await self._write(made.v, users, compression, encrypt, writer, progress)
             record = made.record(size=size, stored_size=writer.written, sha256=writer.sha256.hexdigest(),
-                                 compression=compression, location=writer.location)
+                                 compression=compression, location=writer.location, content=content)
             await store.commit(writer, record)
         except BaseException:
             await asyncio.shield(store.abort(writer))
@@ -219,19 +222,32 @@ class Backups:
     async def _write(
         self, v: dict[str, Any], users: list[ContainerRef], compression: Compression, encrypt: list[str] | None,
         writer: StoreWriter, progress: Progress,
-    ) -> int:
+    ) -> tuple[int, Content | None]:
         """Stream the volume's tar through the compressor (and age, to encrypt) into the store; returns the tar's
-        size.
+        size and its content digest (`content.py`).
 
         The last process writes the store file itself, as `tar | zstd | age > file` would; a thread follows the
         file as it grows and hashes it. Python stays out of the data path and the event loop stays free.
         """
         packers = [argv for argv in (compressor(compression), encrypt) if argv]
+        content = StreamDigest()
+        try:
+            size = await self._stream(v, users, packers, writer, progress, content)
+        except BaseException:
+            await asyncio.shield(content.abort())
+            raise
+        return size, await content.result()
+
+    async def _stream(
+        self, v: dict[str, Any], users: list[ContainerRef], packers: list[list[str]], writer: StoreWriter,
+        progress: Progress, content: StreamDigest,
+    ) -> int:
         async with volume_files(self.engine, v, users, self.data_path) as files:
             if isinstance(files, ContainerDir) and not packers:
                 counted = Counted(files.read())
                 async for chunk in counted:
                     await asyncio.to_thread(writer.write, chunk)
+                    await content.write(chunk)
                     progress.add(len(chunk))
                 return counted.n
             procs = Procs()
@@ -239,15 +255,11 @@ class Backups:
             following = asyncio.create_task(asyncio.to_thread(writer.follow, done, progress.add))
             try:
                 if isinstance(files, HostDir):
-                    argvs = [files.create_argv(), *packers]
-                    await procs.chain(argvs, stdin=asyncio.subprocess.DEVNULL, stdout=writer.fd)
-                    size = tar_totals((await _wait(procs, writer))[0])
-                    if size is None:
-                        raise Internal("tar did not report the size of the archive it wrote.")
+                    size = await self._tar_through(files, packers, writer, procs, content)
                 else:
                     counted = Counted(files.read())
                     await procs.chain(packers, stdin=asyncio.subprocess.PIPE, stdout=writer.fd)
-                    await feed(procs.first, counted)
+                    await feed(procs.first, content.copying(aiter(counted)))
                     await _wait(procs, writer)
                     size = counted.n
             except BaseException:
@@ -257,6 +269,46 @@ class Backups:
                 done.set()
                 await asyncio.shield(following)
             return size
+
+    async def _tar_through(self, files: HostDir, packers: list[list[str]], writer: StoreWriter, procs: Procs,
+                           content: StreamDigest) -> int:
+        """tar, then the packers into the store file; between them the kernel moves the stream and the digest
+        gets its copy (`StreamDigest.pump`). The tar stream's size, as tar counted it."""
+        src, tar_out = big_pipe()
+        try:
+            await procs.chain([files.create_argv()], stdin=asyncio.subprocess.DEVNULL, stdout=tar_out)
+        except BaseException:
+            os.close(src)
+            raise
+        finally:
+            os.close(tar_out)
+        dst = -1
+        try:
+            if packers:
+                packer_in, dst = big_pipe()
+                try:
+                    await procs.chain(packers, stdin=packer_in, stdout=writer.fd)
+                finally:
+                    os.close(packer_in)
+            else:
+                dst = os.dup(writer.fd)
+        except BaseException:
+            for fd in (src, dst):
+                if fd >= 0:
+                    os.close(fd)
+            raise
+        pumped = content.pump(src, dst)
+        try:
+            errs = await _wait(procs, writer)
+        except BaseException:
+            await procs.reap()  # the pump ends with them
+            await asyncio.shield(pumped)
+            raise
+        await pumped
+        size = tar_totals(errs[0])
+        if size is None:
+            raise Internal("tar did not report the size of the archive it wrote.")
+        return size
 
     async def _keep(self, made: BackupRecord, keep: int) -> None:
         """Keep the newest `keep` backups this host made of the volume in that store, the one just `made` always

@@ -90,9 +90,10 @@ def _used(path: Path) -> int:
     return total
 
 
-async def fits(record: BackupRecord, path: Path, volume: str, *, emptied: bool) -> None:
+async def fits(record: BackupRecord, path: Path, volume: str, *, emptied: bool, place: str | None = None) -> None:
     """`Unavailable` unless `record`'s tar stream fits in the free space of `path`'s file system (the volume's
-    directory); `emptied`: the restore empties it first (`overwrite`), so what it holds counts as free."""
+    directory); `emptied`: the restore empties it first (`overwrite`), so what it holds counts as free. `place`
+    names the target when it is not a volume (a drill's scratch directory)."""
 
     def free() -> int:
         st = os.statvfs(path)
@@ -108,6 +109,11 @@ async def fits(record: BackupRecord, path: Path, volume: str, *, emptied: bool) 
                 return
     except OSError:
         return  # not there to measure (gone meanwhile): the stream bound still holds
+    if place is not None:
+        raise Unavailable(
+            f"Backup {record.backup_id!r} holds {_size(record.size)}, more than the {_size(available)} free on the "
+            f"file system of {place} ({path}); nothing was written. Free space there (a drill needs the backup's "
+            "size free in the agent's data dir).")
     raise Unavailable(
         f"Backup {record.backup_id!r} holds {_size(record.size)}, more than the {_size(available)} free on the "
         f"file system of volume {volume!r}; nothing was written to it. Free space there, or restore into a "

@@ -22,15 +22,18 @@ import msgspec
 
 from contracts import DigestRequest, DigestResult
 
+from ..compat import tar_stream_read
 from ..errors import Unavailable
 from ..typing import Engine
 from ..volumes import used_by
 from .pipes import CHUNK, Procs
-from .volume_files import DataPath, HostDir, volume_files
+from .volume_files import ContainerDir, DataPath, HostDir, volume_files
 
-__all__ = ["Digests", "tree_digest"]
+__all__ = ["Digests", "files_digest", "tree_digest"]
 
 _ENCODE = msgspec.json.Encoder()
+# tarfile's stream reads: 64 KiB measured fastest here (10 KiB, its default, costs 50% more CPU; 1 MiB, 10%).
+STREAM_BUFFER = 64 << 10
 
 
 def _name(name: str) -> str:
@@ -44,21 +47,34 @@ def _raw(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
 
 
+def _content_sha256(tar: tarfile.TarFile, m: tarfile.TarInfo) -> str:
+    h = hashlib.sha256()
+    if m.sparse is not None:
+        f = tar.extractfile(m)
+        assert f is not None
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+        return h.hexdigest()
+    left = m.size
+    while left:
+        chunk = tar_stream_read(tar, min(left, CHUNK))
+        if not chunk:
+            raise tarfile.ReadError(f"unexpected end of data in {m.name!r}")
+        h.update(chunk)
+        left -= len(chunk)
+    return h.hexdigest()
+
+
 def tree_digest(fileobj: object) -> tuple[str, int, int]:
     """Blocking: (sha256, entries, content bytes) of the tar stream read from `fileobj`."""
     entries: list[list[Any]] = []
     files: dict[str, tuple[int, str, int]] = {}
     total = 0
-    with tarfile.open(fileobj=fileobj, mode="r|") as tar:  # type: ignore[call-overload]
+    with tarfile.open(fileobj=fileobj, mode="r|", bufsize=STREAM_BUFFER) as tar:  # type: ignore[call-overload]
         for m in tar:
             name = _name(m.name)
             if m.isreg():
-                h = hashlib.sha256()
-                f = tar.extractfile(m)
-                assert f is not None
-                while chunk := f.read(CHUNK):
-                    h.update(chunk)
-                files[name] = (m.size, h.hexdigest(), int(m.mtime))
+                files[name] = (m.size, _content_sha256(tar, m), int(m.mtime))
                 total += m.size
                 entries.append([name, "f", m.mode & 0o7777, m.uid, m.gid, *files[name]])
             elif m.islnk():
@@ -89,29 +105,34 @@ class Digests:
     async def digest(self, req: DigestRequest) -> DigestResult:
         v = await self.engine.volume_inspect(req.volume)
         users = await used_by(self.engine, req.volume)
-        r, w = os.pipe()
-        reader = asyncio.create_task(asyncio.to_thread(_digest_fd, r))
-        procs = Procs()
-        try:
-            async with volume_files(self.engine, v, users, self.data_path) as files:
-                if isinstance(files, HostDir):
-                    await procs.chain([files.create_argv()], stdin=asyncio.subprocess.DEVNULL, stdout=w)
-                    os.close(w)
-                    w = -1
-                    await procs.wait("reading the volume for its digest")
-                else:
-                    await _write_all(w, files.read())
-                    os.close(w)
-                    w = -1
-            sha, entries, total = await reader
-        except BaseException:
-            await procs.reap()
-            if w >= 0:
-                os.close(w)  # the reader sees the end of the stream and stops
-            with contextlib.suppress(Exception):
-                await reader
-            raise
+        async with volume_files(self.engine, v, users, self.data_path) as files:
+            sha, entries, total = await files_digest(files)
         return DigestResult(volume=req.volume, sha256=sha, entries=entries, bytes=total)
+
+
+async def files_digest(files: HostDir | ContainerDir) -> tuple[str, int, int]:
+    """(sha256, entries, content bytes) of a volume's files, or of any directory of this host (`HostDir`)."""
+    r, w = os.pipe()
+    reader = asyncio.create_task(asyncio.to_thread(_digest_fd, r))
+    procs = Procs()
+    try:
+        if isinstance(files, HostDir):
+            await procs.chain([files.create_argv()], stdin=asyncio.subprocess.DEVNULL, stdout=w)
+            os.close(w)
+            w = -1
+            await procs.wait("reading the volume for its digest")
+        else:
+            await _write_all(w, files.read())
+            os.close(w)
+            w = -1
+        return await reader
+    except BaseException:
+        await procs.reap()
+        if w >= 0:
+            os.close(w)  # the reader sees the end of the stream and stops
+        with contextlib.suppress(Exception):
+            await reader
+        raise
 
 
 def _digest_fd(fd: int) -> tuple[str, int, int]:

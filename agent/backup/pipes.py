@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
 import os
 import signal
@@ -29,6 +30,7 @@ __all__ = [
     "compressor",
     "decompressor",
     "feed",
+    "pipe_tee",
     "pump",
     "read_chunks",
     "tar_totals",
@@ -227,6 +229,21 @@ class Capped:
                 return
             self.n += len(chunk)
             yield chunk
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.tee.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint]
+_libc.tee.restype = ctypes.c_ssize_t
+
+
+def pipe_tee(src: int, dst: int, n: int) -> int:
+    """Blocking: copy up to `n` bytes from the pipe `src` into the pipe `dst` without consuming them (Linux
+    tee(2), which os does not offer: the pages are shared, not copied); 0 at the end of `src`."""
+    moved = int(_libc.tee(src, dst, n, 0))
+    if moved < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return moved
 
 
 def pump(src: int, dst: int, most: int) -> asyncio.Future[int]:

@@ -215,6 +215,26 @@ class Restores:
         await self.engine.volume_create({"Name": v["Name"], "Driver": v.get("Driver") or "local",
                                          "DriverOpts": v.get("Options") or {}, "Labels": v.get("Labels") or {}})
 
+    async def unpack_to(self, store: BackupStore, record: BackupRecord, directory: Path) -> list[str]:
+        """Restore `record` into `directory` (an empty directory of this host's, not a volume: a drill's
+        scratch copy) through every check a restore makes; returns what was checked (contracts.verify)."""
+        self.age.decryptor(record)  # encrypted, and no identity here: refused before anything is read
+        checked = ["stored bytes"]  # a file store's fetch checks them (or `corrupt`); a snapshot store's tool does
+        async with self._source(store, record) as source:
+            if record.encrypted_to:
+                checked.append("decryption")
+            if store.shared or record.host != self.host:
+                if source.check is not None:
+                    await source.check()
+                await check_members(source, record)
+                checked.append("members")
+            await fits(record, directory, str(directory), emptied=False, place="the drill's scratch directory")
+            # Never published: a drill's progress is not a restore's.
+            quiet = Progress(self.events, "verify", record.volume, record.backup_id, record.size)
+            await self._unpack_files(HostDir(directory), record, source, quiet)
+            checked.append("extraction")
+        return checked
+
     async def _extract(self, v: dict[str, Any], record: BackupRecord, source: TarSource, progress: Progress) -> None:
         """The tar stream (decrypted and decompressed by processes in the pipe: plaintext never touches a file, or
         written by the store's tool) extracted into the volume: at most the tar stream the record states
@@ -229,54 +249,58 @@ class Restores:
             raise
 
     async def _unpack(self, v: dict[str, Any], record: BackupRecord, source: TarSource, progress: Progress) -> None:
-        most = limit(record)
         async with volume_files(self.engine, v, [], self.data_path) as files:
-            if isinstance(files, HostDir) and source.restore_into is not None:
-                await source.restore_into(files.path)
-                if source.root is not None:
-                    await asyncio.to_thread(_set_root, files.path, source.root)
-                progress.add(record.size)
-                return
-            procs = Procs()
-            try:
-                with open(source.stored, "rb") if source.stored is not None else contextlib.nullcontext() as stored:  # noqa: ASYNC230
-                    if isinstance(files, HostDir):
-                        pumped = await unpack_into(procs, source.argvs, stored, files.extract_argv(), most,
-                                                   stdout=asyncio.subprocess.DEVNULL, env=source.env)
-                        try:
-                            moved = await asyncio.shield(pumped)
-                        except asyncio.CancelledError:
-                            await procs.reap()  # the pump ends with them, and closes its pipes
-                            await pumped
-                            raise
-                        if moved > most:
-                            raise too_big(record, written=True)
-                        await procs.wait()
-                        if source.root is not None:
-                            await asyncio.to_thread(_set_root, files.path, source.root)
-                        progress.add(record.stored_size)
-                        return
-                    assert isinstance(files, ContainerDir)
-                    if source.argvs:
-                        feeds = stored if stored is not None else asyncio.subprocess.DEVNULL
-                        await procs.chain(source.argvs, stdin=feeds, stdout=asyncio.subprocess.PIPE, env=source.env)
-                        assert procs.last.stdout is not None
-                        capped = Capped(read_chunks(procs.last.stdout, progress.add), most)
-                    else:
-                        capped = Capped(_file_chunks(stored, progress), most)
+            await self._unpack_files(files, record, source, progress)
+
+    async def _unpack_files(self, files: HostDir | ContainerDir, record: BackupRecord, source: TarSource,
+                            progress: Progress) -> None:
+        most = limit(record)
+        if isinstance(files, HostDir) and source.restore_into is not None:
+            await source.restore_into(files.path)
+            if source.root is not None:
+                await asyncio.to_thread(_set_root, files.path, source.root)
+            progress.add(record.size)
+            return
+        procs = Procs()
+        try:
+            with open(source.stored, "rb") if source.stored is not None else contextlib.nullcontext() as stored:  # noqa: ASYNC230
+                if isinstance(files, HostDir):
+                    pumped = await unpack_into(procs, source.argvs, stored, files.extract_argv(), most,
+                                               stdout=asyncio.subprocess.DEVNULL, env=source.env)
                     try:
-                        await files.write(_rooted(capped, source.root) if source.root is not None else capped)
-                    except AgentError as exc:
-                        if capped.over:  # Docker refuses the stream cut short: the bound is the cause
-                            raise too_big(record, written=True) from exc
+                        moved = await asyncio.shield(pumped)
+                    except asyncio.CancelledError:
+                        await procs.reap()  # the pump ends with them, and closes its pipes
+                        await pumped
                         raise
-                    if capped.over:
+                    if moved > most:
                         raise too_big(record, written=True)
-                    if source.argvs:
-                        await procs.wait()
-            except BaseException:
-                await procs.reap()
-                raise
+                    await procs.wait()
+                    if source.root is not None:
+                        await asyncio.to_thread(_set_root, files.path, source.root)
+                    progress.add(record.stored_size)
+                    return
+                assert isinstance(files, ContainerDir)
+                if source.argvs:
+                    feeds = stored if stored is not None else asyncio.subprocess.DEVNULL
+                    await procs.chain(source.argvs, stdin=feeds, stdout=asyncio.subprocess.PIPE, env=source.env)
+                    assert procs.last.stdout is not None
+                    capped = Capped(read_chunks(procs.last.stdout, progress.add), most)
+                else:
+                    capped = Capped(_file_chunks(stored, progress), most)
+                try:
+                    await files.write(_rooted(capped, source.root) if source.root is not None else capped)
+                except AgentError as exc:
+                    if capped.over:  # Docker refuses the stream cut short: the bound is the cause
+                        raise too_big(record, written=True) from exc
+                    raise
+                if capped.over:
+                    raise too_big(record, written=True)
+                if source.argvs:
+                    await procs.wait()
+        except BaseException:
+            await procs.reap()
+            raise
 
     async def _copy(self, src: dict[str, Any], src_users: list[Any], tgt: dict[str, Any]) -> int:
         async with volume_files(self.engine, src, src_users, self.data_path) as a, \

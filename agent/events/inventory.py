@@ -261,9 +261,10 @@ class Inventory:
             v, users = volumes[name], self._users.get(name, _NO_USERS)
             last, size = self._last_backup.get(name), self._sizes.get(name)
             protection = cover(name, now) if cover is not None else None
+            verify = self.policies.last_verify(name) if self.policies is not None else None
             old = cache.get(name)
             if old is not None and (old[0] is v or old[0] == v) and old[1] == users and old[2] == last \
-                    and old[3] == size and old[4] == protection:
+                    and old[3] == size and old[4] == protection and old[6] == verify:
                 built[name] = old
                 entries.append(old[5])
                 continue
@@ -271,9 +272,9 @@ class Inventory:
                 name=name, driver=v.get("Driver") or "local", labels=v.get("Labels") or {},
                 options=v.get("Options") or {}, mountpoint=v.get("Mountpoint") or "",
                 created_at=v.get("CreatedAt") or "", used_by=users, last_backup=last, size=size,
-                **(_protection(*protection) if protection is not None else {}),
+                **(_protection(*protection) if protection is not None else {}), last_verify=verify,
             )
-            built[name] = (v, users, last, size, protection, entry)
+            built[name] = (v, users, last, size, protection, entry, verify)
             entries.append(entry)
         self._built = built
         return entries

@@ -29,7 +29,7 @@ from contracts.labels import (
 
 from ..volumes import named_volumes
 from .book import Accepted
-from .timing import spread_window_s
+from .timing import Timing, spread_window_s
 
 __all__ = ["Rule", "covered", "label_rules", "matches", "rules_of"]
 
@@ -45,16 +45,28 @@ class Rule:
     signer: str
     signed_at: str
     source: Literal["bus", "labels"] = "bus"
+    verify: Timing | None = None
+    """When its restore drills run (the policy's `verify`); None: it asks for none."""
 
     @property
     def name(self) -> str:
         return self.policy.name
 
+    @property
+    def backups(self) -> Timing:
+        return Timing(self.schedule, self.interval_s, self.window_s)
+
 
 def _rule(policy: BackupPolicy, signer: str, signed_at: str, source: Literal["bus", "labels"]) -> Rule:
     schedule = parse_schedule(policy.schedule, policy.timezone)
     interval = schedule.interval_s()
-    return Rule(policy, schedule, interval, spread_window_s(policy, interval), signer, signed_at, source)
+    verify = None
+    if policy.verify is not None:
+        drills = parse_schedule(policy.verify, policy.timezone)
+        every = drills.interval_s()
+        # Spread as backups are; a spread meant for a longer backup interval is cut to half the drills' own.
+        verify = Timing(drills, every, min(spread_window_s(policy, every), every / 2))
+    return Rule(policy, schedule, interval, spread_window_s(policy, interval), signer, signed_at, source, verify)
 
 
 def rules_of(accepted: Mapping[str, Accepted]) -> list[Rule]:

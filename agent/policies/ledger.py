@@ -28,7 +28,7 @@ __all__ = ["Ledger", "RunState", "is_failing", "overdue_reason", "protection", "
 log = structlog.get_logger(__name__)
 
 OVERDUE_INTERVALS = 2
-_SEVERITY = {"ok": 0, "pending": 1, "running": 1, "overdue": 3, "failing": 4, "uncovered": 5}
+_SEVERITY = {"ok": 0, "pending": 1, "running": 1, "suspect": 2, "overdue": 3, "failing": 4, "uncovered": 5}
 
 
 class RunState(msgspec.Struct, omit_defaults=True):
@@ -45,6 +45,10 @@ class RunState(msgspec.Struct, omit_defaults=True):
     schedule: str | None = None
     """The schedule (expression and zone) the slots were counted in: a changed schedule owes no slot of its own
     that came before the change (a fleet-wide edit must not start every host at once)."""
+    held: str | None = None
+    """Why the bad-backup guard held retention at the last run (`guard.py`); None: it ran."""
+    accepted: str | None = None
+    """The backup the guard last accepted: the next ones are compared with it."""
 
 
 def overdue_reason(state: RunState, interval_s: float, window_s: float, now: datetime) -> str | None:
@@ -74,6 +78,8 @@ def protection(state: RunState, interval_s: float, window_s: float, now: datetim
         return "failing", f"The last scheduled backup failed: {state.last_error}"
     if (why := overdue_reason(state, interval_s, window_s, now)) is not None:
         return "overdue", why
+    if state.held is not None:
+        return "suspect", state.held
     if state.last_success is None:
         return "pending", None
     return "ok", None
@@ -163,6 +169,15 @@ class Ledger:
             state.last_slot = max(state.last_slot or state.since, schedule.last_at_or_before(came_by))
         state.schedule = sig
         self._dirty = True
+
+    def guarded(self, state: RunState, *, held: str | None, accepted: str | None) -> bool:
+        """The guard's verdict on a run: `held` (why) or `accepted` (the backup); True if it newly holds."""
+        newly = held is not None and state.held is None
+        state.held = held
+        if accepted is not None:
+            state.accepted = accepted
+        self._dirty = True
+        return newly
 
     def told(self, state: RunState) -> None:
         state.overdue_told = True

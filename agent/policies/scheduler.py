@@ -1,8 +1,11 @@
-"""Runs the policies: each covered volume backed up at its slot (plus its offset), at most `--max-backups` at once,
-never twice at once, a missed slot once; then the policy's keep rules applied to what that policy made.
+"""Runs the policies: for each covered volume, each job its policy asks for (`jobs.py`: a backup, then the keep
+rules unless the bad-backup guard holds them; a restore drill on the policy's `verify` schedule) at its slot plus
+its offset, at most `--max-backups` at once, never twice at once, a missed slot once.
 
-Each run is an ordinary backup (`Backups.backup_locked`, trigger `schedule`, the policy's name in the record), with
-the same events and an outcome on `<prefix>.res.<host>.backup` under the id `schedule.<policy>.<volume>.<slot>`.
+A scheduled backup is an ordinary backup (`Backups.backup_locked`, trigger `schedule`, the policy's name in the
+record), with the same events and an outcome on `<prefix>.res.<host>.backup` under the id
+`schedule.<policy>.<volume>.<slot>`; a drill's outcome is on `<prefix>.res.<host>.verify`, id
+`verify.<policy>.<volume>.<slot>`.
 """
 
 from __future__ import annotations
@@ -16,17 +19,17 @@ from typing import Any
 
 import structlog
 
-from contracts import BackupRecord, BackupRequest
 from contracts.labels import SCHEDULE
-from contracts.retention import retain, to_forget
 
 from ..backup.backups import Backups
+from ..backup.drills import Drills
 from ..errors import AgentError
 from ..locks import KeyedLocks
 from ..tasks import Tasks, cancel_and_wait
 from ..typing import Engine, LocalRunner, Metrics, Notifier
 from .book import PolicyBook
 from .coverage import Rule, covered, label_rules, rules_of
+from .jobs import BackupJob, DrillJob, Job
 from .ledger import Ledger, is_failing, overdue_reason
 from .timing import Due, next_due, offset_s
 
@@ -46,16 +49,17 @@ POKE_SETTLE_LOOKS = 10
 
 
 class Scheduler:
-    """The loop that starts scheduled backups; `poke()` makes it look again now (a policy or volume changed)."""
+    """The loop that starts scheduled jobs; `poke()` makes it look again now (a policy or volume changed)."""
 
     def __init__(
         self, engine: Engine, locks: KeyedLocks, backups: Backups, book: PolicyBook, ledger: Ledger,
         runner: LocalRunner, tasks: Tasks, *, host: str, on_change: Callable[[], None] = lambda: None,
-        metrics: Metrics | None = None, notifier: Notifier | None = None,
+        metrics: Metrics | None = None, notifier: Notifier | None = None, drills: Drills | None = None,
+        drill_ledger: Ledger | None = None,
     ) -> None:
+        """`drills` (and `drill_ledger`, where their runs are kept): run the policies' restore drills (None:
+        none is run)."""
         self.engine = engine
-        self.locks = locks
-        self.backups = backups
         self.book = book
         self.ledger = ledger
         self.runner = runner
@@ -64,21 +68,28 @@ class Scheduler:
         self.on_change = on_change
         self.metrics = metrics
         self.notifier = notifier
+        self.backup_job = BackupJob(backups, locks, ledger, host=host, notifier=notifier)
+        self.jobs: list[Job] = [self.backup_job]
+        self.drill_job: DrillJob | None = None
+        if drills is not None:
+            self.drill_job = DrillJob(drills, backups, drill_ledger or Ledger(None), host=host)
+            self.jobs.append(self.drill_job)
         self.label_rules: list[Rule] = []
-        self._cache: dict[tuple[str, str], tuple[Rule, datetime, Due]] = {}
+        self._cache: dict[tuple[str, str, str], tuple[Rule, datetime, Due]] = {}
         self._bus_rules: tuple[int, list[Rule]] = (-1, [])
         self._wake = asyncio.Event()
         self._stopping = False
         self._exported: set[tuple[str, str]] = set()
         self._task: asyncio.Task[None] | None = None
-        self._told_running: set[tuple[str, str]] = set()
+        self._told_running: set[tuple[str, str, str]] = set()
         self._look_s = 0.0
         """How long the last look's Engine calls took."""
 
     async def start(self) -> None:
         """Load the saved state and take a first look (so the inventory says what covers what from the start)."""
         if self._task is None:
-            self.ledger.load()
+            for job in self.jobs:
+                job.ledger.load()
             try:
                 await self.evaluate(datetime.now(UTC))
             except AgentError as exc:  # the loop looks again
@@ -86,11 +97,12 @@ class Scheduler:
             self._task = asyncio.create_task(self._loop(), name="scheduler")
 
     async def stop(self) -> None:
-        """Start nothing more (running backups are drained with the other tasks; queued ones end)."""
+        """Start nothing more (running jobs are drained with the other tasks; queued ones end)."""
         self._stopping = True
         task, self._task = self._task, None
         await cancel_and_wait(task)
-        self.ledger.save()
+        for job in self.jobs:
+            job.ledger.save()
 
     def poke(self) -> None:
         self._wake.set()
@@ -138,7 +150,12 @@ class Scheduler:
         self._look_s = time.monotonic() - started
         self.label_rules, self.ledger.label_rejected = label_rules(containers)
         cover = covered(self.rules(), self.host, volumes)
-        if self.ledger.cover(cover, now):
+        changed = False
+        for job in self.jobs:
+            mine = cover if job is self.backup_job else \
+                {v: [r for r in rules if job.timing(r) is not None] for v, rules in cover.items()}
+            changed = job.ledger.cover(mine, now) or changed
+        if changed:
             self.on_change()
         return cover
 
@@ -151,20 +168,24 @@ class Scheduler:
         for volume, rules in cover.items():
             for rule in rules:
                 per_policy[rule.name] = per_policy.get(rule.name, 0) + 1
-                key = (rule.name, volume)
-                due = self.due(rule, volume, now)
-                if key in self.ledger.running:
-                    if due.at <= now and key not in self._told_running:
-                        self._told_running.add(key)
-                        log.info("schedule.still_running", policy=rule.name, volume=volume, slot=due.slot.isoformat())
-                elif due.at <= now:
-                    self._start(rule, volume, due)
-                else:
-                    wake = min(wake, due.at)
+                for job in self.jobs:
+                    if job.timing(rule) is None:
+                        continue
+                    key = (rule.name, volume)
+                    due = self.due(rule, volume, now, job)
+                    if key in job.ledger.running:
+                        if due.at <= now and (job.kind, *key) not in self._told_running:
+                            self._told_running.add((job.kind, *key))
+                            log.info("schedule.still_running", job=job.kind, policy=rule.name, volume=volume,
+                                     slot=due.slot.isoformat())
+                    elif due.at <= now:
+                        self._start(job, rule, volume, due)
+                    else:
+                        wake = min(wake, due.at)
                 await self._check_overdue(rule, volume, now)
-        for key in [k for k in self._cache if k not in self.ledger.covered_pairs]:
-            del self._cache[key]
-        self._told_running &= self.ledger.running
+        for ckey in [k for k in self._cache if not self._covered(k)]:
+            del self._cache[ckey]
+        self._told_running = {k for k in self._told_running if self._running(k)}
         if self.metrics is not None:
             self.metrics.coverage(per_policy, sum(1 for rules in cover.values() if not rules))
             runs = self.next_runs()
@@ -173,101 +194,96 @@ class Scheduler:
             for policy, volume in self._exported - set(runs):
                 self.metrics.next_run(policy, volume, None)
             self._exported = set(runs)
-        self.ledger.save()
+        for job in self.jobs:
+            job.ledger.save()
         return max(MIN_SLEEP_S, (wake - datetime.now(UTC)).total_seconds())
 
-    def next_runs(self) -> dict[tuple[str, str], datetime]:
-        """(policy, volume) -> when it runs next, as of the last look."""
-        return {key: due.at for key, (_, _, due) in self._cache.items() if key in self.ledger.covered_pairs}
+    def _job(self, kind: str) -> Job:
+        return next(j for j in self.jobs if j.kind == kind)
 
-    def due(self, rule: Rule, volume: str, now: datetime) -> Due:
-        """The next run of (rule, volume): computed again only when it has come, or the rule or the last run
-        changed (a look at 2,000 volumes costs little when nothing is due)."""
-        state = self.ledger.get(rule.name, volume, now)
-        key = (rule.name, volume)
+    def _covered(self, key: tuple[str, str, str]) -> bool:
+        return key[1:] in self._job(key[0]).ledger.covered_pairs
+
+    def _running(self, key: tuple[str, str, str]) -> bool:
+        return key[1:] in self._job(key[0]).ledger.running
+
+    def next_runs(self, kind: str = "backup") -> dict[tuple[str, str], datetime]:
+        """(policy, volume) -> when its job of `kind` runs next, as of the last look."""
+        return {(p, v): due.at for (k, p, v), (_, _, due) in self._cache.items()
+                if k == kind and self._covered((k, p, v))}
+
+    def due(self, rule: Rule, volume: str, now: datetime, job: Job | None = None) -> Due:
+        """The next run of (rule, volume) of `job` (default: its backup): computed again only when it has come,
+        or the rule or the last run changed (a look at 2,000 volumes costs little when nothing is due)."""
+        job = job or self.backup_job
+        timing = job.timing(rule)
+        assert timing is not None
+        state = job.ledger.get(rule.name, volume, now)
+        key = (job.kind, rule.name, volume)
         cached = self._cache.get(key)
         # The same rule as when it was cached: its schedule is the one the state is counted in already.
         if cached is not None and cached[0] == rule and cached[1] == (state.last_slot or state.since) \
                 and cached[2].at > now:
             return cached[2]
-        offset = offset_s(rule.name, self.host, volume, rule.window_s)
-        self.ledger.schedule_is(state, rule.schedule, now - timedelta(seconds=offset))
+        # A drill's offset differs from its backup's: they do not start together.
+        salt = rule.name if job is self.backup_job else f"{rule.name}\0{job.kind}"
+        offset = offset_s(salt, self.host, volume, timing.window_s)
+        job.ledger.schedule_is(state, timing.schedule, now - timedelta(seconds=offset))
         done_through = state.last_slot or state.since
-        due = next_due(rule.schedule, offset, done_through=done_through, now=now)
+        due = next_due(timing.schedule, offset, done_through=done_through, now=now)
         self._cache[key] = (rule, done_through, due)
         return due
 
-    def _start(self, rule: Rule, volume: str, due: Due) -> None:
+    def _start(self, job: Job, rule: Rule, volume: str, due: Due) -> None:
         key = (rule.name, volume)
-        self.ledger.running.add(key)
-        self._told_running.discard(key)
+        job.ledger.running.add(key)
+        self._told_running.discard((job.kind, *key))
         if due.missed:
-            log.info("schedule.catching_up", policy=rule.name, volume=volume, slot=due.slot.isoformat())
-        self.tasks.start(f"schedule:{rule.name}:{volume}", self._run(rule, volume, due))
+            log.info("schedule.catching_up", job=job.kind, policy=rule.name, volume=volume, slot=due.slot.isoformat())
+        name = "schedule" if job is self.backup_job else job.kind
+        self.tasks.start(f"{name}:{rule.name}:{volume}", self._run(job, rule, volume, due))
 
-    async def _run(self, rule: Rule, volume: str, due: Due) -> None:
+    async def _run(self, job: Job, rule: Rule, volume: str, due: Due) -> None:
         key = (rule.name, volume)
-        cmd_id = f"schedule.{rule.name}.{volume}.{due.slot.astimezone(UTC):%Y%m%dT%H%M%SZ}"
-        made: list[BackupRecord] = []
+        timing = job.timing(rule)
+        assert timing is not None
+        cmd_id = f"{job.id_prefix}.{rule.name}.{volume}.{due.slot.astimezone(UTC):%Y%m%dT%H%M%SZ}"
+        made: list[str] = []
         error: str | None = None
         finished = False
         try:
             # Queued for one of the --max-backups slots; a run still queued when the agent stops starts nothing.
-            async with self.backups.slot():
+            async with job.gate():
                 if self._stopping:
                     return
                 with structlog.contextvars.bound_contextvars(trigger="schedule", policy=rule.name, volume=volume):
-                    outcome = await self.runner.local("backup", cmd_id, lambda: self._backup(rule, volume, made),
+                    prepared = await job.prepare(rule, volume)
+                    if prepared is None:  # nothing to do: the slot is done, nothing is published
+                        finished = True
+                        return
+                    outcome = await self.runner.local(job.op, cmd_id, lambda: job.run(rule, volume, prepared, made),
                                                       caller=f"policy:{rule.name}")
             error, finished = (outcome.error.message if outcome.error is not None else None), True
+        except AgentError as exc:  # `prepare` could not look (the store is away): a failed run
+            error, finished = exc.message, True
         finally:
-            # Cut short by shutdown before the backup was made: not recorded, so the next start runs it (once).
-            self.ledger.running.discard(key)
+            # Cut short by shutdown before the job was done: not recorded, so the next start runs it (once).
+            job.ledger.running.discard(key)
             if finished or made:
-                before = self.ledger.get(rule.name, volume, datetime.now(UTC))
+                before = job.ledger.get(rule.name, volume, datetime.now(UTC))
                 was_told, was_failing = before.overdue_told, is_failing(before)
-                # Slots that came while it ran are covered by this run: a late backup is not started twice.
-                slot = max(due.slot, rule.schedule.last_at_or_before(datetime.now(UTC) - (due.at - due.slot)))
-                self.ledger.finished(rule.name, volume, slot, backup_id=made[0].backup_id if made else None,
-                                     error=None if made else error)
-                self.ledger.save()
-                if self.notifier is not None:
-                    if made and (was_told or was_failing):
-                        await self.notifier.recovered(volume, rule.name)
-                    elif not made and error is not None and not was_failing:  # told once, when it starts failing
-                        await self.notifier.backup_failed(volume, error, trigger="schedule", policy=rule.name)
+                # Slots that came while it ran are covered by this run: a late job is not started twice.
+                slot = max(due.slot, timing.schedule.last_at_or_before(datetime.now(UTC) - (due.at - due.slot)))
+                job.ledger.finished(rule.name, volume, slot, backup_id=made[0] if made else None,
+                                    error=None if made else error)
+                job.ledger.save()
+                await job.finished(rule, volume, made=bool(made), error=error, was_failing=was_failing,
+                                   was_told=was_told)
             self.on_change()
             self.poke()
 
-    async def _backup(self, rule: Rule, volume: str, made: list[BackupRecord]) -> BackupRecord:
-        p = rule.policy
-        req = BackupRequest(volume=volume, compression=p.compression, store=p.store,
-                            stop_containers=p.stop_containers, encrypt_to=list(p.encrypt_to))
-        async with self.locks.hold(volume):  # the caller holds a backup slot
-            record = await self.backups.backup_locked(req, trigger="schedule", policy=rule.name)
-            made.append(record)
-            try:
-                await self._retain(rule, record)
-            except AgentError as exc:  # the backup is made; the old ones go next time
-                log.warning("schedule.retention_failed", policy=rule.name, volume=volume, error=exc.message)
-        return record
-
-    async def _retain(self, rule: Rule, made: BackupRecord) -> None:
-        """Apply the policy's keep rules to the backups it made of the volume on this host in that store; the
-        one just made, complete, always stays."""
-        store = self.backups.stores[made.store]
-        mine = [r for r in await store.catalog(made.volume) if r.host == self.host and r.policy == rule.name]
-        if not any(r.backup_id == made.backup_id for r in mine):
-            mine.append(made)
-        for old in to_forget(retain(mine, rule.policy.keep, rule.policy.timezone)):
-            if old.backup_id == made.backup_id:
-                continue
-            await store.forget(old.backup_id)
-            self.backups.on_forget(old)
-            log.info("backup.pruned", old=old.backup_id, policy=rule.name)
-
     async def _check_overdue(self, rule: Rule, volume: str, now: datetime) -> None:
-        """Tell once when (policy, volume) has had no success for twice the interval, failing or not."""
+        """Tell once when (policy, volume) has had no backup for twice the interval, failing or not."""
         state = self.ledger.get(rule.name, volume, now)
         if state.overdue_told or (rule.name, volume) in self.ledger.running:
             return

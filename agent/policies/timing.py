@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from contracts import BackupPolicy
 from contracts.cron import CronSchedule
 
-__all__ = ["DEFAULT_SPREAD_MAX_S", "Due", "next_due", "offset_s", "spread_window_s"]
+__all__ = ["DEFAULT_SPREAD_MAX_S", "Due", "Timing", "next_due", "offset_s", "spread_window_s"]
 
 DEFAULT_SPREAD_FRACTION = 0.1
 DEFAULT_SPREAD_MAX_S = 900.0
@@ -34,6 +34,15 @@ def offset_s(policy: str, host: str, volume: str, window_s: float) -> float:
         return 0.0
     digest = hashlib.sha256(f"{policy}\0{host}\0{volume}".encode()).digest()
     return window_s * int.from_bytes(digest[:8], "big") / 2**64
+
+
+@dataclass(frozen=True)
+class Timing:
+    """When one kind of job of a policy runs: its schedule, the schedule's interval, and the spread window."""
+
+    schedule: CronSchedule
+    interval_s: float
+    window_s: float
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from contracts import PoliciesRequest, PoliciesResult, PolicyView, Protection, RejectedPolicy, VolumeCoverage
+from contracts import (
+    LastVerify,
+    PoliciesRequest,
+    PoliciesResult,
+    PolicyView,
+    Protection,
+    RejectedPolicy,
+    VolumeCoverage,
+)
 
+from ..backup.drills import VerifyLog
 from .book import PolicyBook
-from .ledger import Ledger, protection
+from .ledger import Ledger, protection, worst
 from .scheduler import Scheduler
 
 __all__ = ["PolicyStatus", "PolicyViews"]
@@ -17,15 +26,32 @@ def _iso(t: datetime | None) -> str | None:
     return t.isoformat() if t is not None else None
 
 
-class PolicyStatus:
-    """What the inventory says of the policies (`typing.PolicyCoverage`): as of the scheduler's last look."""
+def _drill_failed(last: LastVerify | None) -> tuple[Protection, str | None] | None:
+    """A volume whose last restore drill failed is `failing`, whatever its backups say: they may not restore."""
+    if last is None or last.ok:
+        return None
+    return "failing", (f"The restore drill of backup {last.backup_id} at {last.verified_at} failed: {last.error} "
+                       "(the next drill that passes clears this).")
 
-    def __init__(self, book: PolicyBook, ledger: Ledger) -> None:
+
+class PolicyStatus:
+    """What the inventory says of the policies (`typing.PolicyCoverage`): as of the scheduler's last look, and
+    each volume's last restore drill (`verified`)."""
+
+    def __init__(self, book: PolicyBook, ledger: Ledger, verified: VerifyLog | None = None) -> None:
         self.book = book
         self.ledger = ledger
+        self.verified = verified if verified is not None else VerifyLog(None)
 
     def protection_of(self, volume: str, now: datetime) -> tuple[list[str], Protection, str | None]:
-        return self.ledger.protection_of(volume, now)
+        names, status, reason = self.ledger.protection_of(volume, now)
+        drill = _drill_failed(self.verified.get(volume))
+        if drill is not None and status != "uncovered":
+            status, reason = worst([(status, reason), drill])
+        return names, status, reason
+
+    def last_verify(self, volume: str) -> LastVerify | None:
+        return self.verified.get(volume)
 
     def rejected(self) -> list[RejectedPolicy]:
         merged = {**self.book.rejected, **self.ledger.label_rejected}
@@ -59,15 +85,21 @@ class PolicyViews:
                 volumes.append(VolumeCoverage(volume=volume, status="running", policy=ending[0]) if ending else
                                VolumeCoverage(volume=volume, status="uncovered",
                                               reason="No backup policy covers this volume."))
+            last_verify = self.status.last_verify(volume)
             for r in rules:
                 state = self.ledger.get(r.name, volume, now)
                 status, reason = protection(state, r.interval_s, r.window_s, now,
                                             running=(r.name, volume) in self.ledger.running)
+                if (drill := _drill_failed(last_verify)) is not None:
+                    status, reason = worst([(status, reason), drill])
                 nxt = self.scheduler.due(r, volume, now).at
+                drills = self.scheduler.drill_job
+                nxt_verify = self.scheduler.due(r, volume, now, drills).at \
+                    if drills is not None and r.verify is not None else None
                 volumes.append(VolumeCoverage(
                     volume=volume, status=status, policy=r.name, reason=reason, last_run=_iso(state.last_run),
                     last_success=_iso(state.last_success), last_backup_id=state.last_backup_id,
-                    next_run=_iso(nxt), keep=r.policy.keep,
+                    next_run=_iso(nxt), keep=r.policy.keep, last_verify=last_verify, next_verify=_iso(nxt_verify),
                 ))
         return PoliciesResult(host=self.host, policies=views,
                               rejected=self.status.rejected(),
