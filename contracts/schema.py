@@ -1,4 +1,9 @@
-"""Generate `contracts/schema.json` from the Structs: `python -m contracts.schema [--check]`."""
+"""Generate `contracts/schema.json` from the Structs, and the contract reference page from it:
+`python -m contracts.schema [--check] [--markdown PATH]`.
+
+The page (`docs/reference/schema.md` in a checkout, where `mkdocs.yml` is) is written and checked with the schema,
+so neither drifts from the Structs. `--markdown PATH` names another page; in an installed package without the
+docs, only the schema is handled."""
 
 from __future__ import annotations
 
@@ -14,8 +19,11 @@ from .envelope import Reply
 from .events import VolumeEvent
 from .inventory_chunks import InventoryChunk, InventoryHead, InventoryInChunks
 from .ops import OPS
+from .schema_markdown import render_markdown
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
+REPO = Path(__file__).resolve().parent.parent
+MARKDOWN_PATH = REPO / "docs" / "reference" / "schema.md"
 
 
 def build() -> dict[str, Any]:
@@ -62,13 +70,27 @@ def render() -> str:
 
 
 def main() -> int:
-    text = render()
-    if "--check" in sys.argv[1:]:
-        if not SCHEMA_PATH.exists() or SCHEMA_PATH.read_text() != text:
-            print("contracts/schema.json is stale: run `python -m contracts.schema`", file=sys.stderr)
-            return 1
-        return 0
-    SCHEMA_PATH.write_text(text)
+    args = sys.argv[1:]
+    check = "--check" in args
+    markdown: Path | None = MARKDOWN_PATH if (REPO / "mkdocs.yml").exists() else None
+    if "--markdown" in args:
+        i = args.index("--markdown")
+        if i + 1 >= len(args):
+            print("usage: python -m contracts.schema [--check] [--markdown PATH]", file=sys.stderr)
+            return 2
+        markdown = Path(args[i + 1])
+    schema = build()
+    outputs = [(SCHEMA_PATH, render())]
+    if markdown is not None:
+        outputs.append((markdown, render_markdown(schema)))
+    if check:
+        stale = [path for path, text in outputs if not path.exists() or path.read_text() != text]
+        for path in stale:
+            print(f"{path} is stale: run `python -m contracts.schema`", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in outputs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
     return 0
 
 

@@ -51,7 +51,7 @@ def auth(stack_dir: Path) -> Path:
 def server(stack_dir: Path, auth: Path) -> Iterator[NatsServer]:
     root = stack_dir / "nats-auth"
     root.mkdir()
-    shutil.copy(auth / "nats-auth.conf", root / "nats-auth.conf")  # as the README says: beside the server's config
+    shutil.copy(auth / "nats-auth.conf", root / "nats-auth.conf")  # docs/security.md: beside the server's config
     n = NatsServer(root, config="include nats-auth.conf").start()
     yield n
     n.stop()

@@ -16,7 +16,8 @@ from agent.dispatch import Dispatcher
 from agent.errors import Invalid
 from agent.tasks import Tasks
 from contracts import OPS, BaseRequest, Subjects, policy_copy_key, policy_copy_key_parts, valid_host_id
-from contracts.schema import SCHEMA_PATH, render
+from contracts.schema import MARKDOWN_PATH, SCHEMA_PATH, build, render
+from contracts.schema_markdown import render_markdown
 
 from .fakes import FakeEngine, MemoryOutcomes, RecordingSink, TrustAll, fake_handlers
 
@@ -40,6 +41,39 @@ def test_schema_check_command_fails_on_a_stale_schema(tmp_path: Path) -> None:
     copy.write_text(copy.read_text().replace('"create"', '"make"', 1))
     out = check()
     assert out.returncode == 1 and b"stale" in out.stderr
+
+
+def test_checked_in_reference_page_is_current_and_names_every_type_and_field() -> None:
+    """docs/reference/schema.md is generated from the schema: every type a section, every field a row."""
+    schema = build()
+    page = MARKDOWN_PATH.read_text()
+    assert page == render_markdown(schema), "run `python -m contracts.schema`"
+    for name, node in schema["$defs"].items():
+        section = page.split(f"\n### {name}\n", 1)[1].split("\n### ", 1)[0]
+        for field in node.get("properties", {}):
+            assert f"| `{field}` |" in section, (name, field)
+    for op in OPS:
+        assert f"| `{op}` |" in page
+
+
+def test_schema_check_command_fails_on_a_stale_reference_page(tmp_path: Path) -> None:
+    """In a checkout (mkdocs.yml beside the package) `--check` checks the page too, and `--markdown` names it."""
+    shutil.copytree(SCHEMA_PATH.parent, tmp_path / "contracts", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "mkdocs.yml").write_text("site_name: copy\n")
+
+    def schema(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", "contracts.schema", *args], cwd=tmp_path, capture_output=True)
+
+    assert schema("--check").returncode == 1  # no page yet
+    assert schema().returncode == 0
+    page = tmp_path / "docs" / "reference" / "schema.md"
+    assert page.read_text() == MARKDOWN_PATH.read_text()
+    assert schema("--check").returncode == 0
+    page.write_text(page.read_text().replace("| `create` |", "| `make` |"))
+    out = schema("--check")
+    assert out.returncode == 1 and b"schema.md is stale" in out.stderr
+    elsewhere = tmp_path / "other.md"
+    assert schema("--markdown", str(elsewhere)).returncode == 0 and elsewhere.read_text() == MARKDOWN_PATH.read_text()
 
 
 def test_contracts_import_alone_without_the_agent() -> None:

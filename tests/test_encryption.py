@@ -161,7 +161,7 @@ async def test_a_backup_encrypted_to_two_recipients_restores_with_either_identit
 async def test_an_encrypted_backup_restores_by_hand_with_age_zstd_and_tar(
     host: Host, keys: list[Key], tmp_path: Path, made: list[str]
 ) -> None:
-    """What README's "Encryption" section tells an operator to type, without the agent."""
+    """What docs/policies.md's "Encryption" section (restoring by hand) tells an operator to type, without the agent."""
     await host.ok("create", {"name": "hand1"})
     src = fill(host, "hand1")
     rec = await host.ok("backup", {"volume": "hand1", "encrypt_to": [keys[1].recipient]})

@@ -1,7 +1,7 @@
 """Generated messages on every subject and op, against a real agent on a real secured NATS server: whatever arrives
 gets exactly one envelope, the agent stays up, and a valid signed durable command still applies after each batch.
 
-`FUZZ_EXAMPLES` (default 20) sets how many batches run; the README's Development section has a longer run.
+`FUZZ_EXAMPLES` (default 20) sets how many batches run; docs/development.md has a longer run.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from .test_events import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
-DEFAULT_TTL_S = 15.0  # agent/config.py DEFAULT_LEASE_TTL_S: the takeover time the README states
+DEFAULT_TTL_S = 15.0  # agent/config.py DEFAULT_LEASE_TTL_S: the takeover time docs/running.md states
 
 
 def events(agent: Agent, name: str, *, since: int = 0) -> list[dict[str, Any]]:

@@ -159,8 +159,9 @@ async def test_the_embedded_server_admits_only_the_agent_and_the_local_operator(
 
 @pytest.mark.integration
 def test_run_agent_then_volumectl_ls_on_the_same_host(dockerd: Dockerd, tmp_path: Path) -> None:
-    """README's first two commands: the agent with its embedded server, then volumectl with no credentials
-    given: it finds the local operator's seed under the data dir. --insecure shows in the inventory."""
+    """README's first command (tests/test_readme.py runs it as written): the agent with its embedded server, then
+    volumectl with no credentials given: it finds the local operator's seed under the data dir. --insecure shows in
+    the inventory."""
     port = free_port()
     data = tmp_path / "data"
     agent = Agent("sec-local", dockerd.url, "", data,

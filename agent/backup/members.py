@@ -12,9 +12,9 @@ written), and the restore is refused as `corrupt` if any member is:
 Backups made by the agent (`tar --create .` of a volume) never hold the last three. Symlinks themselves may point
 anywhere: they are read in a container's file system, and nothing the agent does follows them.
 
-The cost is one more pass over the archive (decompressed), before the extraction's: measured in README. That pass
-is bounded like the extraction (`bounds.py`): past the tar stream its record states, the backup is refused as
-`corrupt` there, before the target is touched, and a bomb costs no more than that to list.
+The cost is one more pass over the archive (decompressed), before the extraction's: measured in docs/backups.md
+(restore). That pass is bounded like the extraction (`bounds.py`): past the tar stream its record states, the
+backup is refused as `corrupt` there, before the target is touched, and a bomb costs no more than that to list.
 """
 
 from __future__ import annotations
