@@ -134,10 +134,18 @@ class Tasks:
             await asyncio.wait(pending)
 
 
+CANCEL_AGAIN_S = 0.5
+"""How long a loop has to end after it is cancelled before it is cancelled again."""
+
+
 async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
     """Cancel a long-running loop of a component (idempotent stop) and wait until it has ended."""
     if task is None:
         return
-    task.cancel()
+    # Cancelled again until it ends: Python 3.11's `asyncio.wait_for` swallows a cancellation that comes as the
+    # awaited thing completes (a loop poked while stopping), and the loop would then go on, and the stop hang.
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=CANCEL_AGAIN_S)
     with contextlib.suppress(asyncio.CancelledError):
         await task

@@ -133,7 +133,14 @@ class Dockerd:
         for attempt in range(10):
             ids = self.docker("ps", "-aq").split()
             if ids:
-                self.docker("rm", "-f", "-v", *ids)
+                try:
+                    self.docker("rm", "-f", "-v", *ids)
+                except RuntimeError as exc:  # an agent removing its helper at the same time: list again
+                    if "already in progress" not in str(exc) and "No such container" not in str(exc) \
+                            or attempt == 9:
+                        raise
+                    time.sleep(0.2)
+                    continue
             names = self.docker("volume", "ls", "-q").split()
             if not names:
                 return

@@ -132,7 +132,8 @@ class Scheduler:
             settle_s = max(POKE_SETTLE_S, POKE_SETTLE_LOOKS * self._look_s)
             until = loop.time() + sleep_s
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), sleep_s)
+                async with asyncio.timeout(sleep_s):  # not wait_for: in 3.11 it can swallow the stop's cancel
+                    await self._wake.wait()
                 await asyncio.sleep(min(settle_s, until - loop.time()))  # never past a slot that is due
 
     def rules(self) -> list[Rule]:
