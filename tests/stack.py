@@ -136,7 +136,7 @@ class Dockerd:
                 try:
                     self.docker("rm", "-f", "-v", *ids)
                 except RuntimeError as exc:  # an agent removing its helper at the same time: list again
-                    if "already in progress" not in str(exc) and "No such container" not in str(exc) \
+                    if ("already in progress" not in str(exc) and "No such container" not in str(exc)) \
                             or attempt == 9:
                         raise
                     time.sleep(0.2)
