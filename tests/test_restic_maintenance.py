@@ -9,6 +9,7 @@ Policies select only their test's own hosts and volumes, and are removed (signed
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -26,9 +27,11 @@ from volumectl.client import AgentClient
 
 from .conftest import Host
 from .identities import Identities
+from .receiver import Receiver
 from .restic_backends import restic_env, write_stores
-from .stack import Dockerd
-from .test_events import subscribe
+from .stack import Agent, Dockerd, free_port
+from .test_events import eventually, subscribe
+from .test_observability import of, scrape_until
 from .test_policies import Policies, S, coverage_of
 from .volfiles import mountpoint
 
@@ -140,3 +143,82 @@ async def test_a_policys_retention_forgets_only_its_own_snapshots_of_that_volume
     # Every snapshot left has its record, and no record names a forgotten snapshot.
     listed = [b for b in (await one.ok("backups", {}))["backups"] if b["store"] == "shared"]
     assert {b["restic"]["snapshot_id"] for b in listed} == {s["short_id"] for s in snaps}
+
+
+def log_events(agent: Agent, event: str) -> list[dict[str, Any]]:
+    out = []
+    for line in agent.log().splitlines():
+        if f'"event":"{event}"' in line:
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+    return out
+
+
+async def test_two_agents_sharing_a_repository_prune_it_one_at_a_time(
+    make_agent: Any, dockerd: Dockerd, client: AgentClient, tmp_path: Path
+) -> None:
+    """Per-second prune slots: each slot is pruned by one agent at most; the other says it skipped it, naming the
+    host that holds the lease or ran the slot."""
+    entry = repository(tmp_path, maintenance={"prune": "* * * * * *"})
+    restic(entry, "init")  # before either agent: neither makes it
+    stores_file = write_stores(tmp_path / "stores.toml", {"shared": entry})
+    agents = [make_agent(extra=["--ack-wait", "2", "--stores", str(stores_file)], data_dir=tmp_path / d)
+              for d in ("one", "two")]
+    host = Host(agents[0].host_id, dockerd, agents[0], client)
+    await host.ok("create", {"name": "pruned"})
+    (mountpoint(dockerd, "pruned") / "f").write_bytes(os.urandom(200_000))
+    made = await host.ok("backup", {"volume": "pruned", "store": "shared"})  # waits for the lock if need be
+    await host.ok("forget", {"backup_id": made["backup_id"]})
+
+    async def enough() -> Any:
+        pruned = [e for a in agents for e in log_events(a, "repository.pruned")]
+        skipped = [e for a in agents for e in log_events(a, "repository.maintenance_skipped")]
+        return (pruned, skipped) if len({e["slot"] for e in pruned}) >= 4 and skipped else None
+
+    pruned, skipped = await eventually(enough, 60, "four slots pruned, and a skip")
+    slots = [e["slot"] for e in pruned]
+    assert len(slots) == len(set(slots)), f"a slot pruned twice: {sorted(slots)}"
+    ids = {a.host_id for a in agents}
+    assert all(e["task"] == "prune" and e["store"] == "shared" for e in skipped)
+    assert all(any(f"host {h} " in e["why"] for h in ids) for e in skipped), [e["why"] for e in skipped]
+    assert all(e["lease_held_s"] >= e["seconds"] > 0 for e in pruned)
+    # The forgotten backup's data is gone from the repository: a prune ran.
+    assert "unreferenced" not in restic(entry, "check").stdout.decode()
+
+
+async def test_a_failing_repository_check_is_notified_and_in_the_metrics(
+    make_agent: Any, dockerd: Dockerd, client: AgentClient, tmp_path: Path
+) -> None:
+    entry = repository(tmp_path, maintenance={"check": "*/2 * * * * *", "check_subset": "100%"})
+    stores_file = write_stores(tmp_path / "stores.toml", {"checked": entry})
+    port = free_port()
+    with Receiver() as receiver:
+        agent = make_agent(extra=["--ack-wait", "2", "--stores", str(stores_file), "--metrics-listen",
+                                  f"127.0.0.1:{port}", "--notify", receiver.url("/hook")])
+        host = Host(agent.host_id, dockerd, agent, client)
+        await host.ok("create", {"name": "checked"})
+        (mountpoint(dockerd, "checked") / "f").write_bytes(os.urandom(300_000))
+        await host.ok("backup", {"volume": "checked", "store": "checked"})
+        await scrape_until(port, "volume_agent_repository_check_success_timestamp_seconds", store="checked")
+
+        packs = [p for p in Path(str(entry["repository"]), "data").rglob("*") if p.is_file()]
+        assert packs
+        for pack in packs:
+            raw = bytearray(pack.read_bytes())
+            raw[len(raw) // 2] ^= 0xFF
+            os.chmod(pack, 0o600)
+            pack.write_bytes(bytes(raw))
+
+        _, told = await receiver.next(timeout=30)
+        assert told["type"] == "failure" and "restic check" in told["message"], told
+        assert "store 'checked'" in told["message"]
+        found = await scrape_until(port, "volume_agent_repository_maintenance_total", store="checked", task="check",
+                                   result="failed")
+        assert (of(found, "volume_agent_repository_maintenance_total", store="checked", task="check",
+                   result="failed") or 0) >= 1
+        assert (of(found, "volume_agent_repository_maintenance_seconds", store="checked", task="check") or 0) > 0
+        async def logged() -> list[dict[str, Any]]:
+            return log_events(agent, "repository.check_failed")
+
+        failed = await eventually(logged, 10, "the log line")
+        assert failed[0]["store"] == "checked" and "lease_held_s" in failed[0]
