@@ -26,6 +26,7 @@ from .backup.digest import Digests
 from .backup.drills import Drills, VerifyLog
 from .backup.encryption import AgeIdentity
 from .backup.local_store import LocalStore
+from .backup.maintenance import maintainers
 from .backup.migrate import BusPeers, Migrations
 from .backup.nats_catalog import Catalog
 from .backup.nats_store import NatsStore
@@ -62,7 +63,7 @@ from .private_files import UMASK, make_private
 from .requests import RequestService
 from .share import Shares
 from .startup import local_policy, persist, unless_stopped, wait_for_docker, warn_if_exposed
-from .streams import ensure_lease_bucket
+from .streams import MAINTENANCE_LEASE_TTL_S, ensure_lease_bucket, ensure_maintenance_bucket
 from .supervisor import EXIT_FAILED, EXIT_HOST_TAKEN, Supervisor
 from .tasks import Tasks
 from .typing import Engine, EventSink, Peers
@@ -263,6 +264,12 @@ async def serve(settings: Settings, supervisor: Supervisor) -> None:
         await unless_stopped(persist("reading the backup policies", feed.start), stop)
         stack.push_async_callback(scheduler.stop)
         await scheduler.start()
+        for m in maintainers(stores.by_name.values(), lambda: ensure_maintenance_bucket(bus.js, settings, bus.denials),
+                             host=settings.host_id, metrics=metrics, notifier=notifier,
+                             ttl_s=MAINTENANCE_LEASE_TTL_S):
+            metrics.maintenance_stores((m.store, task) for task in m.schedules)
+            stack.push_async_callback(m.stop)
+            m.start()
         await inventory.start()  # after the scheduler's first look: what covers each volume is known
 
         # SIGHUP: the policy file (and the other files registered with it) read again, adopted whole or not at all.

@@ -81,6 +81,18 @@ class Metrics:
                                          buckets=BACKUP_BUCKETS, registry=r)
         for result in ("ok", "failed"):  # an alert on failures needs the series before the first one
             self._verifies.labels(result=result)
+        self._maintenance = Counter(f"{PREFIX}_repository_maintenance", "Repository maintenance runs this host "
+                                    "made (restic prune, check), by store, task and result (ok or failed).",
+                                    ["store", "task", "result"], registry=r)
+        self._maintenance_seconds = Gauge(f"{PREFIX}_repository_maintenance_seconds",
+                                          "How long the last maintenance run this host made took, by store and task.",
+                                          ["store", "task"], registry=r)
+        self._maintenance_success = Gauge(f"{PREFIX}_repository_maintenance_success_timestamp_seconds",
+                                          "When this host last ran the task on the store's repository and it "
+                                          "passed (unix time).", ["store", "task"], registry=r)
+        self._check_success = Gauge(f"{PREFIX}_repository_check_success_timestamp_seconds",
+                                    "When a restic check of the store's repository last passed here (unix time).",
+                                    ["store"], registry=r)
         info = Gauge(f"{PREFIX}_info", "This agent: its host id and version.", ["host", "version"], registry=r)
         info.labels(host=host, version=__version__).set(1)
         for kind in ("tar", "stored"):  # both series exist from the start: rate() needs no first backup
@@ -149,6 +161,21 @@ class Metrics:
             with contextlib.suppress(ValueError):
                 if last.ok:
                     self._last_verify.labels(volume=volume).set(datetime.fromisoformat(last.verified_at).timestamp())
+
+    def maintenance_finished(self, store: str, task: str, *, result: str, seconds: float) -> None:
+        self._maintenance.labels(store=store, task=task, result=result).inc()
+        self._maintenance_seconds.labels(store=store, task=task).set(max(seconds, 0.0))
+        if result == "ok":
+            now = time.time()
+            self._maintenance_success.labels(store=store, task=task).set(now)
+            if task == "check":
+                self._check_success.labels(store=store).set(now)
+
+    def maintenance_stores(self, stores: Iterable[tuple[str, str]]) -> None:
+        """The (store, task) pairs this host maintains: their failure counts exist from the start."""
+        for store, task in stores:
+            for result in ("ok", "failed"):
+                self._maintenance.labels(store=store, task=task, result=result)
 
     def render(self) -> bytes:
         """The text exposition format, as a scrape gets it."""

@@ -120,6 +120,20 @@ class Notifier:
             "passed again.",
             apprise.NotifyType.SUCCESS))
 
+    async def maintenance_failed(self, store: str, task: str, error: str) -> None:
+        what = "check" if task == "check" else "prune"
+        self._post(_Message(
+            f"{task}_failed", f"store:{store}", f"Repository {what} of store {store} failed on {self.host}",
+            f"volume-agent on {self.host}: restic {what} of the repository of store '{store}' failed: {error}",
+            apprise.NotifyType.FAILURE))
+
+    async def maintenance_recovered(self, store: str, task: str) -> None:
+        what = "check" if task == "check" else "prune"
+        self._post(_Message(
+            f"{task}_recovered", f"store:{store}", f"Repository {what} of store {store} passes again on {self.host}",
+            f"volume-agent on {self.host}: restic {what} of the repository of store '{store}' passed again.",
+            apprise.NotifyType.SUCCESS))
+
     async def start(self) -> None:
         """Start sending (a message queued before is sent then); idempotent."""
         if self._services and self._worker is None and not self._stopped:

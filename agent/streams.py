@@ -26,7 +26,7 @@ from contracts import Subjects
 from .config import Settings
 from .denials import Denials, Denied
 
-__all__ = ["Buckets", "ensure_jetstream", "ensure_lease_bucket", "ensure_object_store",
+__all__ = ["Buckets", "ensure_jetstream", "ensure_lease_bucket", "ensure_maintenance_bucket", "ensure_object_store",
            "ensure_policy_copies", "kv_stream", "policies_stream", "policy_copies_stream", "rollup_risks"]
 
 log = structlog.get_logger(__name__)
@@ -53,6 +53,9 @@ POLICY_MAX_VALUE = 64 * 1024
 POLICIES_MAX_BYTES = 64 * 1024 * 1024
 # A lease names its holder in a few hundred bytes; one key per host, its latest value only.
 LEASE_MAX_VALUE = 4 * 1024
+# A repository's maintenance lease not renewed for this long is gone (agent/backup/maintenance.py renews it every
+# third of it while restic runs).
+MAINTENANCE_LEASE_TTL_S = 60.0
 
 # The copies every agent keeps of the entries it applies: one per host and policy (`<host>.<name>`).
 POLICY_COPIES_MAX_BYTES = 256 * 1024 * 1024
@@ -72,6 +75,8 @@ def rollup_risks(s: Subjects) -> dict[str, str]:
         s.policies_bucket: "any operator, even one limited to some hosts, could remove every fleet policy from "
                            "the bucket (agents that hold copies keep applying them; a host started afresh may not)",
         s.leases_bucket: "any agent could remove every host's lease: two agents with one host id could both run",
+        s.maintenance_bucket: "any agent could remove every repository's maintenance lease: a slot's maintenance "
+                              "could run twice (restic's own lock still keeps two prunes apart)",
         s.policy_copies_bucket: "any agent could remove every host's copies of the fleet's policies",
     }
 
@@ -128,6 +133,19 @@ async def ensure_lease_bucket(js: JetStreamContext, settings: Settings, denials:
                     why="this agent's NATS user may not make the host-id leases bucket (permissions generated "
                         "before the lease): nothing stops a second agent with this host id from running",
                     fix="re-run `volume-agent auth init` and reload the NATS servers")
+        return None
+
+
+async def ensure_maintenance_bucket(js: JetStreamContext, settings: Settings,
+                                    denials: Denials) -> KeyValue | None:
+    """The repository maintenance leases bucket (agent/backup/maintenance.py); None where NATS permissions
+    generated before it do not let the agent make it (the caller says so: it then runs no maintenance)."""
+    s = settings.subjects
+    cfg = kv_stream(s.maintenance_bucket, replicas=settings.replicas, ttl_s=MAINTENANCE_LEASE_TTL_S,
+                    max_value=LEASE_MAX_VALUE)
+    try:
+        return await denials.call(f"$JS.API.STREAM.CREATE.{cfg.name}", _ensure_kv(js, cfg, s))
+    except Denied:
         return None
 
 

@@ -179,6 +179,11 @@ class Subjects:
         return self.bucket_name("leases")
 
     @property
+    def maintenance_bucket(self) -> str:
+        """One key per restic repository (its id): the host running its maintenance now, and the slots done."""
+        return self.bucket_name("maintenance")
+
+    @property
     def policy_copies_bucket(self) -> str:
         return self.bucket_name("policy_copies")
 

@@ -88,6 +88,9 @@ def _agent(s: Subjects, host: str, hosts: Iterable[str]) -> dict[str, Any]:
         # Its host id's lease (claim, renew, release), read back by key: one agent per host id (agent/lease.py).
         f"$KV.{s.leases_bucket}.{host}", f"{API}.STREAM.MSG.GET.KV_{s.leases_bucket}",
         f"{API}.DIRECT.GET.KV_{s.leases_bucket}.$KV.{s.leases_bucket}.{host}",
+        # Any repository's maintenance lease (agent/backup/maintenance.py): any agent may hold it, so any agent may
+        # write it; the worst an agent can do with it is skip or delay maintenance (restic's lock guards prunes).
+        f"$KV.{s.maintenance_bucket}.>", *_kv_read(s.maintenance_bucket),
         # Never the policies bucket: it reads the fleet's policies (and makes the bucket), it cannot write one.
         # Its own copies of the signed entries it applies, under its own name (agent/policies/copies.py).
         f"$KV.{s.policy_copies_bucket}.{host}.>",
@@ -97,7 +100,7 @@ def _agent(s: Subjects, host: str, hosts: Iterable[str]) -> dict[str, Any]:
         f"{API}.STREAM.INFO.*",
         *(f"{API}.STREAM.CREATE.{name}" for name in (
             s.cmd_stream, s.res_stream, s.evt_stream, f"KV_{s.outcomes_bucket}", f"KV_{s.inventory_bucket}",
-            f"KV_{s.catalog_bucket}", f"KV_{s.policies_bucket}", f"KV_{s.leases_bucket}",
+            f"KV_{s.catalog_bucket}", f"KV_{s.policies_bucket}", f"KV_{s.leases_bucket}", f"KV_{s.maintenance_bucket}",
             f"KV_{s.policy_copies_bucket}", f"OBJ_{own_bucket}")),
         f"{API}.STREAM.PURGE.OBJ_{own_bucket}",
         f"{API}.CONSUMER.CREATE.{cmd}.{consumer}.{s.cmd(host, '>')}",

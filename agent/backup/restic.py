@@ -32,7 +32,7 @@ from ..errors import AgentError, Corrupt, NotFound, ToolFailed, Unavailable
 from .pipes import REAP_TIMEOUT_S, feed
 from .store_config import RESTIC, ResticConfig, env_of
 
-__all__ = ["RepositoryMissing", "Restic"]
+__all__ = ["RepositoryLocked", "RepositoryMissing", "Restic"]
 
 log = structlog.get_logger(__name__)
 
@@ -40,6 +40,10 @@ log = structlog.get_logger(__name__)
 STDERR_KEEP = 64 << 10
 # A JSON line longer than this is no status, summary or node restic writes.
 LINE_LIMIT = 1 << 20
+# restic 0.14 fails at once when another process holds the repository's lock exclusively (`forget`, `prune`,
+# `check`; it has no --retry-lock): a call is tried again for this long (one whose stdin is a stream cannot be).
+LOCK_WAIT_S = 120.0
+LOCK_RETRY_S = (0.2, 5.0)
 _PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "XDG_CACHE_HOME", "SSH_AUTH_SOCK")
 _LOCKED = ("repository is already locked", "unable to create lock", "failed to refresh lock")
 _MISSING = ("Is there a repository at the following location?", "unable to open config file",
@@ -54,6 +58,10 @@ _NO_SNAPSHOT = ("no matching ID found", "not found in repository", "invalid id",
 
 class RepositoryMissing(Unavailable):
     """The store's repository does not exist (yet)."""
+
+
+class RepositoryLocked(Unavailable):
+    """Another restic process holds the repository's lock (exclusively, or this call wanted it so)."""
 
 
 def _decode_line(line: bytes) -> dict[str, Any] | None:
@@ -119,7 +127,7 @@ class Restic:
                 f"The repository of {store} does not exist: make it once with `restic init` (restic -r REPOSITORY "
                 f"init), or set `init = true` for the store in the stores file{self._where()} to let the agent do it.")
         if status == 11 or any(m in stderr for m in _LOCKED):
-            return Unavailable(f"The repository of {store} is locked by another restic process (a prune or check "
+            return RepositoryLocked(f"The repository of {store} is locked by another restic process (a prune or check "
                                "holds it exclusively); try again when it is done.")
         lowered = said.lower()
         if any(m.lower() in lowered for m in _NO_SPACE):
@@ -151,7 +159,26 @@ class Restic:
         stdin: AsyncIterable[bytes] | None = None, cwd: Path | None = None, ok: tuple[int, ...] = (0,),
     ) -> tuple[int, bytes]:
         """Run `restic <args>`; each JSON line of its stdout goes to `on_json` (the rest is returned, for commands
-        that print one document). Returns its exit status (one of `ok`) and that output; else raises `failed`."""
+        that print one document). Returns its exit status (one of `ok`) and that output; else raises `failed`.
+        A repository locked by another process (a `forget` elsewhere, maintenance) is tried again for up to
+        LOCK_WAIT_S, unless `stdin` is a stream (it cannot be read twice)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LOCK_WAIT_S
+        pause = LOCK_RETRY_S[0]
+        while True:
+            try:
+                return await self._run_once(*args, doing=doing, on_json=on_json, stdin=stdin, cwd=cwd, ok=ok)
+            except RepositoryLocked:
+                if stdin is not None or loop.time() + pause > deadline:
+                    raise
+            log.info("restic.waiting_for_lock", store=self.store, doing=doing, retry_in_s=round(pause, 1))
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, LOCK_RETRY_S[1])
+
+    async def _run_once(
+        self, *args: str, doing: str, on_json: Callable[[dict[str, Any]], None] | None,
+        stdin: AsyncIterable[bytes] | None, cwd: Path | None, ok: tuple[int, ...],
+    ) -> tuple[int, bytes]:
         proc = await asyncio.create_subprocess_exec(
             *self.argv(*args), stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self.env(),

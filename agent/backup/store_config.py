@@ -13,6 +13,10 @@
     shared = true                      false: only this host holds the key; its own snapshots are restored
                                        without the member check (as the local store's are)
     cache_dir = "/var/cache/restic"    optional: restic's --cache-dir
+    maintenance = { prune = "0 3 * * 0", check = "0 4 * * *", check_subset = "5%" }
+                                       optional: repository maintenance, once for the fleet at each slot (cron,
+                                       UTC; agent/backup/maintenance.py): `restic prune`, and `restic check
+                                       --read-data-subset=<check_subset>` (n/t, a percentage or a size: 500M)
 
 Like the policy file, it is read once at start and nothing on the bus changes it. Secrets stay in the files it
 names (the password, backend credentials), which must be readable by their owner alone, as the age identity must:
@@ -32,8 +36,10 @@ from typing import Annotated, Literal
 import msgspec
 
 from contracts import STORE_NAME_PATTERN
+from contracts.cron import CronError, parse_schedule
 
-__all__ = ["BUILT_IN", "DEFAULT_STORES", "RESTIC", "ResticConfig", "StoreConfig", "env_of", "load_stores"]
+__all__ = ["BUILT_IN", "DEFAULT_STORES", "RESTIC", "Maintenance", "ResticConfig", "StoreConfig", "env_of",
+           "load_stores"]
 
 DEFAULT_STORES = "/etc/volume-agent/stores.toml"
 BUILT_IN = ("local", "nats")
@@ -41,6 +47,18 @@ RESTIC = "restic"
 """The restic binary (Debian: `apt-get install restic`; tested with 0.14), found on PATH."""
 _ENV_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 _URL_PASSWORD = re.compile(r"://[^/@\s:]*:[^/@\s]*@")
+# restic's --read-data-subset: n/t (the n-th of t parts), x% (a random share), or a size (500M, 2G).
+_SUBSET = re.compile(r"^(?:(?P<n>[0-9]+)/(?P<t>[0-9]+)|(?P<pct>[0-9]+(?:\.[0-9]+)?)%|(?P<size>[0-9]+)[KMGT])$")
+
+
+class Maintenance(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A restic store's repository maintenance: each on its own schedule, by one host of the fleet per slot."""
+
+    prune: str | None = None
+    """`restic prune` (drops the data no snapshot refers to any more): a cron expression, UTC."""
+    check: str | None = None
+    """`restic check --read-data-subset=<check_subset>`: a cron expression, UTC."""
+    check_subset: str = "5%"
 
 
 class ResticConfig(msgspec.Struct, tag="restic", tag_field="kind", forbid_unknown_fields=True, frozen=True):
@@ -56,6 +74,7 @@ class ResticConfig(msgspec.Struct, tag="restic", tag_field="kind", forbid_unknow
     init: bool = False
     shared: bool = True
     cache_dir: str | None = None
+    maintenance: Maintenance | None = None
 
 
 StoreConfig = ResticConfig
@@ -119,6 +138,8 @@ def load_stores(path: Path) -> dict[str, StoreConfig]:
         if cfg.env_file is not None:
             _private(Path(cfg.env_file), f"{where}: its env_file")
             env_of(Path(cfg.env_file))
+        if cfg.maintenance is not None:
+            _check_maintenance(cfg.maintenance, where)
         if _URL_PASSWORD.search(cfg.repository):
             _private(path, f"{where} has a password in its repository URL, so the stores file")
         stores[name] = cfg
@@ -126,3 +147,26 @@ def load_stores(path: Path) -> dict[str, StoreConfig]:
         raise ValueError(f"the stores file {path} defines restic stores, and the restic tool is not installed: "
                          "apt-get install restic")
     return stores
+
+
+def _check_maintenance(m: Maintenance, where: str) -> None:
+    """`ValueError` with a sentence unless `m`'s schedules are cron expressions and its subset is one restic takes."""
+    for task, expr in (("prune", m.prune), ("check", m.check)):
+        if expr is None:
+            continue
+        try:
+            parse_schedule(expr)
+        except CronError as exc:
+            raise ValueError(f"{where}: its maintenance {task} schedule {expr!r} is not a schedule ({exc}); give a "
+                             "cron expression (5 fields, or 6 with seconds first) or @daily, @weekly, ...") from None
+    if m.prune is None and m.check is None:
+        raise ValueError(f"{where}: its maintenance table sets neither `prune` nor `check`; give either a cron "
+                         "schedule, or remove the table")
+    sub = _SUBSET.match(m.check_subset)
+    ok = sub is not None and (
+        (sub["n"] is not None and 1 <= int(sub["n"]) <= int(sub["t"]))
+        or (sub["pct"] is not None and 0 < float(sub["pct"]) <= 100)
+        or (sub["size"] is not None and int(sub["size"]) > 0))
+    if not ok:
+        raise ValueError(f"{where}: its maintenance check_subset {m.check_subset!r} is none restic reads; give n/t "
+                         "(1/7: the first of 7 parts), a percentage (5%) or a size (500M)")
