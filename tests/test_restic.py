@@ -313,3 +313,29 @@ async def test_a_hostile_snapshot_another_host_recorded_is_refused_and_writes_no
     assert "nothing was written" in msg
     assert list(outside.iterdir()) == []
     assert "victim" not in dockerd.docker("volume", "ls", "-q").split()
+
+
+async def test_a_restore_drill_of_a_restic_snapshot_passes_then_fails_on_a_corrupted_pack_file(
+    make_agent: Any, backends: Backends, dockerd: Dockerd, client: AgentClient, tmp_path: Path
+) -> None:
+    """A drill goes through the store like a restore: restic reads the snapshot back; once a pack file under the
+    repository's `data/` is damaged, the drill fails (and says why) instead of passing on the record's word."""
+    entry = backends.store("local", f"drill-{uuid.uuid4().hex[:8]}")
+    stores_file = write_stores(tmp_path / "stores.toml", {"drill": entry})
+    h = _host(make_agent(extra=["--ack-wait", "2", "--stores", str(stores_file)]), dockerd, client)
+    await h.ok("create", {"name": "drilled"})
+    (mountpoint(h.docker, "drilled") / "data.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    made = await h.ok("backup", {"volume": "drilled", "store": "drill"})
+    passed = await h.ok("verify", {"backup_id": made["backup_id"]})
+    assert passed["backup_id"] == made["backup_id"] and "extraction" in passed["checked"]
+    packs = [p for p in (Path(str(entry["repository"])) / "data").rglob("*") if p.is_file()]
+    assert packs
+    for pack in packs:  # flip bytes in the middle of every pack: the file's blobs no longer decrypt
+        raw = bytearray(pack.read_bytes())
+        for i in range(len(raw) // 3, len(raw) // 3 + 64):
+            raw[i] ^= 0xFF
+        os.chmod(pack, 0o600)
+        pack.write_bytes(bytes(raw))
+    code, message = await h.error("verify", {"backup_id": made["backup_id"]})
+    assert code in ("corrupt", "unavailable") and message, (code, message)
+    assert "Traceback" not in message
