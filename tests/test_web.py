@@ -142,7 +142,10 @@ async def test_a_backup_started_through_volumectl_runs_through_the_feed_to_its_f
     bar = await page.eval_on_selector(f"{item} progress", "p => [p.value, p.max]")
     assert bar[0] == bar[1] > 0
     await page.screenshot(path=str(tmp_path / "feed.png"), full_page=True)
-    # Its page lists the backup, and the command that made it, with its caller.
+    # Its page lists the backup, and the command that made it, with its caller (once the page's inventory has the
+    # volume: a backup can end before the agent's debounced snapshot arrives, and the volume's page would be a 404).
+    await page.goto(f"{web.url}/#/host/{host.id}")
+    await page.wait_for_selector(f'#volumes tr[data-volume="{vol}"]', timeout=WAIT_MS)
     await page.goto(f"{web.url}/#/volume/{host.id}/{vol}")
     await page.wait_for_selector("#backups tr[data-backup]", timeout=WAIT_MS)
     await page.wait_for_selector('#commands tr[data-op="backup"][data-ok="true"]', timeout=WAIT_MS)
