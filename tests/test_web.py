@@ -142,7 +142,10 @@ async def test_a_backup_started_through_volumectl_runs_through_the_feed_to_its_f
     bar = await page.eval_on_selector(f"{item} progress", "p => [p.value, p.max]")
     assert bar[0] == bar[1] > 0
     await page.screenshot(path=str(tmp_path / "feed.png"), full_page=True)
-    # Its page lists the backup, and the command that made it, with its caller.
+    # Its page lists the backup, and the command that made it, with its caller (once the page's inventory has the
+    # volume: a backup can end before the agent's debounced snapshot arrives, and the volume's page would be a 404).
+    await page.goto(f"{web.url}/#/host/{host.id}")
+    await page.wait_for_selector(f'#volumes tr[data-volume="{vol}"]', timeout=WAIT_MS)
     await page.goto(f"{web.url}/#/volume/{host.id}/{vol}")
     await page.wait_for_selector("#backups tr[data-backup]", timeout=WAIT_MS)
     await page.wait_for_selector('#commands tr[data-op="backup"][data-ok="true"]', timeout=WAIT_MS)
@@ -194,3 +197,30 @@ async def test_a_host_whose_agent_stops_is_marked_stale(make_agent: Any, web: We
     await page.goto(f"{web.url}/#/host/{agent.host_id}")
     await page.wait_for_selector("#stale-banner", timeout=WAIT_MS)
     await page.screenshot(path=str(tmp_path / "stale.png"), full_page=True)
+
+
+async def test_a_drill_run_through_volumectl_shows_on_the_volume_page_and_in_the_feed(
+    host: Host, web: Web, page: Any, tmp_path: Path
+) -> None:
+    """`volumectl verify` of a backup: the feed says the drill passed, the volume's page shows its last drill
+    (passed, which backup) and marks that backup verified, and the host's page has the drill in its column."""
+    vol = f"drill-{uuid.uuid4().hex[:6]}"
+    await host.ok("create", {"name": vol})
+    made = await host.ok("backup", {"volume": vol})
+    await page.goto(f"{web.url}/#/host/{host.id}")  # in the inventory first (else its page answers 404)
+    await page.wait_for_selector(f'#volumes tr[data-volume="{vol}"] td[data-drill="never"]', timeout=WAIT_MS)
+    await page.goto(f"{web.url}/#/volume/{host.id}/{vol}")
+    await page.wait_for_selector('#drills[data-drill="never"]', timeout=WAIT_MS)
+    out = ctl(host, "verify", made["backup_id"])
+    assert out.returncode == 0, out.stderr
+    await page.wait_for_selector(f'#feed li[data-kind="drill"][data-state="passed"][data-volume="{vol}"]',
+                                 timeout=WAIT_MS)
+    # The volume's page follows its host's snapshot, which now carries the drill.
+    await page.wait_for_selector('#drills[data-drill="passed"]', timeout=WAIT_MS)
+    assert await page.inner_text("#drill-backup") == made["backup_id"]
+    await page.wait_for_selector(f'#backups tr[data-backup="{made["backup_id"]}"] td[data-verified="passed"]',
+                                 timeout=WAIT_MS)
+    await page.screenshot(path=str(tmp_path / "drill.png"), full_page=True)
+    await page.goto(f"{web.url}/#/host/{host.id}")
+    await page.wait_for_selector(f'#volumes tr[data-volume="{vol}"] td[data-drill="passed"]', timeout=WAIT_MS)
+    assert not page.errors, page.errors

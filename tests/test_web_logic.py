@@ -20,6 +20,7 @@ from contracts import (
     InventorySnapshot,
     InventoryVolume,
     LastBackup,
+    LastVerify,
     Reply,
     VolumeEvent,
 )
@@ -60,7 +61,7 @@ def test_the_summary_counts_the_fleet_lists_what_fails_first_and_colours_each_ho
     s = f.summary(NOW)
     assert s["hosts"] == {"total": 4, "up": 3, "stale": 1, "insecure": 1}
     assert s["volumes"] == 5 and s["size"] == 50 and s["protected"] == 1
-    assert s["at_risk"] == {"failing": 1, "overdue": 1, "uncovered": 1}
+    assert s["at_risk"] == {"failing": 1, "suspect": 0, "overdue": 1, "uncovered": 1}
     assert [(a["host"], a["volume"], a["status"]) for a in s["attention"]] == [("b", "b1", "failing"),
                                                                                 ("a", "a2", "overdue")]
     assert s["attention"][0]["why"] == "exit 3"
@@ -74,6 +75,73 @@ def test_the_summary_counts_the_fleet_lists_what_fails_first_and_colours_each_ho
     assert detail is not None and [v["name"] for v in detail["volume_rows"]] == ["b1", "b2"]
     assert f.policy_hosts()["p"]["applying"] == [{"host": "a", "volumes": 2}, {"host": "b", "volumes": 1},
                                                   {"host": "c", "volumes": 1}]
+
+
+def test_drills_and_suspect_volumes_are_counted_and_listed_with_why() -> None:
+    """A volume whose last restore drill failed is counted and listed (newest first, its sentence redacted);
+    `suspect` (the guard held retention) is at risk and listed with its reason; hosts and volumes carry the drill."""
+    failed = LastVerify(backup_id="a1.7", verified_at=(NOW - timedelta(minutes=10)).isoformat(), ok=False,
+                        error="content digest differs; store at nats://u:secret@far:4222", policy="nightly")
+    older = LastVerify(backup_id="b1.3", verified_at=(NOW - timedelta(hours=3)).isoformat(), ok=False,
+                       error="corrupt: sha256 differs")
+    passed = LastVerify(backup_id="a2.2", verified_at=(NOW - timedelta(hours=2)).isoformat(), ok=True)
+    f = Fleet()
+    f.replace([
+        _snap("a", [msgspec.structs.replace(_vol("a1", "failing", "the last restore drill failed"), last_verify=failed),
+                    msgspec.structs.replace(_vol("a2", "ok"), last_verify=passed),
+                    _vol("a3", "suspect", "the newest backup is 2% of the one before: retention held")]),
+        _snap("b", [msgspec.structs.replace(_vol("b1", "ok"), last_verify=older), _vol("b2", "overdue", "late")]),
+        _snap("c", [_vol("c1", "ok")]),
+    ])
+    s = f.summary(NOW)
+    assert s["at_risk"] == {"failing": 1, "suspect": 1, "overdue": 1, "uncovered": 0}
+    assert [(a["volume"], a["status"]) for a in s["attention"]] == [("a1", "failing"), ("a3", "suspect"),
+                                                                     ("b2", "overdue")]
+    assert "retention held" in s["attention"][1]["why"]
+    assert s["drills"] == {"passed": 1, "failed": 2, "never": 3}
+    assert [(d["host"], d["volume"], d["backup_id"]) for d in s["drill_failures"]] == [("a", "a1", "a1.7"),
+                                                                                       ("b", "b1", "b1.3")]
+    assert "content digest differs" in s["drill_failures"][0]["why"]
+    assert "secret" not in msgspec.json.encode(s).decode()
+    assert s["grid"][0][:2] == ["a", "failing"] and s["grid"][1][:2] == ["b", "overdue"]
+    # The hosts table: each host's drills; a filter for the hosts with a failed drill.
+    rows = {r["host"]: r for r in f.host_rows(now=NOW)["hosts"]}
+    assert rows["a"]["drills"] == {"failed": 1, "passed": 1, "never": 1} and rows["c"]["drills"] == {"never": 1}
+    assert rows["a"]["newest_drill"] == (NOW - timedelta(minutes=10)).timestamp()
+    assert [r["host"] for r in f.host_rows(status="drill-failed", now=NOW)["hosts"]] == ["a", "b"]
+    # The host's and the volume's view: the last drill, when, which backup, why.
+    detail = f.host("a", now=NOW)
+    assert detail is not None
+    drills = {v["name"]: v["last_verify"] for v in detail["volume_rows"]}
+    assert drills["a3"] is None and drills["a2"]["ok"] and drills["a2"]["age_s"] == 7200
+    assert drills["a1"] == {"backup_id": "a1.7", "verified_at": failed.verified_at, "ok": False, "policy": "nightly",
+                            "error": drills["a1"]["error"], "age_s": 600}
+    assert "secret" not in drills["a1"]["error"]
+    # A status from a newer agent than this page is shown as unknown, not a crash.
+    f.put(_snap("d", [msgspec.structs.replace(_vol("d1", "ok"), protection="someday")]))  # type: ignore[arg-type]
+    assert f.hosts["d"].worst == "unknown"
+
+
+def test_drill_outcomes_are_feed_items_and_mark_the_backup_they_verified() -> None:
+    a = Activity()
+    ok = Reply(id="c1", host="h", op="verify", ok=True, caller="ops",
+               result={"backup_id": "v.1", "volume": "v", "verified_at": NOW.isoformat(), "duration_s": 1.0,
+                       "checked": ["stored bytes", "extraction", "content digest"]})
+    item = a.outcome(ok)
+    assert item is not None and (item["kind"], item["state"], item["volume"], item["backup_id"]) == (
+        "drill", "passed", "v", "v.1")
+    assert a.drill("h", "v.1") == {"ok": True, "at": NOW.isoformat(), "error": None}
+    # A policy's drill that failed names its volume in its id only.
+    bad = Reply(id="verify.nightly.my.vol.20261205T120000Z", host="h", op="verify", ok=False,
+                error=ErrorBody(code="corrupt", message="<img src=x onerror=alert(1)> differs"))
+    item = a.outcome(bad)
+    assert item is not None and (item["kind"], item["state"], item["volume"], item["policy"]) == (
+        "drill", "failed", "my.vol", "nightly")
+    assert item["code"] == "corrupt" and a.commands("h", "my.vol")[0]["id"] == bad.id
+    refused = Reply(id="c3", host="h", op="verify", ok=False, caller="viewer",
+                    error=ErrorBody(code="forbidden", message="viewer may not verify on h"))
+    item = a.outcome(refused)
+    assert item is not None and item["kind"] == "outcome" and item["state"] == "refused"
 
 
 def test_a_late_snapshot_does_not_replace_a_newer_one() -> None:

@@ -5,7 +5,10 @@ A backup or restore is one item of the feed from its `started` event to its `com
 events and command outcomes are items of their own; an outcome that is not ok is a refusal or a failure, with
 its code and sentence. Outcomes are also kept per volume (the audit a volume's page shows: op, caller, outcome):
 the volume is read from the result, or from the events its command caused (`cmd_id`), as a refused command
-names none. Everything is bounded: the feed, the audit per volume, and the commands remembered.
+names none. A restore drill's outcome (`verify`, asked for or a policy's: its id is
+`verify.<policy>.<volume>.<slot>`) is a `drill` item, passed or failed, and a passed one is remembered per backup
+(the volume's page marks the backups verified). Everything is bounded: the feed, the audit per volume, the
+commands and the drills remembered.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ AUDIT_PER_VOLUME = 50
 AUDIT_VOLUMES = 50_000
 COMMANDS_REMEMBERED = 10_000
 """Command ids whose volume is remembered (from their events), to file their outcome under it."""
+DRILLS_REMEMBERED = 50_000
+"""Backups whose last drill outcome is remembered (the inventory keeps each volume's last one only)."""
 
 _DONE = {"completed": "completed", "failed": "failed"}
 
@@ -35,11 +40,26 @@ def _now() -> str:
 
 
 def _volumes_of(reply: Reply) -> list[str]:
-    """The volumes an outcome names in its result (each op's result type: contracts.ops)."""
+    """The volumes an outcome names in its result (each op's result type: contracts.ops), or a policy's drill in
+    its id."""
     r = reply.result or {}
     names = [r.get(k) for k in ("name", "volume", "source", "target")]
     names += list(r.get("volumes") or []) if reply.op == "prune" else []
-    return [n for n in names if isinstance(n, str)]
+    found = [n for n in names if isinstance(n, str)]
+    if not found and reply.op == "verify" and (policy_volume := _scheduled_drill(reply.id)):
+        found.append(policy_volume[1])
+    return found
+
+
+def _scheduled_drill(cmd_id: str) -> tuple[str, str] | None:
+    """(policy, volume) of a policy's drill, from its outcome's id `verify.<policy>.<volume>.<slot>` (a bucket
+    policy's name has no dot; a container label policy's may, so its volume is not read from the id)."""
+    kind, _, rest = cmd_id.partition(".")
+    policy, _, rest = rest.partition(".")
+    volume, _, slot = rest.rpartition(".")
+    if kind != "verify" or not policy or not volume or not slot or policy.startswith("container:"):
+        return None
+    return policy, volume
 
 
 class Activity:
@@ -53,6 +73,8 @@ class Activity:
         self._seen: deque[bytes] = deque(maxlen=4096)
         self._seen_set: set[bytes] = set()
         self._n = 0
+        self.drills: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        """(host, backup id): its last drill's outcome seen on the bus (ok, at, the error)."""
 
     def _dup(self, raw: bytes | None) -> bool:
         """True for a message already taken (read from the stream's history and received live)."""
@@ -126,9 +148,31 @@ class Activity:
         if not refused and (r.op in ("backup", "restore") and (r.ok or (r.host, r.id) in self.cmd_volume)):
             return None  # its events tell it, with its bar and its error
         key = f"res:{r.host}:{r.id}"
+        if r.op == "verify" and not refused:
+            return self._put(key, self._drill(r, at, vols, record))
         return self._put(key, {"key": key, "kind": "outcome", "host": r.host, "volume": vols[0] if vols else None,
                                "at": at, "op": r.op, "state": "ok" if r.ok else ("refused" if refused else "failed"),
                                "caller": r.caller, "code": record["code"], "message": record["message"]})
+
+    def _drill(self, r: Reply, at: str, vols: list[str], record: dict[str, Any]) -> dict[str, Any]:
+        """A drill's feed item; a drill whose backup is known (its result) is remembered under it."""
+        result = r.result or {}
+        backup = result.get("backup_id") if isinstance(result.get("backup_id"), str) else None
+        scheduled = _scheduled_drill(r.id)
+        if backup is not None:
+            self.drills[(r.host, backup)] = {"ok": r.ok, "at": result.get("verified_at") or at,
+                                             "error": record["message"]}
+            self.drills.move_to_end((r.host, backup))
+            while len(self.drills) > DRILLS_REMEMBERED:
+                self.drills.popitem(last=False)
+        return {"key": f"res:{r.host}:{r.id}", "kind": "drill", "host": r.host, "volume": vols[0] if vols else None,
+                "at": at, "op": r.op, "state": "passed" if r.ok else "failed", "caller": r.caller,
+                "backup_id": backup, "policy": scheduled[0] if scheduled else None, "code": record["code"],
+                "message": record["message"], "checked": [str(c) for c in result.get("checked") or []]}
+
+    def drill(self, host: str, backup_id: str) -> dict[str, Any] | None:
+        """The last drill of a backup seen on the bus, if any."""
+        return self.drills.get((host, backup_id))
 
     def feed(self, limit: int = FEED_ITEMS) -> list[dict[str, Any]]:
         """The newest items, newest last."""

@@ -20,16 +20,31 @@ from ..redact import redact
 
 __all__ = ["RANK", "Fleet", "HostFigures", "status_of"]
 
-RANK = {"failing": 6, "overdue": 5, "uncovered": 4, "unknown": 3, "running": 2, "pending": 1, "ok": 0, "empty": 0}
-"""How bad each protection status is: a host shows its worst volume's."""
-AT_RISK = ("failing", "overdue", "uncovered")
+RANK = {"failing": 7, "suspect": 6, "overdue": 5, "uncovered": 4, "unknown": 3, "running": 2, "pending": 1, "ok": 0,
+        "empty": 0}
+"""How bad each protection status is: a host shows its worst volume's. `suspect` (the bad-backup guard holds
+retention: the newest backup may have lost data) is worse than late, as only a person can clear it."""
+AT_RISK = ("failing", "suspect", "overdue", "uncovered")
+LISTED = ("failing", "suspect", "overdue")
+"""The statuses whose volumes the first screen lists with why."""
 ATTENTION_LIMIT = 100
-"""Failing and overdue volumes listed on the first screen (the count says how many there are in all)."""
+"""Failing, suspect and overdue volumes (and failed drills) listed on the first screen (counts say how many)."""
 
 
 def status_of(v: InventoryVolume) -> str:
-    """A volume's protection; `unknown` from an agent before contract 2.1."""
-    return v.protection or "unknown"
+    """A volume's protection; `unknown` from an agent before contract 2.1 (or with a status this page predates)."""
+    return v.protection if v.protection in RANK else "unknown"
+
+
+def drill_of(v: InventoryVolume, now: datetime) -> dict[str, Any] | None:
+    """The volume's last restore drill (its `last_verify`) as the page shows it; None: never drilled here."""
+    d = v.last_verify
+    if d is None:
+        return None
+    t = _ts(d.verified_at)
+    return {"backup_id": d.backup_id, "verified_at": d.verified_at, "ok": d.ok, "policy": d.policy,
+            "error": redact(d.error) if d.error else None,
+            "age_s": None if t is None else max(0.0, now.timestamp() - t)}
 
 
 def _ts(text: str | None) -> float | None:
@@ -52,8 +67,13 @@ class HostFigures:
     worst: str = "empty"
     size: int = 0
     risks: list[tuple[str, str, str]] = field(default_factory=list)
-    """(volume, status, why) of its failing and overdue volumes, failing first."""
+    """(volume, status, why) of its failing, suspect and overdue volumes, worst first."""
     newest_backup: float | None = None
+    drills: dict[str, int] = field(default_factory=dict)
+    """Its volumes' last restore drills: how many `passed`, `failed`, `never` drilled."""
+    drill_failures: list[tuple[str, str, str, str]] = field(default_factory=list)
+    """(volume, backup id, when, why) of its volumes whose last drill failed."""
+    newest_drill: float | None = None
 
     @classmethod
     def of(cls, s: InventorySnapshot) -> HostFigures:
@@ -65,13 +85,24 @@ class HostFigures:
             if RANK[st] > worst:
                 worst, f.worst = RANK[st], st
             f.size += v.size or 0
-            if st in ("failing", "overdue"):
+            if st in LISTED:
                 f.risks.append((v.name, st, redact(v.protection_reason or "")))
+            d = v.last_verify
+            drill = "never" if d is None else ("passed" if d.ok else "failed")
+            f.drills[drill] = f.drills.get(drill, 0) + 1
+            if d is not None:
+                if not d.ok:
+                    f.drill_failures.append((v.name, d.backup_id, d.verified_at,
+                                             redact(d.error or "the drill failed (no reason given)")))
+                t = _ts(d.verified_at)
+                if t is not None and (f.newest_drill is None or t > f.newest_drill):
+                    f.newest_drill = t
             if v.last_backup is not None:
                 t = _ts(v.last_backup.created_at)
                 if t is not None and (f.newest_backup is None or t > f.newest_backup):
                     f.newest_backup = t
         f.risks.sort(key=lambda r: (-RANK[r[1]], r[0]))
+        f.drill_failures.sort()
         return f
 
     def row(self, now: datetime) -> dict[str, Any]:
@@ -81,6 +112,7 @@ class HostFigures:
             "insecure": [redact(x) for x in s.insecure], "volumes": len(s.volumes), "counts": self.counts,
             "size": self.size, "agent_version": s.agent_version, "engine": s.engine.version,
             "rejected": len(s.rejected_policies), "newest_backup": self.newest_backup,
+            "drills": self.drills, "newest_drill": self.newest_drill,
         }
 
 
@@ -109,13 +141,16 @@ class Fleet:
         return {h for h, f in self.hosts.items() if is_stale(f.snapshot, now)}
 
     def summary(self, now: datetime | None = None) -> dict[str, Any]:
-        """The first screen: counts, the failing and overdue volumes with why, and the fleet map."""
+        """The first screen: counts, the failing, suspect and overdue volumes with why, the volumes whose last
+        restore drill failed (with why), and the fleet map."""
         now = now or datetime.now(UTC)
         counts: dict[str, int] = {}
         hosts = {"total": 0, "up": 0, "stale": 0, "insecure": 0}
         volumes = size = 0
         attention: list[tuple[int, str, str, str, str]] = []
         attention_total = 0
+        drills: dict[str, int] = {}
+        failed: list[tuple[str, str, str, str, str]] = []
         grid = []
         for h in sorted(self.hosts):
             f = self.hosts[h]
@@ -128,10 +163,15 @@ class Fleet:
             for k, n in f.counts.items():
                 counts[k] = counts.get(k, 0) + n
             attention_total += len(f.risks)
+            for k, n in f.drills.items():
+                drills[k] = drills.get(k, 0) + n
+            if len(failed) < ATTENTION_LIMIT * 4:
+                failed += [(when, h, v, b, why) for v, b, when, why in f.drill_failures[:ATTENTION_LIMIT]]
             if len(attention) < ATTENTION_LIMIT * 4:
                 attention += [(-RANK[st], h, v, st, why) for v, st, why in f.risks[:ATTENTION_LIMIT]]
             grid.append([h, f.worst, stale, bool(f.snapshot.insecure)])
         attention.sort()
+        failed.sort(reverse=True)  # the newest failures first
         protected = sum(counts.get(k, 0) for k in ("ok", "pending", "running"))
         stored = [sum(n for n, _ in self.stored.values()), sum(b for _, b in self.stored.values())]
         return {
@@ -140,7 +180,11 @@ class Fleet:
             "shared_store": {"backups": stored[0], "bytes": stored[1]},
             "attention": [{"host": h, "volume": v, "status": st, "why": why}
                           for _, h, v, st, why in attention[:ATTENTION_LIMIT]],
-            "attention_total": attention_total, "grid": grid, "unreadable": list(self.unreadable),
+            "attention_total": attention_total,
+            "drills": {k: drills.get(k, 0) for k in ("passed", "failed", "never")},
+            "drill_failures": [{"host": h, "volume": v, "backup_id": b, "at": when, "why": why}
+                               for when, h, v, b, why in failed[:ATTENTION_LIMIT]],
+            "grid": grid, "unreadable": list(self.unreadable),
         }
 
     def host_rows(self, *, offset: int = 0, limit: int = 50, query: str = "", status: str = "",
@@ -156,7 +200,9 @@ class Fleet:
                 continue
             if status == "insecure" and not f.snapshot.insecure:
                 continue
-            if status and status not in ("stale", "insecure") and f.worst != status:
+            if status == "drill-failed" and not f.drill_failures:
+                continue
+            if status and status not in ("stale", "insecure", "drill-failed") and f.worst != status:
                 continue
             picked.append(f)
         picked.sort(key=lambda f: (-RANK[f.worst], f.host))
@@ -217,4 +263,5 @@ def volume_row(v: InventoryVolume, now: datetime) -> dict[str, Any]:
         "last_backup": None if last is None else {
             "backup_id": last.backup_id, "created_at": last.created_at, "store": last.store, "size": last.size,
             "trigger": last.trigger, "age_s": None if t is None else max(0.0, now.timestamp() - t)},
+        "last_verify": drill_of(v, now),
     }

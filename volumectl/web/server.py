@@ -6,10 +6,11 @@ events that push the feed and the fleet's changes.
     GET /api/summary           the first screen: fleet health, the failing and overdue volumes, the map, the feed
     GET /api/hosts             a page of hosts, worst first (offset, limit, q, status)
     GET /api/host              one host and a page of its volumes (host, offset, q)
-    GET /api/host/runs         its volumes' last and next runs (the agent's `policies` answer)
+    GET /api/host/runs         its volumes' last and next runs and drills (the agent's `policies` answer; volume)
     GET /api/host/backups      the backups it made (the agent's `backups` answer), for its charts
     GET /api/volume            one volume: its entry and the commands that touched it (host, name)
-    GET /api/volume/backups    its backups across stores, newest first, with the keep rule that keeps each
+    GET /api/volume/backups    its backups across stores, newest first, with the keep rule that keeps each and
+                               its last restore drill (the inventory's `last_verify`, else `verify` outcomes seen)
     GET /api/policies          every policy of the bucket, the hosts applying and ignoring it and why
     GET /api/events            server-sent events: `feed` items and `fleet` changes
 
@@ -164,11 +165,16 @@ def make_app(follower: Follower, hub: Hub, *, allowed_hosts: set[str] | None, id
         return _json(view, request)
 
     async def host_runs(request: web.Request) -> web.Response:
-        answer = await follower.host_policies(_arg(request, "host"))
+        answer = await follower.host_policies(_arg(request, "host"), request.query.get("volume") or None)
         if isinstance(answer, str):
             return _json({"error": answer})
         return _json({"volumes": [{"volume": c.volume, "policy": c.policy, "status": c.status,
-                                   "last_run": c.last_run, "next_run": c.next_run, "last_success": c.last_success}
+                                   "last_run": c.last_run, "next_run": c.next_run, "last_success": c.last_success,
+                                   "next_verify": c.next_verify,
+                                   "last_verify": None if c.last_verify is None else {
+                                       "backup_id": c.last_verify.backup_id, "ok": c.last_verify.ok,
+                                       "verified_at": c.last_verify.verified_at, "policy": c.last_verify.policy,
+                                       "error": redact(c.last_verify.error) if c.last_verify.error else None}}
                                   for c in answer.volumes],
                       "policies": [{"name": p.policy.name, "signed_by": p.signed_by, "source": p.source}
                                    for p in answer.policies]}, request)
@@ -178,6 +184,14 @@ def make_app(follower: Follower, hub: Hub, *, allowed_hosts: set[str] | None, id
         if isinstance(answer, str):
             return _json({"error": answer})
         return _json({"backups": [_backup(b, ()) for b in answer.backups]}, request)
+
+    def drill(h: str, b: BackupRecord) -> dict[str, Any] | None:
+        """A backup's last drill: the volume's `last_verify` when it names the backup, else an outcome seen."""
+        v = fleet.volume(h, b.volume)
+        last = v.last_verify if v is not None else None
+        if last is not None and last.backup_id == b.backup_id:
+            return {"ok": last.ok, "at": last.verified_at, "error": redact(last.error) if last.error else None}
+        return activity.drill(h, b.backup_id)
 
     async def volume(request: web.Request) -> web.Response:
         h, name = _arg(request, "host"), _arg(request, "name")
@@ -196,7 +210,7 @@ def make_app(follower: Follower, hub: Hub, *, allowed_hosts: set[str] | None, id
         await follower.refresh_policies(max_age=10.0)
         reasons = _keep_reasons(follower, [b for b in answer.backups if b.volume == name])
         backups = sorted((b for b in answer.backups if b.volume == name), key=lambda b: b.created_at, reverse=True)
-        return _json({"backups": [_backup(b, reasons.get(b.backup_id)) for b in backups]}, request)
+        return _json({"backups": [_backup(b, reasons.get(b.backup_id), drill(h, b)) for b in backups]}, request)
 
     async def policies(request: web.Request) -> web.Response:
         entries = await follower.refresh_policies(max_age=5.0)
@@ -262,10 +276,11 @@ def make_app(follower: Follower, hub: Hub, *, allowed_hosts: set[str] | None, id
     return app
 
 
-def _backup(b: BackupRecord, reasons: tuple[str, ...] | None) -> dict[str, Any]:
+def _backup(b: BackupRecord, reasons: tuple[str, ...] | None, drill: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"backup_id": b.backup_id, "host": b.host, "store": b.store, "created_at": b.created_at, "size": b.size,
             "stored_size": b.stored_size, "duration_s": b.duration_s, "trigger": b.trigger, "policy": b.policy,
-            "encrypted": bool(b.encrypted_to), "compression": b.compression, "keep": reasons}
+            "encrypted": bool(b.encrypted_to), "compression": b.compression, "keep": reasons,
+            "files": b.files, "content_digest": b.content_digest, "drill": drill}
 
 
 def _keep_reasons(follower: Follower, records: list[BackupRecord]) -> dict[str, tuple[str, ...]]:

@@ -98,7 +98,7 @@
     return h("div", { class: `tile ${cls || ""}`, "data-tile": id }, h("div", { class: "n" }, n), h("div", { class: "l" }, label));
   }
   function tiles(s) {
-    const c = s.counts || {}, r = s.at_risk;
+    const c = s.counts || {}, r = s.at_risk, d = s.drills || { passed: 0, failed: 0, never: 0 };
     return h("div", { class: "tiles", id: "tiles" },
       tile(num(s.hosts.total), `hosts: ${num(s.hosts.up)} up`, "", "hosts"),
       tile(num(s.hosts.stale), "hosts stale", s.hosts.stale ? "warn" : "", "stale"),
@@ -107,14 +107,16 @@
       tile(num(s.protected), `protected (${num(c.running)} running)`, "", "protected"),
       tile(num(r.uncovered), "uncovered", r.uncovered ? "note" : "", "uncovered"),
       tile(num(r.failing), "failing", r.failing ? "bad" : "", "failing"),
+      tile(num(r.suspect), "suspect (retention held)", r.suspect ? "bad" : "", "suspect"),
       tile(num(r.overdue), "overdue", r.overdue ? "warn" : "", "overdue"),
+      tile(num(d.failed), `last drill failed (${num(d.passed)} passed, ${num(d.never)} never drilled)`, d.failed ? "bad" : "", "drills-failed"),
       tile(bytes(s.size), "in volumes", "", "size"),
       tile(bytes(s.shared_store.bytes), `stored in the shared store (${num(s.shared_store.backups)} backups)`, "", "stored"));
   }
   function attention(s) {
     const box = h("div", { id: "attention" });
     if (!s.attention.length) {
-      box.appendChild(h("p", { class: "muted" }, "No volume is failing or overdue."));
+      box.appendChild(h("p", { class: "muted" }, "No volume is failing, suspect or overdue."));
       return box;
     }
     const rows = s.attention.slice(0, state.allAttention ? undefined : 15).map(a => h("tr", { "data-status": a.status, "data-host": a.host, "data-volume": a.volume },
@@ -131,6 +133,26 @@
     }
     return box;
   }
+  function drillFailures(s) {
+    const box = h("div", { id: "drill-failures" });
+    const items = s.drill_failures || [];
+    if (!items.length) {
+      box.appendChild(h("p", { class: "muted" }, "No volume's last restore drill failed."));
+      return box;
+    }
+    const rows = items.map(f => h("tr", { "data-host": f.host, "data-volume": f.volume },
+      h("td", {}, ago(f.at)), h("td", {}, hostLink(f.host)), h("td", {}, volLink(f.host, f.volume)),
+      h("td", { class: "mono" }, f.backup_id), h("td", { class: "why" }, f.why)));
+    box.appendChild(h("table", {}, h("thead", {}, h("tr", {}, ["drilled", "host", "volume", "backup", "why"].map(t => h("th", {}, t)))),
+      h("tbody", {}, rows)));
+    const hidden = ((s.drills || {}).failed || 0) - rows.length;
+    if (hidden > 0) box.appendChild(h("p", { class: "muted" }, `${num(hidden)} more: the hosts page lists the hosts (status "drill failed")`));
+    return box;
+  }
+  function drillText(d) {  // a volume's last drill in a table cell
+    if (!d) return h("span", { class: "muted" }, "never");
+    return d.ok ? `passed ${d.age_s === null ? "" : span(d.age_s) + " ago"}` : badge("failing", `failed ${d.age_s === null ? "" : span(d.age_s) + " ago"}`);
+  }
   function cell(g) {
     const [host, status, stale, insecure] = g;
     const cls = ["cell", `st-${status}`, stale ? "stale" : "", insecure ? "insecure" : ""].filter(Boolean).join(" ");
@@ -138,7 +160,7 @@
       "data-host": host, "data-status": status, "data-stale": stale ? "true" : "false" });
   }
   function legend() {
-    const items = ["ok", "pending", "running", "uncovered", "overdue", "failing", "unknown", "empty"].map(st =>
+    const items = ["ok", "pending", "running", "uncovered", "overdue", "suspect", "failing", "unknown", "empty"].map(st =>
       h("span", {}, h("span", { class: `cell st-${st}` }), st));
     items.push(h("span", {}, h("span", { class: "cell st-ok stale" }), "stale"));
     items.push(h("span", {}, h("span", { class: "cell st-ok insecure" }), "insecure"));
@@ -156,7 +178,8 @@
       h("h1", {}, "Fleet health"), unreadable, tiles(s),
       h("h2", {}, `Fleet map: ${num(s.grid.length)} hosts, coloured by their worst volume`),
       h("div", { class: "card" }, grid, legend()),
-      h("h2", {}, "Failing and overdue"), attention(s)));
+      h("h2", {}, "Failing, suspect and overdue"), attention(s),
+      h("h2", {}, "Restore drills that failed"), drillFailures(s)));
     if (!document.body.dataset.readyMs) document.body.dataset.readyMs = String(Math.round(performance.now()));
     document.body.dataset.ready = "overview";
   }
@@ -167,6 +190,7 @@
     if (r.name === "overview" && document.getElementById("tiles")) {
       document.getElementById("tiles").replaceWith(tiles(s));
       document.getElementById("attention").replaceWith(attention(s));
+      document.getElementById("drill-failures").replaceWith(drillFailures(s));
       const grid = document.getElementById("fleet-map");
       for (const g of data.cells) {
         const c = cell(g), old = state.cells.get(g[0]);
@@ -197,17 +221,18 @@
         h("td", { class: "num" }, num(x.volumes)), h("td", { class: "num" }, num(c.failing)), h("td", { class: "num" }, num(c.overdue)),
         h("td", { class: "num" }, num(c.uncovered)), h("td", { class: "num" }, bytes(x.size)),
         h("td", {}, x.newest_backup ? `${span(now() - x.newest_backup)} ago` : "never"),
+        h("td", { "data-drills-failed": String((x.drills || {}).failed || 0) }, (x.drills || {}).failed ? badge("failing", `${num(x.drills.failed)} failed`) : (x.newest_drill ? `${span(now() - x.newest_drill)} ago` : h("span", { class: "muted" }, "never"))),
         h("td", {}, `${span(x.age_s)} ago`), h("td", { class: "mono" }, x.agent_version));
     });
     if (quiet && state.route.name !== "hosts") return;
     const search = h("input", { type: "search", placeholder: "host name…", value: p.q, "aria-label": "filter hosts" });
     search.addEventListener("change", () => { p.q = search.value; p.offset = 0; hosts(route); });
-    const pick = h("select", { "aria-label": "status" }, ["", "failing", "overdue", "uncovered", "unknown", "running", "pending", "ok", "empty", "stale", "insecure"]
-      .map(v => h("option", { value: v, selected: v === p.status }, v || "any status")));
+    const pick = h("select", { "aria-label": "status" }, ["", "failing", "suspect", "overdue", "uncovered", "unknown", "running", "pending", "ok", "empty", "stale", "insecure", "drill-failed"]
+      .map(v => h("option", { value: v, selected: v === p.status }, v ? v.replace("-", " ") : "any status")));
     pick.addEventListener("change", () => { p.status = pick.value; p.offset = 0; hosts(route); });
     clear($view).appendChild(h("div", {},
       h("h1", {}, "Hosts"), h("div", { class: "toolbar" }, search, pick, h("span", { class: "muted" }, `${num(data.total)} hosts, worst first`)),
-      h("table", { id: "hosts" }, h("thead", {}, h("tr", {}, ["host", "status", "volumes", "failing", "overdue", "uncovered", "size", "last backup", "snapshot", "agent"]
+      h("table", { id: "hosts" }, h("thead", {}, h("tr", {}, ["host", "status", "volumes", "failing", "overdue", "uncovered", "size", "last backup", "last drill", "snapshot", "agent"]
         .map((t, i) => h("th", { class: i >= 2 && i <= 6 ? "num" : null }, t)))), h("tbody", {}, rows)),
       pager(data.total, p, 50, () => hosts(route))));
     document.body.dataset.ready = "hosts";
@@ -248,7 +273,9 @@
         h("td", {}, v.users.map(u => h("div", {}, `${u.container} (${u.state})`))),
         h("td", {}, v.policies.join(", ") || "–"),
         h("td", {}, v.last_backup ? `${span(v.last_backup.age_s)} ago` : "never"),
-        h("td", { "data-next": v.name }, run ? until(run.next_run) : "…"));
+        h("td", { "data-next": v.name }, run ? until(run.next_run) : "…"),
+        h("td", { "data-drill": v.last_verify ? (v.last_verify.ok ? "passed" : "failed") : "never" }, drillText(v.last_verify),
+          v.last_verify && !v.last_verify.ok && v.last_verify.error ? h("div", { class: "why" }, v.last_verify.error) : null));
     });
     const body = h("tbody", {}, rows());
     const search = h("input", { type: "search", placeholder: "volume name…", value: p.q, "aria-label": "filter volumes" });
@@ -265,7 +292,7 @@
       chartBox,
       h("h2", {}, "Volumes"),
       h("div", { class: "toolbar" }, search, h("span", { class: "muted" }, `${num(x.total)} volumes, worst first`)),
-      h("table", { id: "volumes" }, h("thead", {}, h("tr", {}, ["volume", "protection", "size", "used by", "policies", "last backup", "next run"]
+      h("table", { id: "volumes" }, h("thead", {}, h("tr", {}, ["volume", "protection", "size", "used by", "policies", "last backup", "next run", "last drill"]
         .map((t, i) => h("th", { class: i === 2 ? "num" : null }, t)))), body),
       pager(x.total, p, 100, () => host(route))));
     document.body.dataset.ready = "host";
@@ -302,6 +329,16 @@
         h("dt", {}, "created"), h("dd", {}, v.created_at || "–"),
         h("dt", {}, "last backup"), h("dd", {}, v.last_backup ? `${ago(v.last_backup.created_at)} (${v.last_backup.store}, ${bytes(v.last_backup.size)}, ${v.last_backup.trigger})` : "never")));
     }
+    const nextDrill = h("dd", { id: "next-drill" }, "…");
+    if (!v.error) {
+      const d = v.last_verify;
+      parts.push(h("h2", {}, "Restore drills"), h("dl", { class: "kv card", id: "drills", "data-drill": d ? (d.ok ? "passed" : "failed") : "never" },
+        h("dt", {}, "last drill"), h("dd", {}, d ? [d.ok ? badge("ok", "passed") : badge("failing", "failed"), ` ${ago(d.verified_at)}`,
+          d.policy ? ` (policy ${d.policy})` : " (asked for: verify)"] : "never (no drill of its backups on this host)"),
+        d && d.error ? [h("dt", {}, "why"), h("dd", { class: "why", id: "drill-error" }, d.error)] : null,
+        d ? [h("dt", {}, "backup"), h("dd", { class: "mono", id: "drill-backup" }, d.backup_id)] : null,
+        h("dt", {}, "next drill"), nextDrill));
+    }
     const chartBox = h("div", { id: "volume-charts" });
     const backupBox = h("div", { id: "backups" }, h("p", { class: "muted" }, "Asking the agent for the backups…"));
     const cmds = (v.commands || []).map(c => h("tr", { "data-op": c.op, "data-ok": c.ok ? "true" : "false" },
@@ -314,6 +351,11 @@
         : h("p", { class: "muted" }, "None in the audit stream's recent history."));
     clear($view).appendChild(h("div", { id: "volume-view", "data-status": v.status || "" }, parts));
     document.body.dataset.ready = "volume";
+    if (!v.error) get("/api/host/runs", { host: route.host, volume: route.volume }).then(x => {
+      if (state.route !== route) return;
+      const next = (x.volumes || []).filter(c => c.volume === route.volume && c.next_verify).map(c => c.next_verify).sort()[0];
+      nextDrill.textContent = x.error ? `unknown: ${x.error}` : (next ? `${until(next)} (${next.replace("T", " ").slice(0, 19)})` : "none scheduled (no policy covering it has a verify schedule)");
+    }).catch(() => { nextDrill.textContent = "unknown"; });
     const r = await get("/api/volume/backups", { host: route.host, name: route.volume });
     if (state.route !== route) return;
     if (r.error) { clear(backupBox).appendChild(h("p", { class: "muted" }, r.error)); return; }
@@ -324,9 +366,14 @@
       h("td", { class: "num" }, bytes(b.size)), h("td", { class: "num" }, bytes(b.stored_size)),
       h("td", { class: "num" }, secs(b.duration_s)), h("td", {}, b.trigger, b.policy ? ` (${b.policy})` : ""),
       h("td", {}, b.encrypted ? "yes" : "no"),
-      h("td", {}, b.keep === null ? (b.policy ? "–" : "until forgotten") : (b.keep.length ? b.keep.join(", ") : "forgotten at the next run"))));
+      h("td", {}, b.keep === null ? (b.policy ? "–" : "until forgotten") : (b.keep.length ? b.keep.join(", ") : "forgotten at the next run")),
+      h("td", { class: "num" }, b.files === null || b.files === undefined ? "–" : num(b.files)),
+      h("td", { title: b.content_digest || "" }, b.content_digest ? "recorded" : h("span", { class: "muted" }, "none (made before 2.3: a drill checks the rest)")),
+      h("td", { "data-verified": b.drill ? (b.drill.ok ? "passed" : "failed") : "never" },
+        b.drill ? [b.drill.ok ? badge("ok", "verified") : badge("failing", "drill failed"), h("div", { class: "why" }, ago(b.drill.at)),
+          b.drill.error ? h("div", { class: "why" }, b.drill.error) : null] : h("span", { class: "muted" }, "not drilled"))));
     clear(backupBox).appendChild(rows.length ? h("table", {}, h("thead", {}, h("tr", {},
-      ["made", "store", "size", "stored", "took", "trigger", "encrypted", "kept by"].map((t, i) => h("th", { class: i >= 2 && i <= 4 ? "num" : null }, t)))),
+      ["made", "store", "size", "stored", "took", "trigger", "encrypted", "kept by", "entries", "content digest", "restore drill"].map((t, i) => h("th", { class: (i >= 2 && i <= 4) || i === 8 ? "num" : null }, t)))),
       h("tbody", {}, rows)) : h("p", { class: "muted" }, "No backups."));
   }
 
@@ -379,6 +426,11 @@
       case "backup": case "restore": {
         const verb = { running: "running", completed: "completed", failed: "failed" }[i.state] || i.state;
         return `${i.kind} of ${i.volume} on ${i.host} ${verb}`;
+      }
+      case "drill": {
+        const what = `restore drill of ${i.volume || "a volume"}${i.backup_id ? " (" + i.backup_id + ")" : ""} on ${i.host}`;
+        const who = i.policy ? ` (policy ${i.policy})` : (i.caller ? ` by ${i.caller}` : "");
+        return i.state === "passed" ? `${what}${who} passed` : `${what}${who} failed: ${i.code || "error"}`;
       }
       case "volume.created": return `volume ${i.volume} created on ${i.host}`;
       case "volume.removed": return `volume ${i.volume} removed on ${i.host}`;
