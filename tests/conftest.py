@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -31,6 +32,15 @@ def _require_root_and_dockerd() -> None:
 def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Short paths: a unix socket path must stay under 108 bytes.
     return Path(tmp_path_factory.mktemp("s", numbered=True))
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path, for a daemon of a test's own: dockerd's containerd socket lies deep under it,
+    and a unix socket path must stay under 108 bytes (a test's tmp_path, under a worker's dir, may not)."""
+    path = Path(tempfile.mkdtemp(prefix="va-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ from agent.streams import (
     POLICY_MAX_VALUE,
     ensure_jetstream,
     ensure_lease_bucket,
+    ensure_maintenance_bucket,
     ensure_policy_copies,
     rollup_risks,
 )
@@ -72,6 +73,7 @@ async def _make_all(js: RecordingJetStream, settings: Settings) -> None:
     await ensure_jetstream(fake, settings, denials)
     await ensure_lease_bucket(fake, settings, denials)
     await ensure_policy_copies(fake, settings.subjects, settings.replicas, denials)
+    await ensure_maintenance_bucket(fake, settings, denials)
 
 
 async def _as_nats_py_makes_it(cfg: KeyValueConfig) -> StreamConfig:

@@ -282,9 +282,10 @@ async def test_agent_killed_mid_command_applies_it_after_restart(
 
 
 async def test_docker_down_is_unavailable_and_the_agent_recovers_when_it_returns(
-    nats_server: NatsServer, client: AgentClient, tmp_path: Path, identities: Identities
+    nats_server: NatsServer, client: AgentClient, tmp_path: Path, identities: Identities,
+    short_dir: Path,
 ) -> None:
-    d = Dockerd(tmp_path / "dk2").start()
+    d = Dockerd(short_dir / "dk2").start()
     a = Agent("flaky", d.url, nats_server.url, tmp_path / "agent", auth=identities).start()
     try:
         d.stop()
@@ -305,9 +306,10 @@ async def test_docker_down_is_unavailable_and_the_agent_recovers_when_it_returns
 
 
 async def test_stuck_docker_is_timeout(
-    nats_server: NatsServer, client: AgentClient, tmp_path: Path, identities: Identities
+    nats_server: NatsServer, client: AgentClient, tmp_path: Path, identities: Identities,
+    short_dir: Path,
 ) -> None:
-    d = Dockerd(tmp_path / "dk3").start()
+    d = Dockerd(short_dir / "dk3").start()
     a = Agent("stuck", d.url, nats_server.url, tmp_path / "agent", ["--docker-timeout", "1"],
               auth=identities).start()
     try:
@@ -321,9 +323,10 @@ async def test_stuck_docker_is_timeout(
 
 
 async def test_agent_started_before_docker_waits_and_says_so(
-    nats_server: NatsServer, client: AgentClient, tmp_path: Path, identities: Identities
+    nats_server: NatsServer, client: AgentClient, tmp_path: Path, identities: Identities,
+    short_dir: Path,
 ) -> None:
-    d = Dockerd(tmp_path / "dk4")
+    d = Dockerd(short_dir / "dk4")
     a = Agent("early", d.url, nats_server.url, tmp_path / "agent", auth=identities).start(wait=False)
     try:
         said = await logged(a, "docker.unreachable")
