@@ -107,33 +107,36 @@ async def ensure_jetstream(js: JetStreamContext, settings: Settings, denials: De
     )
 
 
-async def _ensure_policies(js: JetStreamContext, s: Subjects, replicas: int, denials: Denials) -> KeyValue | None:
-    """The policies bucket; None, said once, where NATS permissions from before contract 2.1 do not let the agent
-    make it: the agent runs without policies rather than not at all."""
-    cfg = policies_stream(s, replicas)
+async def _optional_kv(js: JetStreamContext, cfg: StreamConfig, s: Subjects, denials: Denials, *, event: str | None,
+                       bucket: str, why: str) -> KeyValue | None:
+    """A bucket a feature needs, made or found; None where NATS permissions generated before the feature do not let
+    the agent make it (said once as `event`, with `why` and the fix, unless `event` is None: the caller says it):
+    the agent runs without that feature rather than not at all."""
     try:
         return await denials.call(f"$JS.API.STREAM.CREATE.{cfg.name}", _ensure_kv(js, cfg, s))
     except Denied:
-        log.warning("nats.policies_bucket_denied", bucket=s.policies_bucket,
-                    why="this agent's NATS user may not make the backup policies bucket (permissions generated "
-                        "before contract 2.1): no policy is applied",
-                    fix="re-run `volume-agent auth init` and reload the NATS servers")
+        if event is not None:
+            log.warning(event, bucket=bucket, why=why,
+                        fix="re-run `volume-agent auth init` and reload the NATS servers")
         return None
+
+
+async def _ensure_policies(js: JetStreamContext, s: Subjects, replicas: int, denials: Denials) -> KeyValue | None:
+    """The policies bucket (permissions from before contract 2.1: no policy is applied)."""
+    return await _optional_kv(
+        js, policies_stream(s, replicas), s, denials, event="nats.policies_bucket_denied", bucket=s.policies_bucket,
+        why="this agent's NATS user may not make the backup policies bucket (permissions generated before contract "
+            "2.1): no policy is applied")
 
 
 async def ensure_lease_bucket(js: JetStreamContext, settings: Settings, denials: Denials) -> KeyValue | None:
-    """The host-id leases bucket (agent/lease.py); None, said once, where NATS permissions generated before the
-    lease existed do not let the agent make it: the agent runs unguarded rather than not at all."""
+    """The host-id leases bucket (agent/lease.py; permissions from before the lease: the agent runs unguarded)."""
     s = settings.subjects
-    cfg = kv_stream(s.leases_bucket, replicas=settings.replicas, max_value=LEASE_MAX_VALUE)
-    try:
-        return await denials.call(f"$JS.API.STREAM.CREATE.{cfg.name}", _ensure_kv(js, cfg, s))
-    except Denied:
-        log.warning("nats.leases_bucket_denied", bucket=s.leases_bucket,
-                    why="this agent's NATS user may not make the host-id leases bucket (permissions generated "
-                        "before the lease): nothing stops a second agent with this host id from running",
-                    fix="re-run `volume-agent auth init` and reload the NATS servers")
-        return None
+    return await _optional_kv(
+        js, kv_stream(s.leases_bucket, replicas=settings.replicas, max_value=LEASE_MAX_VALUE), s, denials,
+        event="nats.leases_bucket_denied", bucket=s.leases_bucket,
+        why="this agent's NATS user may not make the host-id leases bucket (permissions generated before the "
+            "lease): nothing stops a second agent with this host id from running")
 
 
 async def ensure_maintenance_bucket(js: JetStreamContext, settings: Settings,
@@ -143,10 +146,7 @@ async def ensure_maintenance_bucket(js: JetStreamContext, settings: Settings,
     s = settings.subjects
     cfg = kv_stream(s.maintenance_bucket, replicas=settings.replicas, ttl_s=MAINTENANCE_LEASE_TTL_S,
                     max_value=LEASE_MAX_VALUE)
-    try:
-        return await denials.call(f"$JS.API.STREAM.CREATE.{cfg.name}", _ensure_kv(js, cfg, s))
-    except Denied:
-        return None
+    return await _optional_kv(js, cfg, s, denials, event=None, bucket=s.maintenance_bucket, why="")
 
 
 def kv_stream(bucket: str, *, replicas: int, history: int = 1, ttl_s: float | None = None,

@@ -158,3 +158,13 @@ def make_agent(dockerd: Dockerd, nats_server: NatsServer, tmp_path: Path, identi
     for a in made:
         a.stop()
     dockerd.reset()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def policies(client: AgentClient, identities: Identities) -> AsyncIterator[Any]:
+    """Backup policies a test sets (signed as `ops`), removed (signed) after it."""
+    from .test_policies import Policies  # the helper lives with the policy tests; imported late: no cycle
+
+    p = Policies(client, identities)
+    yield p
+    await p.clean()

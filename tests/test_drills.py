@@ -9,19 +9,16 @@ Policies select only their test's own host and volume, and are removed (signed) 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-import pytest_asyncio
 
 from contracts import InventorySnapshot, Reply, VerifyResult, result_as
 from volumectl.client import AgentClient
 
 from .conftest import Host
-from .identities import Identities
 from .receiver import Receiver
 from .stack import BUSYBOX_IMAGE, Agent, free_port
 from .test_events import eventually, subscribe
@@ -31,12 +28,6 @@ from .test_volumectl import ctl
 
 pytestmark = pytest.mark.integration
 
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def policies(client: AgentClient, identities: Identities) -> AsyncIterator[Policies]:
-    p = Policies(client, identities)
-    yield p
-    await p.clean()
 
 
 def fill(dockerd: Any, volume: str, script: str) -> None:

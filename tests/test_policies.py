@@ -11,14 +11,12 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-import pytest_asyncio
 
 from contracts import BackupPolicy, BackupRecord, BackupsResult, PoliciesResult, Reply, Subjects, result_as
 from contracts.labels import SCHEDULE, SCHEDULE_KEEP
@@ -58,12 +56,6 @@ class Policies:
             if name in present and present[name].body:
                 await remove_policy(self.client.nc.jetstream(), S, self.identities.operator, name)
 
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def policies(client: AgentClient, identities: Identities) -> AsyncIterator[Policies]:
-    p = Policies(client, identities)
-    yield p
-    await p.clean()
 
 
 async def view(client: AgentClient, host: str, volume: str | None = None) -> PoliciesResult:

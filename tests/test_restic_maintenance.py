@@ -14,19 +14,16 @@ import json
 import os
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-import pytest_asyncio
 
 from contracts import Reply
 from volumectl.client import AgentClient
 
 from .conftest import Host
-from .identities import Identities
 from .receiver import Receiver
 from .restic_backends import restic_env, write_stores
 from .stack import Agent, Dockerd, free_port
@@ -37,12 +34,6 @@ from .volfiles import mountpoint
 
 pytestmark = pytest.mark.integration
 
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def policies(client: AgentClient, identities: Identities) -> AsyncIterator[Policies]:
-    p = Policies(client, identities)
-    yield p
-    await p.clean()
 
 
 def repository(tmp_path: Path, **extra: object) -> dict[str, object]:

@@ -89,12 +89,6 @@ async def page(browser: Any, web: Web, tmp_path: Path) -> AsyncIterator[Any]:
     await context.close()
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def policies(client: Any, identities: Identities) -> AsyncIterator[Policies]:
-    p = Policies(client, identities)
-    yield p
-    await p.clean()
-
 
 async def test_the_page_lists_the_hosts_and_their_volumes_under_a_strict_csp(
     host: Host, web: Web, page: Any, identities: Identities, tmp_path: Path
