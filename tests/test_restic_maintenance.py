@@ -120,6 +120,14 @@ async def test_a_policys_retention_forgets_only_its_own_snapshots_of_that_volume
     others = [r.result["backup_id"] for r in runs[other] if isinstance(r.result, dict)]
     assert len(others) == len(runs[other]) >= 2
 
+    # Every snapshot left has its record, and no record names a forgotten snapshot, once the last run's retention
+    # (which comes after its outcome is published, and may wait for restic's lock) has ended.
+    async def consistent() -> bool:
+        listed = [b for b in (await one.ok("backups", {}))["backups"] if b["store"] == "shared"]
+        return {b["restic"]["snapshot_id"] for b in listed} == {s["short_id"] for s in snapshots(entry)}
+
+    await eventually(consistent, 30, "the shared store's records and snapshots agreeing")
+
     snaps = snapshots(entry)
     by_backup = {tags_of(s).get("backup"): s for s in snaps}
     for kept in (manual, theirs):
@@ -131,9 +139,6 @@ async def test_a_policys_retention_forgets_only_its_own_snapshots_of_that_volume
         mine = [s for s in snaps if tags_of(s).get("policy") == name and tags_of(s).get("volume") == v]
         assert len(mine) == 2, (v, [tags_of(s) for s in mine])  # keep last 2, per volume
         assert {s["hostname"] for s in mine} == {one.id}
-    # Every snapshot left has its record, and no record names a forgotten snapshot.
-    listed = [b for b in (await one.ok("backups", {}))["backups"] if b["store"] == "shared"]
-    assert {b["restic"]["snapshot_id"] for b in listed} == {s["short_id"] for s in snaps}
 
 
 def log_events(agent: Agent, event: str) -> list[dict[str, Any]]:
