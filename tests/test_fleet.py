@@ -261,7 +261,7 @@ async def test_with_one_nats_node_killed_the_agents_keep_answering(
         async def created() -> Any:
             return (await client.request(A, "inspect", {"name": "durable-after-kill"}, timeout=5)).ok
 
-        await eventually(created, 20, f"durable command {cmd_id}")
+        await eventually(created, 45, f"durable command {cmd_id}")  # an election, under two workers' load
         rec = await client.request(A, "backup", {"volume": "after-kill", "store": "nats"}, timeout=60)
         assert rec.ok, rec.error
         restored = await client.request(B, "restore", {"backup_id": rec.result["backup_id"],  # type: ignore[index]
