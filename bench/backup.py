@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.procstats import peak_rss_mib, timed
 from tests.identities import Identities
 from tests.stack import BUSYBOX_IMAGE, Agent, Dockerd, NatsServer
 from volumectl.client import AgentClient
@@ -42,17 +43,6 @@ def fill_text(root: Path, mib: int) -> None:
             written += f.write(line)
 
 
-def timed(cmd: str) -> float:
-    t = time.perf_counter()
-    subprocess.run(cmd, shell=True, check=True)
-    return time.perf_counter() - t
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def main() -> None:

@@ -20,22 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.procstats import peak_rss_mib, timed
 from tests.identities import Identities
 from tests.stack import Agent, Dockerd, NatsServer
 from volumectl.client import AgentClient
-
-
-def timed(cmd: str) -> float:
-    t = time.perf_counter()
-    subprocess.run(cmd, shell=True, check=True, executable="/bin/bash")
-    return time.perf_counter() - t
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def request(client: AgentClient, op: str, body: dict[str, object]) -> tuple[dict[str, object], float]:

@@ -23,6 +23,7 @@ import aiodocker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.procstats import cpu_s
 from tests.identities import Identities
 from tests.stack import Agent, Dockerd, NatsServer
 from volumectl.client import AgentClient
@@ -34,11 +35,6 @@ TARGET_OVER_MS = 1.0  # agent p50 over the raw API's plus the bus round trip
 def ms(xs: list[float]) -> str:
     return f"{statistics.median(xs) * 1000:7.2f} ms"
 
-
-def cpu_s(pid: int) -> float:
-    """User+system CPU seconds of a process so far (/proc/<pid>/stat utime and stime)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class CpuMeter:

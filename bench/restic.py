@@ -30,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.procstats import peak_rss_mib
 from tests.identities import Identities
 from tests.restic_backends import write_stores
 from tests.stack import Agent, Dockerd, NatsServer
@@ -79,12 +80,6 @@ def restic(repo: Path, pw: Path, *args: str, cwd: Path | None = None) -> float:
     CPU["alone"] = _children_cpu() - c
     return time.perf_counter() - t
 
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 PIDS: dict[str, int] = {}

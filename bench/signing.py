@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.auth.policy import load_policy
 from agent.auth.verify import Verifier
+from bench.procstats import TICKS, cpu_s
 from tests.identities import Identities
 from tests.stack import Dockerd, NatsServer, wait_for
 from volumectl.client import AgentClient
@@ -37,13 +38,7 @@ if os.environ.get("BENCH_TRUST_ALL"):
 from agent.daemon import main
 sys.exit(main())
 """
-TICKS = os.sysconf("SC_CLK_TCK")
 
-
-def cpu_s(pid: int) -> float:
-    """utime + stime of a process, in seconds (/proc/<pid>/stat fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def start_agent(host: str, d: Dockerd, n: NatsServer, ids: Identities, root: Path, *, trust_all: bool
