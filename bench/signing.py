@@ -40,7 +40,6 @@ sys.exit(main())
 """
 
 
-
 def start_agent(host: str, d: Dockerd, n: NatsServer, ids: Identities, root: Path, *, trust_all: bool
                 ) -> subprocess.Popen[bytes]:
     log_path = root / f"{host}.log"
