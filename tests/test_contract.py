@@ -158,3 +158,13 @@ def test_volumectls_parser_takes_store_names_as_the_contract_does() -> None:
     from volumectl import args
 
     assert args.STORE_NAME_PATTERN == STORE_NAME_PATTERN
+
+
+def test_the_contract_page_names_the_current_version() -> None:
+    """The reference page says which version it describes: the one the code has."""
+    from pathlib import Path
+
+    from contracts import CONTRACT_VERSION
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "contract.md").read_text()
+    assert f"Contract version **{CONTRACT_VERSION}**" in page
